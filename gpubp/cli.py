@@ -1,0 +1,239 @@
+"""The command line: gpubp train | evaluate | bench | info.
+
+Every error (bad argument, file, model or data) is one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import GpubpError
+
+N_CLASSES = 10
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _sizes(text):
+    try:
+        sizes = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sizes must be comma-separated integers like 784,30,10, got {text!r}")
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes need two or more positive layer widths, got {text!r}")
+    return sizes
+
+
+def _number(kind, lo, inclusive):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
+        if v != v or v in (float("inf"), float("-inf")) or (v < lo if inclusive else v <= lo):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {lo}, got {text}")
+        return v
+    return parse
+
+
+def _list(kind):
+    def parse(text):
+        try:
+            return [kind(s) for s in text.split(",") if s.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}")
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="gpubp", description="Backpropagation from scratch on the CPU (NumPy) and the GPU (CuPy).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a network on MNIST (defaults: network.py's run)")
+    t.add_argument("--sizes", type=_sizes, default=[784, 30, 10], help="layer widths (default 784,30,10)")
+    t.add_argument("--cost", choices=["quadratic", "cross_entropy"], default="quadratic")
+    t.add_argument("--eta", type=_number(float, 0, False), default=3.0, help="learning rate (default 3.0)")
+    t.add_argument("--lmbda", type=_number(float, 0, True), default=0.0, help="L2 strength lambda (default 0)")
+    t.add_argument("--batch-size", type=_number(int, 1, True), default=10, help="mini-batch size (default 10)")
+    t.add_argument("--epochs", type=_number(int, 0, True), default=30, help="epochs (default 30)")
+    t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    t.add_argument("--init", choices=["default", "large"], default="default",
+                   help="weights N(0,1/n_in) (default) or network.py's N(0,1) (large)")
+    t.add_argument("--early-stopping", type=_number(int, 1, True), default=None, metavar="N",
+                   help="stop after N epochs without a better validation accuracy")
+    _common(t)
+    t.add_argument("--seed", type=int, default=None, help="seed for weights and shuffling")
+    t.add_argument("--save", type=Path, metavar="MODEL.npz", help="write the trained model here")
+    t.add_argument("--metrics-out", type=Path, metavar="RUN.json", help="write config and per-epoch metrics as JSON")
+    t.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="accuracy of a saved model on the MNIST test set")
+    e.add_argument("model", type=Path, metavar="MODEL.npz")
+    _common(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("bench", help="benchmark training steps on CPU and GPU")
+    b.add_argument("--backends", type=_list(str), default=None, help="e.g. numpy,cupy (default: numpy, and cupy with a GPU)")
+    b.add_argument("--sizes", type=_sizes, nargs="+", default=None, metavar="784,30,10",
+                   help="networks, each as widths joined by commas (several allowed)")
+    b.add_argument("--batch-sizes", type=_list(int), default=None, help="e.g. 10,128,1024")
+    b.add_argument("--steps", type=_number(int, 1, True), default=None, help="timed steps per repeat")
+    b.add_argument("--repeats", type=_number(int, 1, True), default=None, help="repeats per case (median reported)")
+    b.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    b.add_argument("--quick", action="store_true", help="a small sweep that finishes in under a minute")
+    b.add_argument("--torch", action="store_true", help="add PyTorch eager beside ours when torch imports")
+    b.add_argument("--json", type=Path, metavar="OUT.json", help="write every number and the machine")
+    b.add_argument("--plot", type=Path, metavar="OUT.png", help="plot GPU/CPU speed-up vs batch size")
+    b.add_argument("--data-dir", metavar="DIR", help="MNIST directory (default $GPUBP_DATA_DIR or the cache)")
+    b.set_defaults(func=cmd_bench)
+
+    i = sub.add_parser("info", help="backend, device, library versions, BLAS threads")
+    i.add_argument("--backend", choices=["auto", "numpy", "cupy", "emulated"], default=None)
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def _common(p):
+    p.add_argument("--backend", choices=["auto", "numpy", "cupy", "emulated"], default=None,
+                   help="default: $GPUBP_BACKEND or auto (CuPy when a GPU answers, else NumPy)")
+    p.add_argument("--data-dir", metavar="DIR", help="MNIST directory (default $GPUBP_DATA_DIR, then ~/.cache/gpubp/mnist)")
+    p.add_argument("--no-verify", action="store_true", help="skip the MD5 check (other MNIST-format data sets)")
+
+
+def _check_writable(path: Path | None, what: str) -> None:
+    """Fail before the work, not after it, when an output cannot be written."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise GpubpError(f"{what} {path} is a directory: give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise GpubpError(f"cannot write {what} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise GpubpError(f"cannot write {what} {path}: directory {parent} is not writable")
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _load_data(args, n_in=None, n_out=None):
+    from .data import load_mnist
+
+    data = load_mnist(args.data_dir, verify=not args.no_verify)
+    width = data["train"][0].shape[1]
+    if n_in is not None and (n_in != width or n_out != N_CLASSES):
+        raise GpubpError(f"sizes must start with {width} (pixels per image) and end with {N_CLASSES} (classes), "
+                         f"got {n_in}...{n_out}")
+    return data
+
+
+def cmd_train(args) -> int:
+    from .backend import get_backend
+    from .network import Network
+
+    _check_writable(args.save, "model file")
+    _check_writable(args.metrics_out, "metrics file")
+    be = get_backend(args.backend)
+    data = _load_data(args, args.sizes[0], args.sizes[-1])
+    net = Network(args.sizes, cost=args.cost, backend=be, dtype=args.dtype, seed=args.seed, init=args.init)
+    config = {"sizes": args.sizes, "cost": args.cost, "eta": args.eta, "lmbda": args.lmbda,
+              "batch_size": args.batch_size, "epochs": args.epochs, "dtype": args.dtype, "init": args.init,
+              "seed": args.seed, "early_stopping": args.early_stopping}
+    say = (lambda *a: None) if args.quiet else print
+    say(f"gpubp train: {net} on {be.device} ({be.reason})")
+
+    def on_epoch(r):
+        say(f"epoch {r['epoch'] + 1}/{args.epochs}: validation accuracy {r['validation_accuracy']:.4f}, "
+            f"train cost {r['train_cost']:.4f}, {r['seconds']:.2f} s")
+
+    history = net.sgd(data["train"], epochs=args.epochs, mini_batch_size=args.batch_size, eta=args.eta,
+                      lmbda=args.lmbda, evaluation_data=data["validation"], early_stopping=args.early_stopping,
+                      progress=False if args.quiet else None, seed=args.seed, on_epoch=on_epoch)
+    test = net.measure(*data["test"], cost=False)
+    print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']})")
+    if args.save:
+        net.save(args.save)
+        say(f"model saved to {args.save}")
+    if args.metrics_out:
+        write_json(args.metrics_out, {"config": config, "backend": be.name, "device": be.device,
+                                      "epochs": history, "test_accuracy": test["accuracy"]})
+        say(f"metrics written to {args.metrics_out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .backend import get_backend
+    from .checkpoint import load
+
+    be = get_backend(args.backend)
+    net = load(args.model, backend=be)
+    data = _load_data(args, net.sizes[0], net.sizes[-1])
+    test = net.measure(*data["test"], cost=False)
+    print(f"{args.model}: {net}")
+    print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']})")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_cli
+
+    _check_writable(args.json, "JSON file")
+    _check_writable(args.plot, "plot")
+    return run_cli(args)
+
+
+def cmd_info(args) -> int:
+    from . import __version__, sysinfo
+    from .backend import cupy_status, get_backend
+
+    m = sysinfo.machine()
+    ok, why = cupy_status()
+    lines = [f"gpubp {__version__}, Python {m['python']}"]
+    try:
+        be = get_backend(args.backend)
+        lines.append(f"backend: {be.name} on {be.device} ({be.reason})")
+    except GpubpError as e:
+        lines.append(f"backend: unavailable: {e}")
+    lines += [f"GPU: {'yes, ' + why if ok else 'no: ' + why}",
+              f"CPU: {m['cpu']}, {m['cores']} cores",
+              f"NumPy {m['numpy']}, BLAS {m['blas']['name']} {m['blas']['version'] or ''} "
+              f"({m['blas']['threads'] or '?'} threads)".replace("  ", " "),
+              f"CuPy {m['cupy'] or 'not installed'}, CUDA runtime {m['cuda_runtime'] or '-'}, "
+              f"driver {m['cuda_driver'] or '-'}"]
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GpubpError as e:
+        print(f"gpubp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gpubp {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""MNIST: IDX parsing, the Nielsen split, and a verified download into a local cache.
+
+Where the four files are looked for: ``data_dir`` (``--data-dir``), else $GPUBP_DATA_DIR, else
+~/.cache/gpubp/mnist, which is filled by downloading from public mirrors in turn. Each file is
+checked by the MD5 of its *decompressed* bytes, so a re-packed gzip still verifies. Downloads
+go to a temporary file beside the target and are renamed only once verified.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+# name -> MD5 of the decompressed IDX bytes
+MNIST_FILES = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+# Tried in turn; the original site refuses most downloads, so it is last.
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "https://yann.lecun.com/exdb/mnist/",
+)
+VALIDATION_ROWS = 10_000  # the last 10k training images are Nielsen's validation set
+
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def cache_root() -> Path:
+    """$XDG_CACHE_HOME/gpubp, else ~/.cache/gpubp."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "gpubp"
+
+
+# ---------------------------------------------------------------------------------------------
+# IDX
+# ---------------------------------------------------------------------------------------------
+
+def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
+    """The array in IDX bytes: checks the magic, the type code, the dimensions and the exact length."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DataError(f"{name} is not an IDX file (bad magic number)")
+    code, ndim = data[2], data[3]
+    if code not in _IDX_TYPES:
+        raise DataError(f"{name} has unknown IDX type code 0x{code:02x}")
+    if ndim == 0:
+        raise DataError(f"{name} declares 0 dimensions")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{name} is truncated inside its header")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_TYPES[code])
+    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "longer than its header says"
+        raise DataError(f"{name} is {what}: {len(data)} bytes, expected {expected} for shape {dims}")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def read_bytes(path: Path) -> bytes:
+    """The bytes of an IDX file, decompressed if it is gzip."""
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding, downloading and loading MNIST
+# ---------------------------------------------------------------------------------------------
+
+def _find(directory: Path, name: str) -> Path | None:
+    for cand in (directory / f"{name}.gz", directory / name):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def download(name: str, directory: Path, mirrors=None, log=None, timeout: float = 60.0) -> Path:
+    """Fetch ``name``.gz into ``directory`` from the first mirror that serves a verified copy.
+
+    A network failure moves on to the next mirror; a checksum mismatch downloads once more,
+    then fails. Nothing but a verified file is ever left under the final name.
+    """
+    mirrors = list(mirrors or _mirrors())
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{name}.gz"
+    failures, mismatches = [], 0
+    for mirror in mirrors:
+        url = mirror.rstrip("/") + f"/{name}.gz"
+        while True:
+            log(f"downloading {url}")
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                    while chunk := resp.read(1 << 20):
+                        out.write(chunk)
+                got = md5(read_bytes(Path(tmp)))
+            except (OSError, urllib.error.URLError, ValueError) as e:  # HTTP errors, drops, timeouts
+                os.unlink(tmp)
+                failures.append(f"{url}: {getattr(e, 'reason', None) or e}")
+                break
+            except DataError as e:  # not gzip, or a truncated one
+                got = f"unreadable ({e})"
+            if got == MNIST_FILES[name]:
+                os.replace(tmp, final)
+                return final
+            os.unlink(tmp)
+            mismatches += 1
+            if mismatches >= 2:
+                raise DataError(f"{name} from {url} failed its MD5 check twice (got {got}); "
+                                f"the mirror may be corrupt: try again later or pass --data-dir")
+    raise DataError(f"could not download {name}: " + "; ".join(failures)
+                    + " (check your connection, or put the four MNIST files in a directory and pass --data-dir)")
+
+
+def _mirrors():
+    env = os.environ.get("GPUBP_MNIST_MIRRORS")
+    return [m for m in env.split(",") if m.strip()] if env else MIRRORS
+
+
+def resolve_dir(data_dir=None) -> tuple[Path, bool]:
+    """(directory, may_download): --data-dir, then $GPUBP_DATA_DIR, then the download cache."""
+    if data_dir:
+        return Path(data_dir).expanduser(), False
+    if os.environ.get("GPUBP_DATA_DIR"):
+        return Path(os.environ["GPUBP_DATA_DIR"]).expanduser(), False
+    return cache_root() / "mnist", True
+
+
+def load_idx_files(data_dir=None, verify=True, log=None) -> dict[str, np.ndarray]:
+    """{name: array} for the four MNIST IDX files, verified by MD5 unless verify=False."""
+    directory, may_download = resolve_dir(data_dir)
+    if not may_download and not directory.is_dir():
+        raise DataError(f"data directory {directory} does not exist: pass --data-dir with the MNIST files")
+    arrays = {}
+    for name, digest in MNIST_FILES.items():
+        path = _find(directory, name)
+        data = read_bytes(path) if path else None
+        if verify and path and md5(data) != digest and may_download:
+            path = data = None  # a bad cached copy is replaced
+        if path is None:
+            if not may_download:
+                raise DataError(f"{name}(.gz) not found in {directory}: put the four MNIST files there")
+            path = download(name, directory, log=log)
+            data = read_bytes(path)
+        if verify and md5(data) != digest:
+            raise DataError(f"{path} failed its MD5 check: it is not the official MNIST file "
+                            f"(use --no-verify for other MNIST-format data sets)")
+        arrays[name] = parse_idx(data, str(path))
+    return arrays
+
+
+def load_mnist(data_dir=None, verify=True, log=None) -> dict:
+    """Nielsen's split of MNIST: {"train": (X, y) 50k, "validation": (X, y) 10k, "test": (X, y) 10k}.
+
+    X is float32 in [0, 1], shape (m, rows*cols) (784 for MNIST); y is int64 labels.
+    verify=False accepts any directory with the same four IDX names (e.g. Fashion-MNIST).
+    """
+    a = load_idx_files(data_dir, verify=verify, log=log)
+    sets = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images, labels = a[f"{prefix}-images-idx3-ubyte"], a[f"{prefix}-labels-idx1-ubyte"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"{prefix} files do not pair up: images {images.shape}, labels {labels.shape}")
+        X = images.reshape(len(images), -1).astype(np.float32)
+        X /= np.float32(255.0)
+        sets[split] = (X, labels.astype(np.int64))
+    X, y = sets["train"]
+    if len(X) <= VALIDATION_ROWS:
+        raise DataError(f"the training file has {len(X)} images: at least {VALIDATION_ROWS + 1} are needed "
+                        f"to hold out a {VALIDATION_ROWS}-image validation set")
+    cut = len(X) - VALIDATION_ROWS
+    return {"train": (X[:cut], y[:cut]), "validation": (X[cut:], y[cut:]), "test": sets["test"]}

@@ -1,0 +1,29 @@
+// sgd_update: one SGD step over the whole flat parameter buffer (network2.py's L2 rule).
+//   p[i] <- decay * p[i] - step * g[i]   for i <  n_weights   (decay = 1 - eta*lambda/n)
+//   p[i] <-         p[i] - step * g[i]   for i >= n_weights   (biases are not decayed)
+// The buffer holds every weight matrix first, then every bias vector; g is the MEAN gradient,
+// so step = eta (network2's eta/m times a summed gradient). p, g: (n,) contiguous, distinct.
+// NumPy reference: gpubp.kernels.sgd_update.
+// Launch: 1-D grid-stride over n, block 256.
+// Tolerance vs float64, |x - ref| <= atol + rtol*(|decay*p| + |step*g|) (the result may cancel):
+// float32 atol=1e-30 rtol=3e-7; float64 atol=1e-300 rtol=6e-16
+#include "gpubp.cuh"
+
+template <typename T>
+__device__ __forceinline__ void sgd_update(T* __restrict__ p, const T* __restrict__ g, long long n,
+                                           long long n_weights, T decay, T step) {
+    GPUBP_GRID_STRIDE(i, n) {
+        const T keep = i < n_weights ? decay : T(1);
+        p[i] = keep * p[i] - step * g[i];
+    }
+}
+
+extern "C" __global__ void sgd_update_f32(float* __restrict__ p, const float* __restrict__ g, long long n,
+                                          long long n_weights, float decay, float step) {
+    sgd_update(p, g, n, n_weights, decay, step);
+}
+
+extern "C" __global__ void sgd_update_f64(double* __restrict__ p, const double* __restrict__ g, long long n,
+                                          long long n_weights, double decay, double step) {
+    sgd_update(p, g, n, n_weights, decay, step);
+}
