@@ -113,8 +113,12 @@ def download(name: str, directory: Path, mirrors=None, log=None, timeout: float 
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                    size, total = resp.headers.get("Content-Length"), 0
                     while chunk := resp.read(1 << 20):
                         out.write(chunk)
+                        total += len(chunk)
+                    if size is not None and total != int(size):
+                        raise ConnectionError(f"connection dropped after {total} of {size} bytes")
                 got = md5(read_bytes(Path(tmp)))
             except (OSError, urllib.error.URLError, ValueError) as e:  # HTTP errors, drops, timeouts
                 os.unlink(tmp)

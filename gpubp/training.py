@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -59,57 +60,88 @@ def train(net, training_data, epochs=30, mini_batch_size=10, eta=3.0, lmbda=0.0,
     if early_stopping is not None and (evaluation_data is None or int(early_stopping) < 1):
         raise GpubpError("early stopping needs evaluation data and a patience of at least 1 epoch")
 
-    be, xp = net.be, net.xp
+    be = net.be
     n = X.shape[0]
-    Xd = net._inputs(X)  # the training set moves to the device once
-    labels = net._labels(y, n)
-    Yd = net._one_hot(labels)
-    Xs, Ys = be.empty(Xd.shape, net.dtype), be.empty(Yd.shape, net.dtype)  # the shuffled copies
+    run = _Run(net=net, eta=float(eta), lmbda=float(lmbda), bs=bs, decay=net.decay(eta, lmbda, n),
+               monitor_training_cost=monitor_training_cost, rng=np.random.default_rng(seed),
+               show=sys.stderr.isatty() if progress is None else bool(progress), epochs=epochs)
+    run.X = net._inputs(X)  # the training set moves to the device once
+    run.labels = net._labels(y, n)
+    run.Y = net._one_hot(run.labels)
+    run.Xs, run.Ys = be.empty(run.X.shape, net.dtype), be.empty(run.Y.shape, net.dtype)  # shuffled copies
     if evaluation_data is not None:
-        evaluation_data = (net._inputs(evaluation_data[0]), net._labels(evaluation_data[1], len(evaluation_data[1])))
-    decay = net.decay(eta, lmbda, n)
-    rng = np.random.default_rng(seed)
-    show = sys.stderr.isatty() if progress is None else bool(progress)
+        Xe, ye = evaluation_data
+        run.evaluation = (net._inputs(Xe), net._labels(ye, len(ye)))
+
     history, best, since_best = [], -1.0, 0
-
-    for epoch in range(epochs):
-        perm = be.to_device(rng.permutation(n))
-        xp.take(Xd, perm, axis=0, out=Xs)  # one gather per epoch, on the device
-        xp.take(Yd, perm, axis=0, out=Ys)
-        bar = _bar(show, n, epoch, epochs)
-        be.synchronize()
-        t0 = time.perf_counter()
-        for k in range(0, n, bs):
-            net._step(Xs[k:k + bs], Ys[k:k + bs], eta, decay)
-            if bar is not None:
-                bar.update(min(bs, n - k))
-        be.synchronize()
-        seconds = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
-
-        t1 = time.perf_counter()
-        record = {"epoch": epoch, "seconds": seconds, "train_cost": None, "validation_accuracy": None}
-        if monitor_training_cost:
-            record["train_cost"] = net.measure(Xd, labels, lmbda=lmbda, accuracy=False)["cost"]
-            _check_finite(record["train_cost"], epoch, eta)
-        else:
-            _check_finite(float(be.to_host(xp.sum(net.params))), epoch, eta)
-        if evaluation_data is not None:
-            record["validation_accuracy"] = net.measure(*evaluation_data, cost=False)["accuracy"]
-        record["eval_seconds"] = time.perf_counter() - t1
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-
-        if early_stopping is not None:
-            if record["validation_accuracy"] > best:
-                best, since_best = record["validation_accuracy"], 0
-            else:
-                since_best += 1
-                if since_best >= int(early_stopping):
-                    break
+    # A diverging run is reported once, by the cost check, not by NumPy warnings mid-epoch.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for epoch in range(epochs):
+            record = _epoch(run, epoch)
+            history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+            if early_stopping is not None:
+                if record["validation_accuracy"] > best:
+                    best, since_best = record["validation_accuracy"], 0
+                else:
+                    since_best += 1
+                    if since_best >= int(early_stopping):
+                        break
     return history
+
+
+@dataclass
+class _Run:
+    """What every epoch of one training run shares."""
+
+    net: object
+    eta: float
+    lmbda: float
+    bs: int
+    decay: float
+    monitor_training_cost: bool
+    rng: np.random.Generator
+    show: bool
+    epochs: int
+    X: object = None  # (n, n_0) on the device
+    Y: object = None  # (n, n_L) one-hot, on the device
+    labels: object = None  # (n,) int64, on the device
+    Xs: object = None  # shuffled copies of X and Y
+    Ys: object = None
+    evaluation: tuple | None = None
+
+
+def _epoch(run: _Run, epoch: int) -> dict:
+    """One epoch: one shuffle on the device, every mini-batch step, then the evaluations."""
+    net, be, xp = run.net, run.net.be, run.net.xp
+    n, bs = run.X.shape[0], run.bs
+    perm = be.to_device(run.rng.permutation(n))
+    xp.take(run.X, perm, axis=0, out=run.Xs)  # one gather per epoch, on the device
+    xp.take(run.Y, perm, axis=0, out=run.Ys)
+    bar = _bar(run.show, n, epoch, run.epochs)
+    be.synchronize()
+    t0 = time.perf_counter()
+    for k in range(0, n, bs):  # contiguous slices; the last, partial batch is used too
+        net._step(run.Xs[k:k + bs], run.Ys[k:k + bs], run.eta, run.decay)
+        if bar is not None:
+            bar.update(min(bs, n - k))
+    be.synchronize()
+    seconds = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+
+    t1 = time.perf_counter()
+    record = {"epoch": epoch, "seconds": seconds, "train_cost": None, "validation_accuracy": None}
+    if run.monitor_training_cost:
+        record["train_cost"] = net.measure(run.X, run.labels, lmbda=run.lmbda, accuracy=False)["cost"]
+        _check_finite(record["train_cost"], epoch, run.eta)
+    else:
+        _check_finite(float(be.to_host(xp.sum(net.params))), epoch, run.eta)
+    if run.evaluation is not None:
+        record["validation_accuracy"] = net.measure(*run.evaluation, cost=False)["accuracy"]
+    record["eval_seconds"] = time.perf_counter() - t1
+    return record
 
 
 def _check_finite(value, epoch, eta):

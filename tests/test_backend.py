@@ -1,0 +1,113 @@
+"""Backend selection: every branch of the CuPy probe, driven by a fake cupy module."""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import gpubp.backend as B
+from gpubp.errors import BackendUnavailable, GpubpError
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    B.cupy_status.cache_clear()
+    monkeypatch.setattr(B, "_instances", {})
+    monkeypatch.delenv("GPUBP_BACKEND", raising=False)
+    yield monkeypatch
+    B.cupy_status.cache_clear()
+
+
+def fake_cupy(count=None, error=None, name=b"Fake GPU"):
+    cp = types.ModuleType("cupy")
+    rt = types.SimpleNamespace()
+
+    def get_count():
+        if error:
+            raise RuntimeError(error)
+        return count
+
+    rt.getDeviceCount = get_count
+    rt.getDeviceProperties = lambda i: {"name": name}
+
+    class Device:
+        id = 0
+        compute_capability = "90"
+        attributes = {"MultiProcessorCount": 132}
+
+    cp.cuda = types.SimpleNamespace(runtime=rt, Device=Device)
+    cp.ndarray = np.ndarray
+    return cp
+
+
+def test_not_installed(fresh):
+    fresh.setitem(sys.modules, "cupy", None)  # makes "import cupy" raise ImportError
+    ok, why = B.cupy_status()
+    assert not ok and "not installed" in why
+    be = B.get_backend("auto")
+    assert be.name == "numpy" and "not installed" in be.reason
+    with pytest.raises(BackendUnavailable, match="cupy.*not installed"):
+        B.get_backend("cupy")
+
+
+def test_import_ok_but_no_driver(fresh):
+    fresh.setitem(sys.modules, "cupy", fake_cupy(error="cudaErrorInsufficientDriver: CUDA driver version is insufficient"))
+    assert B.get_backend("auto").name == "numpy"
+    with pytest.raises(BackendUnavailable, match="no usable NVIDIA driver"):
+        B.get_backend("cupy")
+
+
+def test_import_ok_but_no_device(fresh):
+    fresh.setitem(sys.modules, "cupy", fake_cupy(error="cudaErrorNoDevice: no CUDA-capable device is detected"))
+    be = B.get_backend("auto")
+    assert be.name == "numpy" and "no CUDA device" in be.reason
+    B.cupy_status.cache_clear()
+    fresh.setitem(sys.modules, "cupy", fake_cupy(count=0))
+    with pytest.raises(BackendUnavailable, match="no CUDA device"):
+        B.get_backend("cupy")
+
+
+def test_device_ok_is_chosen_by_auto(fresh):
+    fresh.setitem(sys.modules, "cupy", fake_cupy(count=1))
+    ok, why = B.cupy_status()
+    assert ok and "Fake GPU" in why
+    be = B.get_backend("auto")
+    assert be.name == "cupy" and be.sm_count == 132 and "Fake GPU" in be.device and "Fake GPU" in be.reason
+
+
+def test_probe_runs_once(fresh):
+    calls = []
+    cp = fake_cupy(count=1)
+    cp.cuda.runtime.getDeviceCount = lambda: calls.append(1) or 1
+    fresh.setitem(sys.modules, "cupy", cp)
+    for _ in range(3):
+        B.cupy_status()
+    assert calls == [1]
+
+
+def test_environment_variable_and_bad_names(fresh):
+    fresh.setenv("GPUBP_BACKEND", "numpy")
+    assert B.get_backend().name == "numpy"
+    fresh.setenv("GPUBP_BACKEND", "emulated")
+    assert B.get_backend().name == "emulated"
+    with pytest.raises(GpubpError, match="unknown backend 'tpu'"):
+        B.get_backend("tpu")
+
+
+def test_emulated_without_a_compiler_is_a_clear_error(fresh):
+    fresh.setenv("CXX", "")
+    fresh.setenv("PATH", "/nonexistent")
+    with pytest.raises(BackendUnavailable, match="C\\+\\+ compiler"):
+        B.get_backend("emulated")
+
+
+def test_counters_count_what_a_block_asks():
+    be = B.get_backend("numpy")
+    a = np.ones((3, 4), np.float32)
+    with be.counters() as c:
+        d = be.to_device(a)
+        be.matmul(d, d.T, out=be.empty((3, 3), np.float32))
+        be.to_host(d)
+        be.synchronize()
+    assert c.as_dict() == {"launches": 0, "gemms": 1, "h2d": 1, "d2h": 1, "syncs": 1, "allocs": 1}

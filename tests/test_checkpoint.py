@@ -1,0 +1,103 @@
+"""Model files: round trip, atomic writes, and a clear error for every kind of bad file."""
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+
+from gpubp import Network
+from gpubp.checkpoint import load, save
+from gpubp.errors import GpubpError, ModelFileError
+
+
+@pytest.mark.parametrize("dtype,cost", [("float32", "quadratic"), ("float64", "cross_entropy")])
+def test_round_trip(tmp_path, dtype, cost):
+    net = Network([6, 5, 3], cost=cost, dtype=dtype, seed=2)
+    X = np.random.default_rng(1).standard_normal((4, 6))
+    path = tmp_path / "m.npz"
+    net.save(path)
+    back = Network.load(path)
+    assert (back.sizes, back.cost.name, back.dtype) == (net.sizes, cost, np.dtype(dtype))
+    assert np.array_equal(back.get_params(), net.get_params())
+    assert np.array_equal(back.feedforward(X), net.feedforward(X))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]  # no temp file left
+    with np.load(path, allow_pickle=False) as z:  # loads without pickle
+        assert str(z["format"]) == "gpubp-model"
+
+
+def test_save_replaces_atomically_and_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    net = Network([4, 2], seed=1)
+    path = tmp_path / "m.npz"
+    net.save(path)
+    old = path.read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(RuntimeError):
+        Network([4, 2], seed=9).save(path)
+    assert path.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+
+
+def test_save_to_a_missing_directory_is_clear(tmp_path):
+    with pytest.raises(GpubpError, match="does not exist"):
+        save(Network([4, 2]), tmp_path / "no" / "m.npz")
+
+
+def npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def good_fields():
+    net = Network([4, 3, 2], seed=1)
+    return dict(format=np.array("gpubp-model"), version=np.array(1), sizes=np.array([4, 3, 2]),
+                cost=np.array("quadratic"), dtype=np.array("float32"), params=net.get_params())
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda f: f.pop("format"), "not a gpubp model file"),
+    (lambda f: f.update(format=np.array("other")), "not a gpubp model file"),
+    (lambda f: f.pop("params"), "missing params"),
+    (lambda f: f.update(version=np.array(7)), "version 7"),
+    (lambda f: f.update(params=f["params"][:-1]), "inconsistent"),
+    (lambda f: f.update(sizes=np.array([4, 0, 2])), "inconsistent"),
+    (lambda f: f.update(cost=np.array("hinge")), "inconsistent"),
+    (lambda f: f.update(dtype=np.array("int8")), "inconsistent"),
+    (lambda f: f.update(params=np.full(23, np.nan, np.float32)), "NaN"),
+    (lambda f: f.update(sizes=np.array([[4, 3, 2]])), "malformed"),
+])
+def test_bad_model_fields(tmp_path, mutate, match):
+    fields = good_fields()
+    mutate(fields)
+    with pytest.raises(ModelFileError, match=match):
+        load(npz(tmp_path / "bad.npz", **fields))
+
+
+def test_bad_model_files(tmp_path):
+    good = npz(tmp_path / "good.npz", **good_fields())
+    assert load(good).sizes == [4, 3, 2]
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load(tmp_path / "missing.npz")
+    (tmp_path / "text.npz").write_text("hello")
+    with pytest.raises(ModelFileError, match="not an .npz"):
+        load(tmp_path / "text.npz")
+    blob = good.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ModelFileError):
+        load(tmp_path / "cut.npz")
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    with zipfile.ZipFile(tmp_path / "pickle.npz", "w") as z:
+        for k, v in good_fields().items():
+            if k == "params":
+                continue
+            b = io.BytesIO()
+            np.save(b, v)
+            z.writestr(f"{k}.npy", b.getvalue())
+        z.writestr("params.npy", buf.getvalue())
+    with pytest.raises(ModelFileError):
+        load(tmp_path / "pickle.npz")

@@ -1,0 +1,117 @@
+"""The command line: defaults, outputs, and one line + exit 2 for every bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpubp.cli import main
+
+
+def run(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        sys.exit(main(list(argv)))
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def one_line_error(code, err, *needles):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--eta", "-1"], "--eta: must be > 0"),
+    (["train", "--eta", "nan"], "--eta"),
+    (["train", "--sizes", "784,x,10"], "comma-separated integers"),
+    (["train", "--sizes", "784"], "two or more"),
+    (["train", "--batch-size", "0"], "--batch-size"),
+    (["train", "--backend", "tpu"], "invalid choice"),
+    (["train", "--cost", "hinge"], "invalid choice"),
+    (["train", "--bogus"], "unrecognized arguments"),
+    (["frobnicate"], "invalid choice"),
+    ([], "required"),
+])
+def test_bad_arguments(capsys, argv, needle):
+    one_line_error(*run(capsys, *argv)[::2], needle)
+
+
+def test_missing_data_directory(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--data-dir", str(tmp_path / "none"), "--backend", "numpy")
+    one_line_error(code, err, "does not exist", "--data-dir")
+
+
+def test_outputs_are_checked_before_training(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--save", str(tmp_path / "no" / "m.npz"), "--data-dir", str(tmp_path))
+    one_line_error(code, err, "directory", "does not exist")
+    code, _, err = run(capsys, "train", "--metrics-out", str(tmp_path), "--data-dir", str(tmp_path))
+    one_line_error(code, err, "is a directory")
+
+
+def test_evaluate_bad_model(capsys, tmp_path):
+    (tmp_path / "m.npz").write_text("not a model")
+    one_line_error(*run(capsys, "evaluate", str(tmp_path / "m.npz"))[::2], "not an .npz")
+    one_line_error(*run(capsys, "evaluate", str(tmp_path / "x.npz"))[::2], "does not exist")
+
+
+def test_cupy_backend_without_gpu_is_one_line(capsys):
+    from gpubp.backend import cupy_status
+
+    if cupy_status()[0]:
+        pytest.skip("a GPU is present: the cupy backend is available")
+    one_line_error(*run(capsys, "train", "--backend", "cupy")[::2], "backend 'cupy' cannot run here")
+
+
+@pytest.mark.slow
+def test_train_save_metrics_and_evaluate(capsys, tmp_path, mnist_dir):
+    model, metrics = tmp_path / "m.npz", tmp_path / "run.json"
+    code, out, err = run(capsys, "train", "--epochs", "2", "--sizes", "784,20,10", "--seed", "3",
+                         "--data-dir", mnist_dir, "--save", str(model), "--metrics-out", str(metrics),
+                         "--backend", "numpy")
+    assert code == 0, err
+    assert "epoch 1/2: validation accuracy" in out and "epoch 2/2" in out
+    test_line = [l for l in out.splitlines() if l.startswith("test accuracy")]
+    assert len(test_line) == 1
+    m = json.loads(metrics.read_text())
+    assert m["backend"] == "numpy" and m["config"]["sizes"] == [784, 20, 10] and m["config"]["eta"] == 3.0
+    assert [e["epoch"] for e in m["epochs"]] == [0, 1]
+    for e in m["epochs"]:
+        assert e["seconds"] > 0 and 0.8 < e["validation_accuracy"] <= 1 and e["train_cost"] > 0
+    assert 0.85 < m["test_accuracy"] <= 1
+    assert f"{m['test_accuracy']:.4f}" in test_line[0]
+    code, out, _ = run(capsys, "evaluate", str(model), "--data-dir", mnist_dir)
+    assert code == 0 and test_line[0] in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "run.json"]
+
+
+def test_quiet_prints_only_the_result(capsys, tmp_path, mnist_dir):
+    code, out, err = run(capsys, "train", "--epochs", "1", "--sizes", "784,10,10", "--quiet",
+                         "--data-dir", mnist_dir, "--backend", "numpy", "--seed", "1")
+    assert code == 0 and err == ""
+    assert out.strip().startswith("test accuracy") and len(out.strip().splitlines()) == 1
+
+
+def test_sizes_must_fit_the_data(capsys, mnist_dir):
+    one_line_error(*run(capsys, "train", "--sizes", "785,30,10", "--data-dir", mnist_dir)[::2],
+                   "must start with 784")
+
+
+def test_info(capsys):
+    code, out, _ = run(capsys, "info", "--backend", "numpy")
+    assert code == 0
+    for needle in ("backend: numpy", "GPU:", f"NumPy {np.__version__}", "BLAS", "threads", "CuPy"):
+        assert needle in out
+
+
+def test_console_entry_point_runs_as_a_process(tmp_path):
+    """The installed `gpubp` command: exit code 2 and one line, no traceback, from a real process."""
+    env = {**os.environ, "GPUBP_BACKEND": "numpy"}
+    p = subprocess.run([sys.executable, "-m", "gpubp", "evaluate", str(tmp_path / "none.npz")],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr

@@ -1,0 +1,251 @@
+"""IDX parsing, MD5 verification, the download path against a local server, and the Nielsen split."""
+
+import gzip
+import hashlib
+import http.server
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpubp import data as D
+from gpubp.errors import DataError
+
+
+def idx_bytes(arr: np.ndarray, code=0x08) -> bytes:
+    dt = {0x08: ">u1", 0x0C: ">i4", 0x0D: ">f4"}[code]
+    return struct.pack(">BBBB", 0, 0, code, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(dt).tobytes()
+
+
+GOOD = idx_bytes(np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4))
+
+
+def test_parse_good_idx_of_several_types():
+    a = D.parse_idx(GOOD)
+    assert a.shape == (2, 3, 4) and a.dtype == np.uint8 and a[1, 2, 3] == 23
+    f = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    assert np.array_equal(D.parse_idx(idx_bytes(f, 0x0D)), f)
+    i = np.array([-5, 70000], dtype=np.int32)
+    assert np.array_equal(D.parse_idx(idx_bytes(i, 0x0C)), i)
+
+
+@pytest.mark.parametrize("blob,match", [
+    (GOOD[:-1], "truncated"),
+    (GOOD[:6], "truncated inside its header"),
+    (GOOD + b"\0", "longer than"),
+    (b"\x01" + GOOD[1:], "bad magic"),
+    (GOOD[:2] + b"\x07" + GOOD[3:], "type code 0x07"),
+    (b"", "bad magic"),
+])
+def test_parse_bad_idx_says_what_is_wrong(blob, match):
+    with pytest.raises(DataError, match=match):
+        D.parse_idx(blob)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_corruption_raises_only_the_documented_error(data):
+    blob = bytearray(GOOD)
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        pos = data.draw(st.integers(0, max(len(blob) - 1, 0)))
+        if kind == "flip" and blob:
+            blob[pos] ^= data.draw(st.integers(1, 255))
+        elif kind == "cut":
+            del blob[pos:pos + data.draw(st.integers(1, 8))]
+        else:
+            blob[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+    try:
+        arr = D.parse_idx(bytes(blob))
+    except DataError:
+        return
+    assert arr.size * arr.dtype.itemsize + 4 + 4 * arr.ndim == len(blob)  # accepted only if self-consistent
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=64))
+def test_corrupt_gzip_files_raise_data_error(tmp_path_factory, junk):
+    p = tmp_path_factory.mktemp("gz") / "x.gz"
+    p.write_bytes(gzip.compress(GOOD)[: len(junk) % 40] + junk)
+    try:
+        D.parse_idx(D.read_bytes(p), str(p))
+    except DataError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# A small MNIST-format data set, with its checksums patched in, served from 127.0.0.1
+# ---------------------------------------------------------------------------------------------
+
+def tiny_mnist(n_train=10_050, n_test=30):
+    rng = np.random.default_rng(0)
+    files = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        files[f"{prefix}-images-idx3-ubyte"] = idx_bytes(rng.integers(0, 256, (n, 2, 3), dtype=np.uint8))
+        files[f"{prefix}-labels-idx1-ubyte"] = idx_bytes(rng.integers(0, 10, n, dtype=np.uint8))
+    return files
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    files = tiny_mnist()
+    monkeypatch.setattr(D, "MNIST_FILES", {k: hashlib.md5(v).hexdigest() for k, v in files.items()})
+    return files
+
+
+class Server:
+    """Serves /<name>.gz from a dict; ``mode`` per name: good, corrupt, corrupt-once, drop, missing."""
+
+    def __init__(self, files):
+        self.files, self.mode, self.hits = files, {}, []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                name = self.path.strip("/").removesuffix(".gz")
+                outer.hits.append(name)
+                mode = outer.mode.get(name, "good")
+                if name not in outer.files or mode == "missing":
+                    self.send_error(404)
+                    return
+                body = gzip.compress(outer.files[name], mtime=0)
+                if mode == "corrupt" or (mode == "corrupt-once" and outer.hits.count(name) == 1):
+                    body = gzip.compress(outer.files[name][:-1] + b"\x99", mtime=0)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if mode == "drop":
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)  # the connection drops mid-file
+                    return
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def leftovers(d: Path):
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+NAME = "t10k-labels-idx1-ubyte"
+
+
+def test_download_good_file(tiny, tmp_path):
+    with Server(tiny) as s:
+        path = D.download(NAME, tmp_path, mirrors=[s.url], log=lambda m: None)
+    assert path == tmp_path / f"{NAME}.gz"
+    assert D.read_bytes(path) == tiny[NAME]
+    assert leftovers(tmp_path) == [f"{NAME}.gz"]
+
+
+def test_download_moves_to_the_next_mirror(tiny, tmp_path):
+    with Server(tiny) as bad, Server(tiny) as good:
+        bad.mode[NAME] = "missing"
+        D.download(NAME, tmp_path, mirrors=[bad.url, good.url], log=lambda m: None)
+    assert bad.hits == [NAME] and good.hits == [NAME]
+    assert leftovers(tmp_path) == [f"{NAME}.gz"]
+
+
+def test_corrupt_file_is_downloaded_once_more_then_fails(tiny, tmp_path):
+    with Server(tiny) as s:
+        s.mode[NAME] = "corrupt"
+        with pytest.raises(DataError, match="MD5 check twice"):
+            D.download(NAME, tmp_path, mirrors=[s.url], log=lambda m: None)
+        assert s.hits == [NAME, NAME]
+    assert leftovers(tmp_path) == []
+
+
+def test_one_corrupt_download_is_retried(tiny, tmp_path):
+    with Server(tiny) as s:
+        s.mode[NAME] = "corrupt-once"
+        D.download(NAME, tmp_path, mirrors=[s.url], log=lambda m: None)
+        assert s.hits == [NAME, NAME]
+    assert leftovers(tmp_path) == [f"{NAME}.gz"]
+
+
+def test_dropped_connection_leaves_nothing_half_written(tiny, tmp_path):
+    with Server(tiny) as s:
+        s.mode[NAME] = "drop"
+        with pytest.raises(DataError, match="could not download"):
+            D.download(NAME, tmp_path, mirrors=[s.url], log=lambda m: None)
+    assert leftovers(tmp_path) == []
+
+
+def test_unreachable_mirror_is_a_clear_error(tiny, tmp_path):
+    with Server(tiny) as s:
+        url = s.url
+    with pytest.raises(DataError, match="could not download.*--data-dir"):
+        D.download(NAME, tmp_path, mirrors=[url], log=lambda m: None, timeout=5)
+
+
+def test_load_mnist_fills_the_cache_by_download_then_reuses_it(tiny, tmp_path, monkeypatch):
+    monkeypatch.delenv("GPUBP_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with Server(tiny) as s:
+        monkeypatch.setenv("GPUBP_MNIST_MIRRORS", s.url)
+        d = D.load_mnist(log=lambda m: None)
+        assert sorted(s.hits) == sorted(tiny)
+        D.load_mnist(log=lambda m: None)  # second load: from the cache
+        assert len(s.hits) == 4
+        # a damaged cached file is replaced by a fresh download
+        cached = tmp_path / "gpubp" / "mnist" / "t10k-images-idx3-ubyte.gz"
+        cached.write_bytes(gzip.compress(b"junk"))
+        D.load_mnist(log=lambda m: None)
+        assert len(s.hits) == 5
+    X, y = d["train"]
+    assert X.shape == (10_050 - 10_000, 6) and X.dtype == np.float32 and 0 <= X.min() and X.max() <= 1
+    assert d["validation"][0].shape == (10_000, 6) and d["test"][0].shape == (30, 6)
+    assert y.dtype == np.int64
+    raw = D.parse_idx(tiny["train-images-idx3-ubyte"])
+    assert np.array_equal(d["validation"][0][-1] * 255, raw[-1].ravel().astype(np.float32))
+
+
+def test_explicit_directory_is_verified_and_never_downloaded(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPUBP_MNIST_MIRRORS", "http://127.0.0.1:9/")
+    for name, blob in tiny.items():
+        (tmp_path / name).write_bytes(blob)  # uncompressed files are accepted too
+    assert D.load_mnist(tmp_path)["test"][0].shape == (30, 6)
+    (tmp_path / NAME).write_bytes(tiny[NAME][:-1] + b"\x05")
+    with pytest.raises(DataError, match="MD5.*--no-verify"):
+        D.load_mnist(tmp_path)
+    assert D.load_mnist(tmp_path, verify=False)["test"][1][-1] == 5
+    (tmp_path / NAME).unlink()
+    with pytest.raises(DataError, match="not found in"):
+        D.load_mnist(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        D.load_mnist(tmp_path / "nowhere")
+
+
+def test_data_dir_order(monkeypatch, tmp_path):
+    monkeypatch.setenv("GPUBP_DATA_DIR", str(tmp_path / "env"))
+    assert D.resolve_dir(tmp_path / "arg") == (tmp_path / "arg", False)
+    assert D.resolve_dir(None) == (tmp_path / "env", False)
+    monkeypatch.delenv("GPUBP_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert D.resolve_dir(None) == (tmp_path / "gpubp" / "mnist", True)
+
+
+def test_real_mnist_split(mnist):
+    X, y = mnist["train"]
+    assert X.shape == (50_000, 784) and mnist["validation"][0].shape == (10_000, 784)
+    assert mnist["test"][0].shape == (10_000, 784)
+    assert X.dtype == np.float32 and X.min() == 0.0 and X.max() == 1.0
+    assert list(y[:5]) == [5, 0, 4, 1, 9] and list(mnist["test"][1][:5]) == [7, 2, 1, 0, 4]

@@ -1,0 +1,96 @@
+"""The training loop: MNIST accuracy, shuffling, the partial last batch, early stopping, divergence."""
+
+import numpy as np
+import pytest
+
+from gpubp import Network, train
+from gpubp.errors import GpubpError, TrainingDiverged
+
+
+def toy(n=25, n_in=6, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, n_in)).astype(np.float32), rng.integers(0, k, n)
+
+
+@pytest.mark.slow
+def test_one_epoch_of_the_default_network_reaches_90_percent(mnist):
+    net = Network([784, 30, 10], seed=1)
+    history = net.sgd(mnist["train"], epochs=1, mini_batch_size=10, eta=3.0,
+                      evaluation_data=mnist["validation"], seed=1)
+    assert len(history) == 1
+    r = history[0]
+    assert r["validation_accuracy"] >= 0.90, r
+    assert 0 < r["train_cost"] < 0.1 and r["seconds"] > 0
+
+
+def test_epoch_is_one_shuffle_then_contiguous_batches_including_the_partial_one():
+    X, y = toy()
+    net = Network([6, 5, 3], seed=4, dtype="float64")
+    manual = Network([6, 5, 3], seed=4, dtype="float64")
+    train(net, (X, y), epochs=2, mini_batch_size=10, eta=0.7, seed=9, monitor_training_cost=False)
+    rng = np.random.default_rng(9)
+    for _ in range(2):
+        perm = rng.permutation(len(X))
+        for k in (0, 10, 20):  # batches of 10, 10 and the last 5: none dropped
+            idx = perm[k:k + 10]
+            manual.update_mini_batch(X[idx], y[idx], 0.7)
+    assert np.array_equal(net.get_params(), manual.get_params())
+
+
+def test_history_records_and_callback():
+    X, y = toy(n=40)
+    seen = []
+    h = train(Network([6, 4, 3], seed=1), (X, y), epochs=3, mini_batch_size=8, eta=0.5,
+              evaluation_data=(X, y), on_epoch=seen.append, progress=False)
+    assert [r["epoch"] for r in h] == [0, 1, 2] and seen == h
+    for r in h:
+        assert set(r) == {"epoch", "seconds", "eval_seconds", "train_cost", "validation_accuracy"}
+        assert 0 <= r["validation_accuracy"] <= 1 and r["train_cost"] > 0
+
+
+def test_early_stopping_stops_after_patience_without_improvement():
+    X, y = toy(n=30)
+    net = Network([6, 4, 3], seed=1)
+    # eta so small that validation accuracy cannot improve after the first epoch
+    h = train(net, (X, y), epochs=50, mini_batch_size=10, eta=1e-12, evaluation_data=(X, y), early_stopping=3)
+    assert len(h) == 4
+
+
+def test_divergence_names_eta():
+    X, y = toy(n=30)
+    net = Network([6, 4, 3], seed=1)
+    # float32 cannot hold eta/m: delta^L overflows to inf and the weights to NaN
+    with pytest.raises(TrainingDiverged, match=r"cost became nan in epoch 0 with eta=1e\+40.*--eta 1e\+39"):
+        train(net, (X, y), epochs=3, mini_batch_size=10, eta=1e40)
+
+
+def test_progress_bar_only_when_asked(capsys):
+    X, y = toy(n=30)
+    train(Network([6, 4, 3], seed=1), (X, y), epochs=1, mini_batch_size=10, eta=0.5, progress=True)
+    assert "epoch 1/1" in capsys.readouterr().err
+    train(Network([6, 4, 3], seed=1), (X, y), epochs=1, mini_batch_size=10, eta=0.5)  # stderr is no TTY
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(mini_batch_size=0), "mini_batch_size"),
+    (dict(epochs=-1), "epochs"),
+    (dict(eta=0), "eta"),
+    (dict(lmbda=-1), "lmbda"),
+    (dict(early_stopping=2), "early stopping needs evaluation data"),
+])
+def test_bad_training_arguments(kwargs, match):
+    X, y = toy()
+    with pytest.raises(GpubpError, match=match):
+        train(Network([6, 4, 3]), (X, y), **{"epochs": 1, "eta": 0.1, **kwargs})
+
+
+def test_bad_training_data():
+    X, y = toy()
+    net = Network([6, 4, 3])
+    with pytest.raises(GpubpError, match="one label per row"):
+        train(net, (X, y[:-1]), epochs=1)
+    with pytest.raises(GpubpError, match=r"shape \(n, 6\)"):
+        train(net, (X[:, :5], y), epochs=1)
+    with pytest.raises(GpubpError, match=r"lie in \[0, 2\]"):
+        train(net, (X, y + 5), epochs=1)
