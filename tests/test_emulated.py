@@ -1,0 +1,98 @@
+"""The whole training path on the kernel backends: same weights as NumPy, and the device-efficiency
+counters (launches, GEMMs, copies, syncs, allocations) a GPU step must meet."""
+
+import numpy as np
+import pytest
+
+from gpubp import Network, train
+from gpubp.backend import get_backend
+from helpers import assert_close
+
+KERNEL_BACKENDS = ["emulated", pytest.param("cupy", marks=pytest.mark.gpu)]
+TOL = {"float64": 1e-10, "float32": 1e-4}  # relative
+
+
+def params_close(a, b, dtype, what):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    rel = np.linalg.norm(a - b) / np.linalg.norm(b)
+    assert rel <= TOL[dtype], f"{what}: relative difference {rel:.3e} > {TOL[dtype]:g}"
+    assert_close(a, b, rtol=TOL[dtype], atol=TOL[dtype] * np.abs(b).max(), what=what)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("cost", ["quadratic", "cross_entropy"])
+def test_update_mini_batch_matches_numpy(backend, dtype, cost):
+    rng = np.random.default_rng(21)
+    X = rng.random((37, 50))
+    y = rng.integers(0, 10, 37)
+    nets = {b: Network([50, 33, 17, 10], cost=cost, backend=b, dtype=dtype, seed=8) for b in ("numpy", backend)}
+    for net in nets.values():
+        for _ in range(3):
+            net.update_mini_batch(X, y, 0.9, lmbda=2.0, n=1000)
+    a, b = nets[backend].get_params(), nets["numpy"].get_params()
+    assert not np.array_equal(a, Network([50, 33, 17, 10], seed=8, dtype=dtype).get_params())  # it moved
+    params_close(a, b, dtype, f"{backend} vs numpy after update_mini_batch")
+    grads = [nets[k].backprop(X, y) for k in ("numpy", backend)]
+    for g_ref, g in zip(grads[0][1] + grads[0][0], grads[1][1] + grads[1][0]):
+        params_close(nets[backend].be.to_host(g), g_ref, dtype, "backprop gradient")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_200_sgd_steps_on_mnist_match_numpy(mnist, backend, dtype):
+    X, y = mnist["train"][0][:2000], mnist["train"][1][:2000]
+    ev = (mnist["validation"][0][:500], mnist["validation"][1][:500])
+    out = {}
+    for b in ("numpy", backend):
+        net = Network([784, 30, 10], backend=b, dtype=dtype, seed=2)
+        h = net.sgd((X, y), epochs=1, mini_batch_size=10, eta=3.0, lmbda=1.0, evaluation_data=ev, seed=3)
+        out[b] = (net.get_params(), h[0])
+    params_close(out[backend][0], out["numpy"][0], dtype, f"{backend} vs numpy after 200 steps")
+    assert out[backend][1]["validation_accuracy"] == pytest.approx(out["numpy"][1]["validation_accuracy"], abs=0.004)
+    assert out["numpy"][1]["validation_accuracy"] > 0.7  # it learned
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("sizes", [[784, 30, 10], [784, 100, 50, 10]], ids=["L2", "L3"])
+def test_a_training_step_meets_the_counter_targets(backend, sizes):
+    be = get_backend(backend)
+    L = len(sizes) - 1
+    net = Network(sizes, backend=be, seed=1)
+    rng = np.random.default_rng(0)
+    X = be.to_device(rng.random((10, 784)), np.float32)
+    Y = be.to_device(np.eye(10)[rng.integers(0, 10, 10)], np.float32)
+    net._step(X, Y, 3.0, 0.9999)  # the first step allocates the workspaces
+    with be.counters() as c:
+        net._step(X, Y, 3.0, 0.9999)
+    assert c.launches == 2 * L + 1  # L bias+sigma, 1 output delta, L-1 hidden deltas, 1 SGD update
+    assert c.gemms == 4 * L - 1  # L forward, L for dW, L for db, L-1 for delta W
+    assert c.launches + c.gemms <= 6 * L
+    assert (c.h2d, c.d2h, c.syncs, c.allocs) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_nothing_returns_to_the_host_inside_an_epoch(backend):
+    be = get_backend(backend)
+    rng = np.random.default_rng(0)
+    X, y = rng.random((250, 20)), rng.integers(0, 4, 250)
+    net = Network([20, 8, 4], backend=be, seed=1)
+    for epochs in (1, 3):
+        with be.counters() as c:
+            train(net, (X, y), epochs=epochs, mini_batch_size=10, eta=1.0, monitor_training_cost=False)
+        # per epoch: one permutation up, a sync on each side of the clock, one finiteness check down;
+        # plus the data moving up once. 25 steps per epoch add nothing.
+        assert c.h2d == 2 + epochs and c.syncs == 2 * epochs and c.d2h == epochs, c
+
+
+def test_emulated_backend_reports_its_compiler_and_builds_once(tmp_path, monkeypatch):
+    from gpubp import emulator
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    be = emulator.EmulatedBackend()
+    first = be.warmup()
+    assert sorted(p.suffix for p in (tmp_path / "gpubp" / "emulated").iterdir()) == [".so"] * 6
+    again = emulator.EmulatedBackend().warmup()  # from the cache: no compiler run
+    assert again < first
+    assert be.compiler.rsplit("/", 1)[-1] in be.device

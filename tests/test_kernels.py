@@ -1,0 +1,287 @@
+"""Every CUDA kernel: compiled by NVRTC as CuPy compiles it and by nvcc, then run on the emulated
+backend (and on CuPy when a GPU answers) against a float64 reference and the NumPy reference.
+
+Inputs are seeded random values with edge values (+-1000, 0, exact 0/1 activations, ties, NaN)
+at sizes 1, 255, 257 and 10_007 (not multiples of the block of 256), in float32 and float64;
+outputs are poisoned before a kernel writes them.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from gpubp import kernels as K
+from gpubp.backend import get_backend
+from gpubp.errors import GpubpError
+from helpers import assert_close, sigmoid64
+
+SIZES = [1, 255, 257, 10_007]
+DTYPES = [np.float32, np.float64]
+BACKENDS = ["numpy", "emulated", pytest.param("cupy", marks=pytest.mark.gpu)]
+# 2-D kernels: (rows, cols) with rows*cols = n, so the bias/row structure is exercised too
+SHAPES = {1: (1, 1), 255: (17, 15), 257: (1, 257), 10_007: (10_007, 1)}
+
+
+def need_nvrtc():
+    """CuPy's NVRTC bindings; under CI their absence is a failure, elsewhere a skip with the reason."""
+    try:
+        from cupy.cuda import nvrtc
+    except ImportError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CuPy's NVRTC bindings are required in CI (install the test extra): {e}")
+        pytest.skip(f"CuPy is not installed (pip install 'gpubp[test]'): {e}")
+    return nvrtc
+
+
+# ---------------------------------------------------------------------------------------------
+# Compilation: NVRTC exactly as the CuPy backend, and nvcc
+# ---------------------------------------------------------------------------------------------
+
+def nvrtc_ptx(file, arch):
+    nvrtc = need_nvrtc()
+    prog = nvrtc.createProgram(K.source(file), file, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, [*K.NVRTC_OPTIONS, f"-arch=compute_{arch}"])
+        except nvrtc.NVRTCError as e:
+            pytest.fail(f"NVRTC failed on {file} for compute_{arch}: {e}\n{nvrtc.getProgramLog(prog)}")
+        ptx = nvrtc.getPTX(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    return ptx.decode() if isinstance(ptx, bytes) else ptx
+
+
+def ptx_entries(ptx):
+    """{entry name: its PTX body}."""
+    parts = re.split(r"\.visible \.entry (\w+)\(", ptx)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+@pytest.mark.parametrize("arch", [75, 80, 90])
+@pytest.mark.parametrize("file", K.kernel_files())
+def test_nvrtc_compiles_every_kernel_as_cupy_does(file, arch):
+    entries = ptx_entries(nvrtc_ptx(file, arch))
+    names = set(K.parse_signatures(K.source(file)))
+    assert names and set(entries) == names
+    for name, body in entries.items():
+        assert name.endswith(("_f32", "_f64"))
+        if name.endswith("_f32"):  # float kernels do no double arithmetic at all
+            assert ".f64" not in body, f"{name} uses double precision at compute_{arch}"
+
+
+def test_every_kernel_exists_for_both_precisions():
+    names = set(K.signatures())
+    stems = {n[:-4] for n in names}
+    assert stems == {"bias_sigmoid", "output_delta_quadratic", "output_delta_cross_entropy", "hidden_delta",
+                     "sgd_update", "one_hot", "argmax_hits"}
+    for stem in stems:
+        f32, f64 = K.signatures()[stem + "_f32"][1], K.signatures()[stem + "_f64"][1]
+        assert [p.name for p in f32] == [p.name for p in f64]
+        for p in f32 + f64:  # sizes travel as 64-bit integers
+            if p.name in ("n", "rows", "cols", "classes", "n_weights"):
+                assert p.ctype == "long long" and not p.pointer
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+@pytest.mark.parametrize("file", K.kernel_files())
+def test_nvcc_compiles_without_spills(file, tmp_path):
+    src = tmp_path / file
+    src.write_text(K.source(file))
+    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in (75, 80, 90)]
+    p = subprocess.run(["nvcc", *gencode, "-Xptxas", "-v", "-c", "-o", os.devnull, str(src)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    for arch in (75, 80, 90):
+        for name in K.parse_signatures(K.source(file)):
+            assert f"Compiling entry function '{name}' for 'sm_{arch}'" in p.stderr
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", p.stderr)
+    assert spills and all(s == ("0", "0") for s in spills), p.stderr
+
+
+def test_kernel_file_headers_say_what_they_are():
+    for f in K.kernel_files():
+        head = (K.kernel_dir() / f).read_text().split("#include")[0]
+        for needle in ("NumPy reference: gpubp.kernels.", "Launch:", "Tolerance"):
+            assert needle in head, f"{f} header lacks {needle!r}"
+        for dt in DTYPES:
+            K.tolerance(f, dt)  # parses
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels against float64 references
+# ---------------------------------------------------------------------------------------------
+
+def edges(a, rng, values=(1000.0, -1000.0, 0.0)):
+    """Write each edge value at a few random places of ``a`` (in place); returns a."""
+    flat = a.reshape(-1)
+    for v in values:
+        flat[rng.integers(0, flat.size, max(1, flat.size // 50))] = v
+    return a
+
+
+def cast(a, dtype):
+    return np.asarray(a, dtype=dtype).astype(np.float64)
+
+
+def case_bias_sigmoid(be, rng, n, dtype):
+    rows, cols = SHAPES[n]
+    Z, b = edges(rng.standard_normal((rows, cols)) * 6, rng), rng.standard_normal(cols) * 6
+    expected = sigmoid64(cast(Z, dtype) + cast(b, dtype))
+    Zd, bd = be.to_device(Z, dtype), be.to_device(b, dtype)
+    be.bias_sigmoid(Zd, bd)  # in place: every element is rewritten, so a skipped one shows
+    return Zd, expected, None
+
+
+def activations(rng, shape):
+    A = rng.random(shape)
+    return edges(A, rng, values=(0.0, 1.0))
+
+
+def case_output_delta(cost):
+    def case(be, rng, n, dtype):
+        A = activations(rng, (n, 1))
+        A.reshape(-1)[rng.integers(0, n, max(1, n // 50))] = -1000.0  # the formula holds for any a
+        Y = (rng.random((n, 1)) < 0.3).astype(float)
+        scale = 3.0 / 7.0
+        a, y = cast(A, dtype), cast(Y, dtype)
+        s = float(np.asarray(scale, dtype))
+        expected = s * (a - y) * (a * (1 - a) if cost == "quadratic" else 1.0)
+        D = be.to_device(np.full((n, 1), np.nan), dtype)  # poisoned
+        be.output_delta(cost, D, be.to_device(A, dtype), be.to_device(Y, dtype), scale)
+        return D, expected, None
+    return case
+
+
+def case_hidden_delta(be, rng, n, dtype):
+    G = edges(rng.standard_normal((n, 1)) * 5, rng)
+    A = activations(rng, (n, 1))
+    g, a = cast(G, dtype), cast(A, dtype)
+    expected = g * (a * (1 - a))
+    Gd = be.to_device(G, dtype)
+    be.hidden_delta(Gd, be.to_device(A, dtype))
+    return Gd, expected, None
+
+
+def case_sgd_update(step):
+    def case(be, rng, n, dtype):
+        p, g = edges(rng.standard_normal(n), rng), edges(rng.standard_normal(n), rng)
+        nw, decay = n - n // 3, 1 - 0.5 * 5.0 / 50_000
+        pd_, gd = cast(p, dtype), cast(g, dtype)
+        dec, stp = float(np.asarray(decay, dtype)), float(np.asarray(step, dtype))
+        keep = np.where(np.arange(n) < nw, dec, 1.0)
+        expected = keep * pd_ - stp * gd
+        P = be.to_device(p, dtype)
+        be.sgd_update(P, be.to_device(g, dtype), nw, decay, step)
+        return P, expected, np.abs(keep * pd_) + np.abs(stp * gd)
+    return case
+
+
+def case_one_hot(be, rng, n, dtype):
+    labels = rng.integers(0, 10, n)
+    expected = np.zeros((n, 10))
+    expected[np.arange(n), labels] = 1
+    Y = be.to_device(np.full((n, 10), np.nan), dtype)
+    be.one_hot(be.to_device(labels, np.int64), Y)
+    return Y, expected, None
+
+
+def case_argmax_hits(be, rng, n, dtype):
+    cols = 10
+    A = edges(rng.standard_normal((n, cols)), rng)
+    A[::7, 3] = A[::7, 8] = A[::7].max(axis=1) + 1  # ties: the first maximum wins
+    A[::11, 5] = np.nan  # a NaN counts as the maximum, as numpy.argmax
+    Ad = np.asarray(A, dtype)
+    labels = np.where(rng.random(n) < 0.5, np.argmax(Ad, axis=1), rng.integers(0, cols, n))
+    expected = (np.argmax(Ad, axis=1) == labels).astype(np.float64)
+    hits = be.to_device(np.full(n, -7), np.int32)  # poisoned
+    be.argmax_hits(be.to_device(A, dtype), be.to_device(labels, np.int64), hits)
+    return hits, expected, None
+
+
+CASES = {
+    "bias_sigmoid": ("bias_sigmoid.cu", case_bias_sigmoid),
+    "output_delta_quadratic": ("output_delta.cu", case_output_delta("quadratic")),
+    "output_delta_cross_entropy": ("output_delta.cu", case_output_delta("cross_entropy")),
+    "hidden_delta": ("hidden_delta.cu", case_hidden_delta),
+    "sgd_update": ("sgd_update.cu", case_sgd_update(0.37)),
+    "sgd_update_unit_step": ("sgd_update.cu", case_sgd_update(1.0)),
+    "one_hot": ("one_hot.cu", case_one_hot),
+    "argmax_hits": ("argmax_hits.cu", case_argmax_hits),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("kernel", list(CASES))
+def test_kernel_matches_float64_reference(kernel, n, dtype, backend):
+    """Each backend's fused operation within the tolerance its kernel file states."""
+    file, case = CASES[kernel]
+    be = get_backend(backend)
+    out, expected, scale = case(be, np.random.default_rng(hash((kernel, n)) % 2**32), n, dtype)
+    out = be.to_host(out)
+    assert out.dtype == (np.int32 if kernel == "argmax_hits" else dtype)
+    atol, rtol = K.tolerance(file, dtype)
+    assert_close(out, expected, atol=atol, rtol=rtol, scale=scale, what=f"{kernel} n={n} on {backend}")
+
+
+@pytest.mark.parametrize("backend", ["emulated", pytest.param("cupy", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("kernel", list(CASES))
+def test_kernel_matches_numpy_reference(kernel, dtype, backend):
+    """The kernel and the NumPy reference agree on the same inputs, within the stated tolerance."""
+    file, case = CASES[kernel]
+    atol, rtol = K.tolerance(file, dtype)
+    got, _, scale = case(get_backend(backend), np.random.default_rng(5), 10_007, dtype)
+    ref, _, _ = case(get_backend("numpy"), np.random.default_rng(5), 10_007, dtype)
+    ref64 = np.asarray(ref, dtype=np.float64)
+    assert_close(get_backend(backend).to_host(got), ref64, atol=atol, rtol=2 * rtol, scale=scale,
+                 what=f"{kernel} {backend} vs numpy")
+
+
+# ---------------------------------------------------------------------------------------------
+# The launcher refuses what RawKernel would silently misuse
+# ---------------------------------------------------------------------------------------------
+
+def test_launcher_rejects_bad_arguments():
+    be = get_backend("emulated")
+    Z = np.ones((4, 6), np.float32)
+    b = np.ones(6, np.float32)
+    with pytest.raises(GpubpError, match="C-contiguous"):
+        be.launch("bias_sigmoid_f32", 24, np.ones((6, 4), np.float32).T, b, 4, 6)
+    with pytest.raises(GpubpError, match="must be float32, got float64"):
+        be.launch("bias_sigmoid_f32", 24, Z.astype(np.float64), b, 4, 6)
+    with pytest.raises(GpubpError, match="takes 4 arguments, got 3"):
+        be.launch("bias_sigmoid_f32", 24, Z, b, 4)
+    with pytest.raises(GpubpError, match="must be an integer"):
+        be.launch("bias_sigmoid_f32", 24, Z, b, 4.0, 6)
+    with pytest.raises(GpubpError, match="is a scalar, got an array"):
+        be.launch("bias_sigmoid_f32", 24, Z, b, np.array([4, 5]), 6)
+    with pytest.raises(GpubpError, match="must be a emulated array"):
+        be.launch("bias_sigmoid_f32", 24, [1.0], b, 4, 6)
+    with pytest.raises(GpubpError, match="float32 or float64"):
+        be.bias_sigmoid(np.ones((2, 2), np.float16), np.ones(2, np.float16))
+    with be.counters() as c:  # nothing was launched by the refused calls above, nor by these
+        with pytest.raises(GpubpError):
+            be.launch("hidden_delta_f32", 6, np.ones(6, np.float32), np.ones(6, np.float64), 6)
+    assert c.launches == 0
+
+
+def test_grid_is_ceil_div_capped_to_a_multiple_of_the_sms():
+    assert K.grid_size(1, 80) == 1
+    assert K.grid_size(256, 80) == 1 and K.grid_size(257, 80) == 2
+    assert K.grid_size(10**9, 80) == 80 * K.BLOCKS_PER_SM
+    assert K.grid_size(10**9, 80) % 80 == 0
+
+
+def test_signature_parser_reads_what_the_sources_declare():
+    sig = K.parse_signatures('extern "C" __global__ void k_f32(float* __restrict__ a, const long long* b, '
+                             'long long n, double s) {}')
+    assert sig == {"k_f32": (K.Param("a", "float", True), K.Param("b", "long long", True),
+                             K.Param("n", "long long", False), K.Param("s", "double", False))}
+    with pytest.raises(GpubpError, match="cannot read parameter"):
+        K.parse_signatures('extern "C" __global__ void k(float2 a) {}')
