@@ -71,7 +71,10 @@ class Backend:
             self._active.remove(c)
 
     def to_device(self, a, dtype=None):
-        """A C-contiguous device copy of host array ``a`` (cast to ``dtype`` if given)."""
+        """``a`` as a C-contiguous device array of ``dtype``: copied up from the host, or cast in
+        place on the device when it is a device array already (no host round trip)."""
+        if self.xp is not np and isinstance(a, self.xp.ndarray):
+            return self.xp.ascontiguousarray(a, dtype=dtype)
         self._count("h2d")
         return self.xp.asarray(np.ascontiguousarray(a, dtype=dtype))
 

@@ -160,6 +160,8 @@ def cmd_train(args) -> int:
               "seed": args.seed, "early_stopping": args.early_stopping}
     say = (lambda *a: None) if args.quiet else print
     say(f"gpubp train: {net} on {be.device} ({be.reason})")
+    if hasattr(be, "warmup"):
+        say(f"kernels compiled (or loaded from cache) in {be.warmup():.2f} s")
 
     def on_epoch(r):
         say(f"epoch {r['epoch'] + 1}/{args.epochs}: validation accuracy {r['validation_accuracy']:.4f}, "

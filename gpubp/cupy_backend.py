@@ -35,10 +35,6 @@ class CupyBackend(K.KernelBackend, Backend):
         self._modules: dict[str, object] = {}
         self._functions: dict[str, object] = {}
 
-    def to_device(self, a, dtype=None):
-        self._count("h2d")
-        return self.xp.asarray(np.ascontiguousarray(a, dtype=dtype))
-
     def to_host(self, a) -> np.ndarray:
         self._count("d2h")
         return self.xp.asnumpy(a)

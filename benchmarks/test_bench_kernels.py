@@ -1,0 +1,65 @@
+"""Each fused kernel against the plain ``xp`` expression it replaces, per backend."""
+
+import numpy as np
+import pytest
+
+from benchutil import backend_params, timed
+from gpubp.backend import get_backend
+
+M, N = 128, 1024  # one hidden layer of network B
+
+
+@pytest.fixture
+def arrays(backend):
+    be = get_backend(backend)
+    rng = np.random.default_rng(0)
+    mk = lambda *shape: be.to_device(rng.standard_normal(shape), np.float32)  # noqa: E731
+    return be, {"Z": mk(M, N), "b": mk(N), "A": be.to_device(rng.random((M, N)), np.float32),
+                "Y": be.to_device(np.eye(N)[rng.integers(0, N, M)], np.float32), "D": mk(M, N),
+                "p": mk(1_863_690), "g": mk(1_863_690)}
+
+
+@pytest.mark.parametrize("backend", backend_params("numpy", "emulated", "cupy"))
+@pytest.mark.parametrize("variant", ["fused", "plain"])
+def test_bias_sigmoid(benchmark, arrays, backend, variant):
+    be, a = arrays
+    xp = be.xp
+    if variant == "fused":
+        timed(benchmark, be, lambda: be.bias_sigmoid(a["Z"], a["b"]))
+    else:
+        timed(benchmark, be, lambda: 1 / (1 + xp.exp(-(a["Z"] + a["b"]))))
+
+
+@pytest.mark.parametrize("backend", backend_params("numpy", "emulated", "cupy"))
+@pytest.mark.parametrize("variant", ["fused", "plain"])
+def test_output_delta_quadratic(benchmark, arrays, backend, variant):
+    be, a = arrays
+    if variant == "fused":
+        timed(benchmark, be, lambda: be.output_delta("quadratic", a["D"], a["A"], a["Y"], 1 / M))
+    else:
+        timed(benchmark, be, lambda: (a["A"] - a["Y"]) * a["A"] * (1 - a["A"]) / M)
+
+
+@pytest.mark.parametrize("backend", backend_params("numpy", "emulated", "cupy"))
+@pytest.mark.parametrize("variant", ["fused", "plain"])
+def test_hidden_delta(benchmark, arrays, backend, variant):
+    be, a = arrays
+    if variant == "fused":
+        timed(benchmark, be, lambda: be.hidden_delta(a["D"], a["A"]))
+    else:
+        timed(benchmark, be, lambda: a["D"] * (a["A"] * (1 - a["A"])))
+
+
+@pytest.mark.parametrize("backend", backend_params("numpy", "emulated", "cupy"))
+@pytest.mark.parametrize("variant", ["fused", "plain"])
+def test_sgd_update(benchmark, arrays, backend, variant):
+    """Every parameter of network B: one pass against the two-expression update it replaces."""
+    be, a = arrays
+    nw = a["p"].size - 2058
+    if variant == "fused":
+        timed(benchmark, be, lambda: be.sgd_update(a["p"], a["g"], nw, 0.9999, 1.0))
+    else:
+        def plain():
+            a["p"][:nw] *= 0.9999
+            a["p"][...] = a["p"] - a["g"]
+        timed(benchmark, be, plain)

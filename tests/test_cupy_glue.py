@@ -1,0 +1,147 @@
+"""The CuPy backend's own Python, run against a stand-in for CuPy that keeps CuPy's documented call
+conventions and executes kernels on the emulator.
+
+What is checked: RawModule(code=..., options=...) receives exactly one kernel file's code and the
+NVRTC options; get_function by entry name; launches as kernel(grid_tuple, block_tuple, args_tuple)
+with NumPy scalars of the signature's types; synchronize through the current stream; device->host
+through asnumpy; allocations counted through a registered cupy.cuda.MemoryHook; and a whole
+training step giving NumPy's weights. (Real CuPy needs a GPU for all of these; the gpu-marked
+tests run them for real.)
+"""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import gpubp.backend as B
+from gpubp import Network
+from gpubp import kernels as K
+from gpubp.emulator import EmulatedBackend
+from helpers import assert_close
+
+
+class FakeCupy(types.ModuleType):
+    def __init__(self):
+        super().__init__("cupy")
+        self.calls = {"modules": [], "launches": [], "syncs": 0, "asnumpy": 0}
+        self._emu = EmulatedBackend()
+        self._hooks = {}
+        fake = self
+        self.ndarray = np.ndarray
+        for name in ("asarray", "ascontiguousarray", "zeros", "matmul", "take", "sum", "clip", "log",
+                     "float64", "float32", "int64", "int32", "argmax"):
+            setattr(self, name, getattr(np, name))
+
+        class MemoryHook:
+            name = "MemoryHook"
+
+            def __enter__(self):
+                assert self.name not in fake._hooks
+                fake._hooks[self.name] = self
+                return self
+
+            def __exit__(self, *exc):
+                del fake._hooks[self.name]
+
+            def malloc_postprocess(self, **kwargs):
+                pass
+
+        class RawKernel:
+            def __init__(self, file, name):
+                self.file, self.name = file, name
+
+            def __call__(self, grid, block, args, **kw):
+                assert type(grid) is tuple and type(block) is tuple and type(args) is tuple
+                assert all(isinstance(g, int) and g > 0 for g in grid + block)
+                for a in args:  # device arrays or NumPy scalars, never Python numbers
+                    assert isinstance(a, np.ndarray) or type(a) in (np.float32, np.float64, np.int32, np.int64), a
+                fake.calls["launches"].append(self.name)
+                fake._emu._run(self.file, self.name, grid[0], block[0], args)
+
+        class RawModule:
+            def __init__(self, code=None, *, options=(), **kw):
+                files = [f for f in K.kernel_files() if K.source(f) == code]
+                assert len(files) == 1, "RawModule must get exactly one kernel file's code"
+                assert isinstance(options, tuple) and options == K.NVRTC_OPTIONS
+                self.file = files[0]
+                fake.calls["modules"].append(self.file)
+
+            def get_function(self, name):
+                assert name in K.parse_signatures(K.source(self.file))
+                return RawKernel(self.file, name)
+
+        class Stream:
+            def synchronize(self):
+                fake.calls["syncs"] += 1
+
+        class Device:
+            id = 0
+            compute_capability = "90"
+            attributes = {"MultiProcessorCount": 3}
+
+        runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=lambda i: {"name": b"Stand-in"})
+        self.cuda = types.SimpleNamespace(MemoryHook=MemoryHook, Device=Device, runtime=runtime,
+                                          get_current_stream=lambda: Stream())
+        self.RawModule = RawModule
+
+    def empty(self, shape, dtype):
+        for h in list(self._hooks.values()):
+            h.malloc_postprocess(device_id=0, size=0, mem_size=0, mem_ptr=0, pmem_id=0)
+        return np.empty(shape, dtype)
+
+    def asnumpy(self, a):
+        self.calls["asnumpy"] += 1
+        return np.array(a)
+
+
+@pytest.fixture
+def cupy_be(monkeypatch):
+    fake = FakeCupy()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    B.cupy_status.cache_clear()
+    monkeypatch.setattr(B, "_instances", {})
+    be = B.get_backend("cupy")
+    yield be, fake
+    B.cupy_status.cache_clear()
+
+
+def test_cupy_backend_drives_kernels_as_cupy_documents(cupy_be):
+    be, fake = cupy_be
+    assert be.name == "cupy" and be.sm_count == 3 and "Stand-in" in be.device
+    seconds = be.warmup()
+    assert seconds >= 0 and sorted(set(fake.calls["modules"])) == K.kernel_files()
+    assert len(fake.calls["modules"]) == len(K.kernel_files())  # one module per file, compiled once
+
+
+def test_a_training_step_on_the_cupy_path_matches_numpy(cupy_be):
+    be, fake = cupy_be
+    rng = np.random.default_rng(0)
+    X, y = rng.random((23, 30)), rng.integers(0, 5, 23)
+    nets = [Network([30, 12, 9, 5], cost="quadratic", backend=b, dtype="float64", seed=4) for b in (be, "numpy")]
+    for net in nets:
+        net.update_mini_batch(X, y, 0.8, lmbda=1.0, n=500)
+    assert_close(nets[0].get_params(), nets[1].get_params(), rtol=1e-12, atol=1e-14, what="cupy path vs numpy")
+    assert fake.calls["asnumpy"] >= 1  # the result came back through cupy.asnumpy
+    Xd = be.to_device(X, np.float64)
+    Yd = nets[0]._one_hot(nets[0]._labels(y, 23))
+    nets[0]._step(Xd, Yd, 0.8, 1.0)
+    fake.calls["launches"].clear()
+    with be.counters() as c:
+        nets[0]._step(Xd, Yd, 0.8, 1.0)
+    assert fake.calls["launches"] == ["bias_sigmoid_f64"] * 3 + ["output_delta_quadratic_f64"] + \
+        ["hidden_delta_f64"] * 2 + ["sgd_update_f64"]
+    assert c.as_dict() == {"launches": 7, "gemms": 11, "h2d": 0, "d2h": 0, "syncs": 0, "allocs": 0}
+    with be.counters() as c:
+        be.empty((3,), np.float32)
+        be.synchronize()
+    assert c.allocs == 1 and c.syncs == 1 and fake.calls["syncs"] >= 1  # counted by the pool hook
+
+
+def test_device_arrays_are_cast_on_the_device_not_round_tripped(cupy_be):
+    be, fake = cupy_be
+    a = np.arange(6.0).reshape(2, 3)  # the stand-in's device arrays are NumPy arrays
+    with be.counters() as c:
+        out = be.to_device(a.T, np.float32)
+    assert out.flags.c_contiguous and out.dtype == np.float32 and c.h2d == 0
