@@ -232,6 +232,17 @@ def table(result) -> str:
 
 
 def plot(result, path) -> None:
+    """Write the figure of ``result`` to ``path`` (PNG), atomically."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(result)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def figure(result):
     """Two panels: samples/s vs batch size (a line per network and backend), and GPU/CPU speed-up
     vs batch size (a line per network), or the reason there is none."""
     try:
@@ -269,10 +280,7 @@ def plot(result, path) -> None:
         right.set_xticks([])
         right.set_yticks([])
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    return fig
 
 
 def run_cli(args) -> int:

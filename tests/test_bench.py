@@ -1,0 +1,111 @@
+"""`gpubp bench`: the sweep, its numbers, its JSON and plot, and what it says about skipped GPUs."""
+
+import json
+import sys
+
+import pytest
+
+from gpubp import bench
+from gpubp.backend import cupy_status
+from gpubp.cli import main
+
+
+def test_flop_count_of_one_training_step():
+    # forward 2*(784*30 + 30*10), dW the same, delta W only past the first layer: 2*30*10
+    assert bench.flops_per_sample([784, 30, 10]) == 2 * 23_820 * 2 + 2 * 300
+    assert bench.flops_per_sample([784, 1024, 1024, 10]) == 9_564_160
+
+
+def run_bench(capsys, tmp_path, *extra):
+    out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
+    with pytest.raises(SystemExit) as e:
+        sys.exit(main(["bench", "--sizes", "784,16,10", "784,40,10", "--batch-sizes", "10,64", "--steps", "3",
+                       "--repeats", "2", "--json", str(out_json), "--plot", str(out_png), *extra]))
+    out, err = capsys.readouterr()
+    assert e.value.code == 0, err
+    return out, json.loads(out_json.read_text()), out_png
+
+
+@pytest.mark.slow
+def test_bench_sweep_writes_table_json_and_plot(capsys, tmp_path, mnist_dir):
+    out, result, png = run_bench(capsys, tmp_path, "--data-dir", mnist_dir, "--backends", "numpy,emulated")
+    assert "| backend | network | batch |" in out
+    cases = result["cases"]
+    ours = [c for c in cases if c["backend"] in ("numpy", "emulated")]
+    assert len(ours) == 2 * 2 * 2
+    for c in ours:
+        assert c["steps"] == 3 and c["repeats"] == 2
+        assert 0 < c["seconds_per_epoch_min"] <= c["seconds_per_epoch"] <= c["seconds_per_epoch_max"]
+        assert c["samples_per_second"] > 0 and c["gflops"] > 0 and c["speedup_vs_numpy"] > 0
+        assert c["flops_per_step"] == bench.flops_per_sample(c["sizes"]) * c["batch"]
+        assert c["counters_per_step"]["allocs"] == 0 and c["counters_per_step"]["syncs"] == 0
+    emu = [c for c in ours if c["backend"] == "emulated"]
+    assert all(c["counters_per_step"]["launches"] == 5 for c in emu)
+    m = result["machine"]
+    for key in ("cpu", "cores", "numpy", "blas", "gpu", "cupy", "cuda_runtime", "cuda_driver"):
+        assert key in m
+    assert {"name", "version", "threads"} <= set(m["blas"])
+    assert result["gemm_gflops"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert not any(s.startswith("cupy") for s in result["skipped"])  # cupy was not asked for
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "b.png"]
+
+
+def test_default_backends_say_why_the_gpu_was_skipped(capsys, tmp_path, mnist_dir):
+    ok, why = cupy_status()
+    if ok:
+        pytest.skip("a GPU is present: nothing is skipped")
+    out, result, _ = run_bench(capsys, tmp_path, "--data-dir", mnist_dir)
+    assert f"skipped: cupy: {why}" in out
+    assert result["skipped"][0] == f"cupy: {why}"
+    assert {c["backend"] for c in result["cases"]} <= {"numpy", "torch-cpu"}
+
+
+def synthetic(with_gpu):
+    cases = []
+    for sizes in ([784, 30, 10], [784, 100, 10], [784, 1024, 1024, 10]):
+        for batch in (10, 128, 1024):
+            for b in ("numpy", "cupy") if with_gpu else ("numpy",):
+                cases.append({"backend": b, "sizes": sizes, "batch": batch, "samples_per_second": batch * 100.0,
+                              "speedup_vs_numpy": 3.0 if b == "cupy" else 1.0})
+    return {"dtype": "float32", "machine": {"cpu": "test"}, "cases": cases, "skipped": [] if with_gpu else ["cupy: none"]}
+
+
+@pytest.mark.parametrize("with_gpu", [True, False])
+def test_plot_has_one_speedup_line_per_network(with_gpu):
+    import matplotlib.pyplot as plt
+
+    fig = bench.figure(synthetic(with_gpu))
+    left, right = fig.axes
+    assert len(left.lines) == 3 * (2 if with_gpu else 1)
+    speedup_lines = [l for l in right.lines if len(l.get_xdata()) == 3]
+    assert len(speedup_lines) == (3 if with_gpu else 0)
+    if not with_gpu:
+        assert "no GPU measured here" in right.texts[0].get_text()
+    plt.close(fig)
+
+
+def test_plot_without_matplotlib_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit) as e:
+        sys.exit(main(["bench", "--quick", "--plot", str(tmp_path / "x.png")]))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "pip install 'gpubp[plot]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_or_unavailable_backends(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        sys.exit(main(["bench", "--backends", "tpu"]))
+    assert e.value.code == 2 and "unknown benchmark backend 'tpu'" in capsys.readouterr().err
+    if not cupy_status()[0]:
+        with pytest.raises(SystemExit) as e:
+            sys.exit(main(["bench", "--backends", "cupy"]))
+        assert e.value.code == 2 and "no backend left to benchmark: cupy:" in capsys.readouterr().err
+
+
+def test_speedups_pair_each_case_with_numpy():
+    cases = [{"backend": "numpy", "sizes": [1, 2], "batch": 10, "seconds_per_epoch": 4.0},
+             {"backend": "cupy", "sizes": [1, 2], "batch": 10, "seconds_per_epoch": 0.5},
+             {"backend": "cupy", "sizes": [1, 2], "batch": 99, "seconds_per_epoch": 0.5}]
+    bench.speedups(cases)
+    assert [c["speedup_vs_numpy"] for c in cases] == [1.0, 8.0, None]
