@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from benchutil import backend_params, timed
+
 from gpubp.backend import get_backend
 
 M, N = 128, 1024  # one hidden layer of network B

@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 import pytest
-
 from benchutil import backend_params, device_data, timed
+
 from gpubp import Network
 from gpubp.backend import get_backend
 from gpubp.bench import flops_per_sample, gemm_rate

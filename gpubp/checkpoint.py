@@ -51,7 +51,8 @@ def load(path, backend=None):
         with np.load(path, allow_pickle=False) as z:
             fields = {k: z[k] for k in ("format", "version", "sizes", "cost", "dtype", "params") if k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise ModelFileError(f"{path} is not a readable gpubp model (.npz): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelFileError(f"{path} is not a readable gpubp model (.npz): {why}") from None
     if fields.get("format") is None or str(fields["format"]) != FORMAT:
         raise ModelFileError(f"{path} is not a gpubp model file (no '{FORMAT}' tag)")
     missing = {"version", "sizes", "cost", "dtype", "params"} - fields.keys()

@@ -26,7 +26,7 @@ def _sizes(text):
     try:
         sizes = [int(s) for s in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"sizes must be comma-separated integers like 784,30,10, got {text!r}")
+        raise argparse.ArgumentTypeError(f"sizes must be comma-separated integers like 784,30,10, got {text!r}") from None
     if len(sizes) < 2 or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"sizes need two or more positive layer widths, got {text!r}")
     return sizes
@@ -37,7 +37,7 @@ def _number(kind, lo, inclusive):
         try:
             v = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
         if v != v or v in (float("inf"), float("-inf")) or (v < lo if inclusive else v <= lo):
             raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {lo}, got {text}")
         return v
@@ -49,7 +49,7 @@ def _list(kind):
         try:
             return [kind(s) for s in text.split(",") if s.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}") from None
     return parse
 
 

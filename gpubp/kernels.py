@@ -46,7 +46,7 @@ def kernel_files() -> list[str]:
     return sorted(p.name for p in kernel_dir().glob("*.cu"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def source(file: str) -> str:
     """The compilable code of one kernel file: the shared header inlined in place of its #include."""
     d = kernel_dir()
@@ -87,7 +87,7 @@ def parse_signatures(code: str) -> dict[str, tuple[Param, ...]]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def signatures() -> dict[str, tuple[str, tuple[Param, ...]]]:
     """{kernel name: (file, parameters)} over every kernel file."""
     table = {}

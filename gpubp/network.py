@@ -297,7 +297,7 @@ class Network:
         save(self, path)
 
     @classmethod
-    def load(cls, path, backend=None) -> "Network":
+    def load(cls, path, backend=None) -> Network:
         from .checkpoint import load
 
         return load(path, backend=backend)

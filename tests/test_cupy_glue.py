@@ -14,12 +14,12 @@ import types
 
 import numpy as np
 import pytest
+from helpers import assert_close
 
 import gpubp.backend as B
 from gpubp import Network
 from gpubp import kernels as K
 from gpubp.emulator import EmulatedBackend
-from helpers import assert_close
 
 
 class FakeCupy(types.ModuleType):

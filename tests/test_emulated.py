@@ -3,10 +3,10 @@ counters (launches, GEMMs, copies, syncs, allocations) a GPU step must meet."""
 
 import numpy as np
 import pytest
+from helpers import assert_close
 
 from gpubp import Network, train
 from gpubp.backend import get_backend
-from helpers import assert_close
 
 KERNEL_BACKENDS = ["emulated", pytest.param("cupy", marks=pytest.mark.gpu)]
 TOL = {"float64": 1e-10, "float32": 1e-4}  # relative

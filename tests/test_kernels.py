@@ -13,11 +13,11 @@ import subprocess
 
 import numpy as np
 import pytest
+from helpers import assert_close, sigmoid64
 
 from gpubp import kernels as K
 from gpubp.backend import get_backend
 from gpubp.errors import GpubpError
-from helpers import assert_close, sigmoid64
 
 SIZES = [1, 255, 257, 10_007]
 DTYPES = [np.float32, np.float64]

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
+from helpers import assert_close, cost64, one_hot, seed_notes_backprop, sigmoid64, sigmoid_prime64
 
 from gpubp import Network
 from gpubp import kernels as K
-from helpers import assert_close, cost64, one_hot, seed_notes_backprop, sigmoid64, sigmoid_prime64
 
 COSTS = ["quadratic", "cross_entropy"]
 
