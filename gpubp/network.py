@@ -120,42 +120,41 @@ class Network:
     # Inputs
     # -----------------------------------------------------------------------------------------
 
+    def _device(self, a, dtype):
+        """``a`` as a C-contiguous device array of ``dtype``; no copy when it already is one."""
+        if isinstance(a, self.xp.ndarray) and a.dtype == dtype and a.flags.c_contiguous:
+            return a
+        return self.be.to_device(a, dtype)
+
     def _inputs(self, X):
-        """X as a C-contiguous device array (m, n_0) of the network's dtype (no copy if it is one)."""
-        xp = self.xp
-        if not (isinstance(X, xp.ndarray) and X.dtype == self.dtype and X.flags.c_contiguous):
-            X = self.be.to_device(X, self.dtype)
+        """X (m, n_0) as a C-contiguous device array of the network's dtype."""
+        X = self._device(X, self.dtype)
         if X.ndim != 2 or X.shape[1] != self.sizes[0]:
             raise GpubpError(f"inputs must have shape (m, {self.sizes[0]}), got {tuple(X.shape)}")
         return X
 
     def _targets(self, Y, m):
         """Y as one-hot device rows (m, n_L); integer labels (m,) are one-hot encoded on the device."""
-        n_out = self.sizes[-1]
-        if Y.ndim == 1:
+        if np.ndim(Y) == 1:
             return self._one_hot(self._labels(Y, m))
-        Y = self._inputs_like(Y)
+        Y = self._device(Y, self.dtype)
+        n_out = self.sizes[-1]
         if Y.shape != (m, n_out):
             raise GpubpError(f"targets must have shape ({m}, {n_out}) or be {m} integer labels, got {tuple(Y.shape)}")
         return Y
 
-    def _inputs_like(self, Y):
-        if not (isinstance(Y, self.xp.ndarray) and Y.dtype == self.dtype and Y.flags.c_contiguous):
-            Y = self.be.to_device(Y, self.dtype)
-        return Y
-
     def _labels(self, y, m):
-        """Integer labels (m,) in [0, n_L), checked on the host, as an int64 device array."""
+        """Integer labels (m,) in [0, n_L) as an int64 device array. Host labels are range-checked
+        before they go up; labels already on the device are trusted (a check would cost a sync)."""
+        on_device = self.xp is not np and isinstance(y, self.xp.ndarray)
+        if not on_device:
+            y = np.asarray(y)
+        if y.shape != (m,) or y.dtype.kind not in "iu":
+            raise GpubpError(f"labels must be {m} integers, got shape {y.shape} dtype {y.dtype}")
         n_out = self.sizes[-1]
-        if isinstance(y, np.ndarray):
-            if y.shape != (m,) or y.dtype.kind not in "iu":
-                raise GpubpError(f"labels must be {m} integers, got shape {y.shape} dtype {y.dtype}")
-            if m and (y.min() < 0 or y.max() >= n_out):
-                raise GpubpError(f"labels must lie in [0, {n_out - 1}], got {y.min()}..{y.max()}")
-            return self.be.to_device(y, np.int64)
-        if y.shape != (m,) or y.dtype != np.int64:
-            raise GpubpError(f"device labels must be {m} int64 values, got shape {y.shape} dtype {y.dtype}")
-        return y
+        if not on_device and m and (y.min() < 0 or y.max() >= n_out):
+            raise GpubpError(f"labels must lie in [0, {n_out - 1}], got {y.min()}..{y.max()}")
+        return self._device(y, np.dtype(np.int64))
 
     def _one_hot(self, labels):
         Y = self.be.empty((labels.shape[0], self.sizes[-1]), self.dtype)

@@ -78,12 +78,15 @@ def test_nothing_returns_to_the_host_inside_an_epoch(backend):
     rng = np.random.default_rng(0)
     X, y = rng.random((250, 20)), rng.integers(0, 4, 250)
     net = Network([20, 8, 4], backend=be, seed=1)
+    h2d = {}
     for epochs in (1, 3):
         with be.counters() as c:
             train(net, (X, y), epochs=epochs, mini_batch_size=10, eta=1.0, monitor_training_cost=False)
         # per epoch: one permutation up, a sync on each side of the clock, one finiteness check down;
-        # plus the data moving up once. 25 steps per epoch add nothing.
-        assert c.h2d == 2 + epochs and c.syncs == 2 * epochs and c.d2h == epochs, c
+        # 25 steps per epoch add nothing.
+        assert c.syncs == 2 * epochs and c.d2h == epochs, c
+        h2d[epochs] = c.h2d
+    assert h2d[3] - h2d[1] == 2 and h2d[1] <= 3  # the data itself goes up once per run (X, labels)
 
 
 def test_emulated_backend_reports_its_compiler_and_builds_once(tmp_path, monkeypatch):
