@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from .errors import GpubpError
+from .fileio import atomic_path
 
 EPOCH_ROWS = 50_000
 DEFAULT_SIZES = [[784, 30, 10], [784, 100, 10], [784, 1024, 1024, 10], [784, 4096, 4096, 10]]
@@ -236,10 +237,11 @@ def plot(result, path) -> None:
     import matplotlib.pyplot as plt
 
     fig = figure(result)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 def figure(result):

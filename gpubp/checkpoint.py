@@ -6,14 +6,13 @@ vector (every W[l] row-major, then every b[l]), which is all a Network needs.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import GpubpError, ModelFileError
+from .fileio import atomic_path
 
 FORMAT = "gpubp-model"
 VERSION = 1
@@ -26,15 +25,9 @@ def save(net, path) -> Path:
         raise GpubpError(f"cannot save the model to {path}: it is a directory")
     if not path.parent.is_dir():
         raise GpubpError(f"cannot save the model to {path}: directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, format=np.array(FORMAT), version=np.array(VERSION), sizes=np.array(net.sizes, np.int64),
-                     cost=np.array(net.cost.name), dtype=np.array(net.dtype.name), params=net.get_params())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, format=np.array(FORMAT), version=np.array(VERSION), sizes=np.array(net.sizes, np.int64),
+                 cost=np.array(net.cost.name), dtype=np.array(net.dtype.name), params=net.get_params())
     return path
 
 

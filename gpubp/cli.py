@@ -9,10 +9,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from .errors import GpubpError
+from .fileio import atomic_path
 
 N_CLASSES = 10
 
@@ -124,15 +124,9 @@ def _check_writable(path: Path | None, what: str) -> None:
 
 def write_json(path: Path, obj) -> None:
     """Write JSON atomically (temp file + rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
 
 
 def _load_data(args, n_in=None, n_out=None):

@@ -12,7 +12,6 @@ import gzip
 import hashlib
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .fileio import atomic_path
 
 # name -> MD5 of the decompressed IDX bytes
 MNIST_FILES = {
@@ -110,32 +110,41 @@ def download(name: str, directory: Path, mirrors=None, log=None, timeout: float 
         url = mirror.rstrip("/") + f"/{name}.gz"
         while True:
             log(f"downloading {url}")
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
             try:
-                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                    size, total = resp.headers.get("Content-Length"), 0
-                    while chunk := resp.read(1 << 20):
-                        out.write(chunk)
-                        total += len(chunk)
-                    if size is not None and total != int(size):
-                        raise ConnectionError(f"connection dropped after {total} of {size} bytes")
-                got = md5(read_bytes(Path(tmp)))
+                with atomic_path(final) as tmp:
+                    _fetch(url, tmp, timeout)
+                    try:
+                        got = md5(read_bytes(tmp))
+                    except DataError as e:  # not gzip, or a truncated one
+                        got = f"unreadable ({e})"
+                    if got != MNIST_FILES[name]:
+                        raise _Mismatch(got)
+                return final
+            except _Mismatch as e:
+                mismatches += 1
+                if mismatches >= 2:
+                    raise DataError(f"{name} from {url} failed its MD5 check twice (got {e}); "
+                                    f"the mirror may be corrupt: try again later or pass --data-dir") from None
             except (OSError, urllib.error.URLError, ValueError) as e:  # HTTP errors, drops, timeouts
-                os.unlink(tmp)
                 failures.append(f"{url}: {getattr(e, 'reason', None) or e}")
                 break
-            except DataError as e:  # not gzip, or a truncated one
-                got = f"unreadable ({e})"
-            if got == MNIST_FILES[name]:
-                os.replace(tmp, final)
-                return final
-            os.unlink(tmp)
-            mismatches += 1
-            if mismatches >= 2:
-                raise DataError(f"{name} from {url} failed its MD5 check twice (got {got}); "
-                                f"the mirror may be corrupt: try again later or pass --data-dir")
     raise DataError(f"could not download {name}: " + "; ".join(failures)
                     + " (check your connection, or put the four MNIST files in a directory and pass --data-dir)")
+
+
+class _Mismatch(Exception):
+    """A download that arrived whole but is not the file we asked for."""
+
+
+def _fetch(url: str, dest: Path, timeout: float) -> None:
+    """Stream ``url`` into ``dest``; a connection that drops before Content-Length is an error."""
+    with open(dest, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        size, total = resp.headers.get("Content-Length"), 0
+        while chunk := resp.read(1 << 20):
+            out.write(chunk)
+            total += len(chunk)
+        if size is not None and total != int(size):
+            raise ConnectionError(f"connection dropped after {total} of {size} bytes")
 
 
 def _mirrors():
