@@ -95,9 +95,16 @@ def test_network_py_per_example_reference(benchmark, mnist_train, backend):
 def test_pytorch_eager_epoch(benchmark, mnist_train, backend, net_name):
     """The same network and loop in PyTorch eager on the CPU, when torch is installed."""
     pytest.importorskip("torch", reason="PyTorch is not installed: no PyTorch column")
-    from gpubp.bench import time_torch
+    from gpubp.bench import torch_trainer
 
     sizes, bs, cost, eta = NETS[net_name]
-    steps = math.ceil(len(mnist_train[0]) / bs)
-    benchmark.pedantic(lambda: time_torch("cpu", sizes, bs, "float32", steps, 1, mnist_train),
-                       rounds=3 if benchmark.enabled else 1, iterations=1)
+    step, sync, X, Y, name = torch_trainer("cpu", sizes, "float32", mnist_train)
+    n = X.shape[0]
+
+    def epoch():
+        for k in range(0, n, bs):
+            step(X[k:k + bs], Y[k:k + bs])
+
+    benchmark.extra_info["device"] = name
+    benchmark.pedantic(epoch, rounds=3 if benchmark.enabled else 1, warmup_rounds=1 if benchmark.enabled else 0,
+                       iterations=1)

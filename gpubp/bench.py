@@ -92,23 +92,23 @@ def time_ours(backend, sizes, batch, dtype, steps, repeats, data) -> dict:
     return {"per_step": runs, "warmup_seconds": warm, "counters_per_step": c.as_dict(), "device": be.device}
 
 
-def time_torch(device, sizes, batch, dtype, steps, repeats, data) -> dict:
-    """The same network and loop in PyTorch eager: sigmoid layers, mean cross-entropy, plain SGD."""
+def torch_trainer(device, sizes, dtype, data):
+    """The same network and loop in PyTorch eager: sigmoid layers, mean cross-entropy, plain SGD.
+
+    Returns (step(xb, yb), sync(), X, Y, device name) with X, Y the data on the device."""
     import torch
 
     tdt = getattr(torch, dtype)
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(0)
     layers = [torch.nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:])]
-    params = [p for l in layers for p in l.parameters()]
     with torch.no_grad():
-        for l in layers:
-            l.weight.normal_(0, 1 / math.sqrt(l.in_features), generator=gen)
-            l.bias.normal_(0, 1, generator=gen)
-    model = torch.nn.Sequential(*[m for l in layers for m in (l, torch.nn.Sigmoid())]).to(dev, tdt)
+        for layer in layers:
+            layer.weight.normal_(0, 1 / math.sqrt(layer.in_features), generator=gen)
+            layer.bias.normal_(0, 1, generator=gen)
+    model = torch.nn.Sequential(*[m for layer in layers for m in (layer, torch.nn.Sigmoid())]).to(dev, tdt)
     X = torch.as_tensor(data[0], dtype=tdt, device=dev)
     Y = torch.nn.functional.one_hot(torch.as_tensor(data[1], device=dev), sizes[-1]).to(tdt)
-    work = _batches(X, Y, batch, steps, None)
     params = list(model.parameters())
 
     def step(xb, yb):
@@ -117,7 +117,14 @@ def time_torch(device, sizes, batch, dtype, steps, repeats, data) -> dict:
         with torch.no_grad():
             torch._foreach_add_(params, grads, alpha=-ETA)
 
-    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    return step, sync, X, Y, f"{name}, torch {torch.__version__}"
+
+
+def time_torch(device, sizes, batch, dtype, steps, repeats, data) -> dict:
+    step, sync, X, Y, name = torch_trainer(device, sizes, dtype, data)
+    work = _batches(X, Y, batch, steps, None)
     for xb, yb in work[:3]:
         step(xb, yb)
     runs = []
@@ -128,9 +135,7 @@ def time_torch(device, sizes, batch, dtype, steps, repeats, data) -> dict:
             step(xb, yb)
         sync()
         runs.append((time.perf_counter() - t0) / steps)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    return {"per_step": runs, "warmup_seconds": 0.0, "counters_per_step": None, "device": name,
-            "torch": torch.__version__}
+    return {"per_step": runs, "warmup_seconds": 0.0, "counters_per_step": None, "device": name}
 
 
 def plan(args):
@@ -209,8 +214,7 @@ def summarize(name, sizes, batch, steps, repeats, r, rate) -> dict:
             "samples_per_second": batch / med, "gflops": flops / med / 1e9,
             "flops_per_step": flops, "bytes_per_step": step_bytes(sizes, batch),
             "gemm_floor_seconds_per_epoch": flops * steps_per_epoch / (rate * 1e9),
-            "warmup_seconds": r["warmup_seconds"], "counters_per_step": r["counters_per_step"],
-            **({"torch": r["torch"]} if "torch" in r else {})}
+            "warmup_seconds": r["warmup_seconds"], "counters_per_step": r["counters_per_step"]}
 
 
 def speedups(cases) -> None:
