@@ -80,7 +80,8 @@ def seed_notes_epoch_slice(X, y, sizes, eta, bs):
 
 
 @pytest.mark.parametrize("backend", ["seed-notes-loop"])
-def test_network_py_per_example_reference(benchmark, mnist_train, backend):
+@pytest.mark.parametrize("net_name", ["A"])
+def test_network_py_per_example_reference(benchmark, mnist_train, backend, net_name):
     """Network A the network.py way on 1,000 images; extra_info extrapolates to a 50k epoch."""
     X, y = mnist_train[0][:1000].astype(np.float64), mnist_train[1][:1000]
     with np.errstate(over="ignore"):  # network.py's exp overflows for large negative z

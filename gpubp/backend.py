@@ -57,8 +57,9 @@ class Backend:
         self._active: list[Counters] = []
 
     def _count(self, what: str, k: int = 1) -> None:
-        for c in self._active:
-            setattr(c, what, getattr(c, what) + k)
+        if self._active:
+            for c in self._active:
+                setattr(c, what, getattr(c, what) + k)
 
     @contextmanager
     def counters(self):
@@ -112,10 +113,11 @@ class NumpyBackend(Backend):
 
     def _work(self, shape, dtype):
         """A scratch buffer per (shape, dtype): allocated once, so a step allocates nothing."""
-        key = (tuple(shape), np.dtype(dtype))
-        if key not in self._scratch:
-            self._scratch[key] = self.empty(shape, dtype)
-        return self._scratch[key]
+        key = (shape, dtype)
+        work = self._scratch.get(key)
+        if work is None:
+            work = self._scratch[key] = self.empty(shape, dtype)
+        return work
 
     def bias_sigmoid(self, Z, b):
         K.bias_sigmoid(Z, b)

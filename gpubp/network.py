@@ -43,6 +43,7 @@ class _Workspace:
     def __init__(self, be, sizes, m, dtype, backward):
         self.A = [None] + [be.empty((m, n), dtype) for n in sizes[1:]]
         self.D = [be.empty((m, n), dtype) for n in sizes[1:]] if backward else None
+        self.DT = [d.T for d in self.D] if backward else None  # views, made once
         self.ones = None
         if backward:
             self.ones = be.empty((m,), dtype)
@@ -81,6 +82,7 @@ class Network:
         self.grads = self.be.empty((self.n_params,), self.dtype)
         self.weights, self.biases = self._views(self.params)
         self.grad_weights, self.grad_biases = self._views(self.grads)
+        self._weights_T = [w.T for w in self.weights]  # views, made once: a step makes none
         self.set_params(self._initial_params(seed, init))
         self._ws: dict[tuple[int, bool], _Workspace] = {}
 
@@ -176,7 +178,7 @@ class Network:
         A = ws.A
         A[0] = X
         for l in range(self.L):
-            self.be.matmul(A[l], self.weights[l].T, out=A[l + 1])  # z = a W^T (+ b below)
+            self.be.matmul(A[l], self._weights_T[l], out=A[l + 1])  # z = a W^T (+ b below)
             self.be.bias_sigmoid(A[l + 1], self.biases[l])  # a = sigma(z + b), fused
         return A[self.L]
 
@@ -187,7 +189,7 @@ class Network:
         self.cost.delta(be, D[-1], A[-1], Y, scale)  # BP1, times scale
         for l in range(self.L - 1, -1, -1):
             be.matmul(ws.ones, D[l], out=self.grad_biases[l])  # BP3
-            be.matmul(D[l].T, A[l], out=self.grad_weights[l])  # BP4
+            be.matmul(ws.DT[l], A[l], out=self.grad_weights[l])  # BP4: delta^T a
             if l > 0:
                 be.matmul(D[l], self.weights[l], out=D[l - 1])  # BP2: delta W ...
                 be.hidden_delta(D[l - 1], A[l])  # ... (.) sigma'(z), from a = A[l]
