@@ -1,0 +1,76 @@
+"""Network A and B on the CPU beside PyTorch eager and network.py's per-example loop, interleaved.
+
+    GPUBP_DATA_DIR=DIR python benchmarks/cpu_targets.py [--repeats 5]
+
+A = [784, 30, 10], batch 10, quadratic, eta 3.0; B = [784, 1024, 1024, 10], batch 128,
+cross-entropy, eta 0.5; float32, one epoch = 50,000 images. Each repeat times every contender
+once, in turn, so the ratios printed come from one run on one (noisy) machine. network.py's loop
+runs on 2,000 images and is scaled by 25. B's floor is its FLOPs at the GEMM rate measured
+between repeats. PyTorch is optional: without it its rows are left out.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_bench_training import NETS, seed_notes_epoch_slice  # noqa: E402
+
+from gpubp import Network, load_mnist  # noqa: E402
+from gpubp.bench import flops_per_sample, gemm_rate, torch_trainer  # noqa: E402
+
+
+def contenders(name, data):
+    sizes, bs, cost, eta = NETS[name]
+    n = len(data[0])
+    net = Network(sizes, cost=cost, backend="numpy", seed=1)
+    X, Y = net._inputs(data[0]), net._one_hot(net._labels(data[1], n))
+    out = {"gpubp": lambda: [net._step(X[k:k + bs], Y[k:k + bs], eta, 1.0) for k in range(0, n, bs)]}
+    try:
+        step, _, TX, TY, _ = torch_trainer("cpu", sizes, "float32", data)
+        out["pytorch eager"] = lambda: [step(TX[k:k + bs], TY[k:k + bs]) for k in range(0, n, bs)]
+    except ImportError:
+        pass
+    if name == "A":
+        X64, y = data[0][:2000].astype(np.float64), data[1][:2000]
+
+        def loop():
+            with np.errstate(over="ignore"):
+                seed_notes_epoch_slice(X64, y, sizes, eta, bs)
+        out["network.py loop"] = loop
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    data = load_mnist(os.environ.get("GPUBP_DATA_DIR"))["train"]
+    for name in ("A", "B"):
+        runs, rates = {}, []
+        fns = contenders(name, data)
+        for _ in range(args.repeats):
+            for who, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                runs.setdefault(who, []).append((time.perf_counter() - t0) * (25 if who == "network.py loop" else 1))
+            rates.append(gemm_rate())
+        med = {who: statistics.median(v) for who, v in runs.items()}
+        print(f"network {name} {NETS[name][0]}, batch {NETS[name][1]}: seconds per epoch, median of {args.repeats}")
+        for who, v in runs.items():
+            ratio = "" if who == "gpubp" else f"  ({med[who] / med['gpubp']:.1f}x gpubp's time)"
+            print(f"  {who:16s} {med[who]:7.3f}  [{min(v):.3f}..{max(v):.3f}]{ratio}")
+        if name == "B":
+            rate = statistics.median(rates)
+            floor = flops_per_sample(NETS[name][0]) * len(data[0]) / rate / 1e9
+            print(f"  GEMM floor       {floor:7.3f}  at the measured {rate:.0f} GFLOP/s; gpubp is "
+                  f"{med['gpubp'] / floor:.2f}x the floor, {flops_per_sample(NETS[name][0]) * len(data[0]) / med['gpubp'] / 1e9:.0f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
