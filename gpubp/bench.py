@@ -1,9 +1,9 @@
 """`gpubp bench`: seconds per epoch of real MNIST training steps, CPU against GPU, told honestly.
 
-Per case (backend x network x batch size): build the network, put MNIST on the device, warm up
-outside the clock (kernel compilation, context creation, first allocations, three steps), then
-time ``repeats`` runs of ``steps`` consecutive training steps, synchronizing before each clock
-stops. A run's seconds per epoch are its seconds per step times ceil(50_000 / batch); we report
+Per case (network x batch size): build every contender (our backends, PyTorch when it imports),
+put MNIST on the device, warm up outside the clock (kernel compilation, context creation, first
+allocations, three steps), then time ``repeats`` runs of ``steps`` consecutive training steps,
+each repeat timing every contender in turn and synchronizing before each clock stops. A run's seconds per epoch are its seconds per step times ceil(50_000 / batch); we report
 the median over runs and their spread (min..max), samples/s, achieved GFLOP/s from counted
 FLOPs, and the GPU/CPU speed-up for each case both backends ran.
 """
@@ -66,7 +66,25 @@ def _batches(X, Y, batch, steps, xp):
     return [(X[k:k + batch], Y[k:k + batch]) for k in starts]
 
 
-def time_ours(backend, sizes, batch, dtype, steps, repeats, data) -> dict:
+class Contender:
+    """One way of running a case's training steps: warmed up once, then timed on demand."""
+
+    def __init__(self, step, sync, batches, device, warmup_seconds=0.0, counters=None):
+        self.step, self.sync, self.batches, self.device = step, sync, batches, device
+        self.warmup_seconds, self.counters, self.per_step = warmup_seconds, counters, []
+
+    def time(self) -> None:
+        """Run every prepared batch once; record seconds per step (synchronized before the clock stops)."""
+        self.sync()
+        t0 = time.perf_counter()
+        for Xb, Yb in self.batches:
+            self.step(Xb, Yb)
+        self.sync()
+        self.per_step.append((time.perf_counter() - t0) / len(self.batches))
+
+
+def ours(backend, sizes, batch, dtype, steps, data) -> Contender:
+    """gpubp on ``backend``, warmed up: kernels compiled, workspaces allocated, three steps run."""
     from .backend import get_backend
     from .network import Network
 
@@ -76,20 +94,16 @@ def time_ours(backend, sizes, batch, dtype, steps, repeats, data) -> dict:
     X = net._inputs(data[0])
     Y = net._one_hot(net._labels(data[1], len(data[1])))
     work = _batches(X, Y, batch, steps, be.xp)
-    for Xb, Yb in work[:3]:  # first allocations, cuBLAS handles, caches
+
+    def step(Xb, Yb):
         net._step(Xb, Yb, ETA, 1.0)
+
+    for Xb, Yb in work[:3]:  # first allocations, cuBLAS handles, caches
+        step(Xb, Yb)
     be.synchronize()
     with be.counters() as c:
-        net._step(*work[0], ETA, 1.0)
-    runs = []
-    for _ in range(repeats):
-        be.synchronize()
-        t0 = time.perf_counter()
-        for Xb, Yb in work:
-            net._step(Xb, Yb, ETA, 1.0)
-        be.synchronize()
-        runs.append((time.perf_counter() - t0) / steps)
-    return {"per_step": runs, "warmup_seconds": warm, "counters_per_step": c.as_dict(), "device": be.device}
+        step(*work[0])
+    return Contender(step, be.synchronize, work, be.device, warm, c.as_dict())
 
 
 def torch_trainer(device, sizes, dtype, data):
@@ -122,20 +136,13 @@ def torch_trainer(device, sizes, dtype, data):
     return step, sync, X, Y, f"{name}, torch {torch.__version__}"
 
 
-def time_torch(device, sizes, batch, dtype, steps, repeats, data) -> dict:
+def pytorch(device, sizes, batch, dtype, steps, data) -> Contender:
+    """PyTorch eager on ``device`` ("cpu" or "cuda"), warmed up with three steps."""
     step, sync, X, Y, name = torch_trainer(device, sizes, dtype, data)
     work = _batches(X, Y, batch, steps, None)
     for xb, yb in work[:3]:
         step(xb, yb)
-    runs = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        for xb, yb in work:
-            step(xb, yb)
-        sync()
-        runs.append((time.perf_counter() - t0) / steps)
-    return {"per_step": runs, "warmup_seconds": 0.0, "counters_per_step": None, "device": name}
+    return Contender(step, sync, work, name)
 
 
 def plan(args):
@@ -188,33 +195,37 @@ def run(args, log=print) -> dict:
     log(f"float32 GEMM rate (NumPy, 2048^3): {rate:.0f} GFLOP/s" if args.dtype == "float32"
         else f"{args.dtype} GEMM rate (NumPy, 2048^3): {rate:.0f} GFLOP/s")
     cases = []
-    runners = [(b, lambda *a, b=b: time_ours(b, *a)) for b in backends]
-    runners += [(f"torch-{d}", lambda *a, d=d: time_torch(d, *a)) for d in tdevs]
+    makers = [(b, lambda *a, b=b: ours(b, *a)) for b in backends]
+    makers += [(f"torch-{d}", lambda *a, d=d: pytorch(d, *a)) for d in tdevs]
     for s in sizes:
         for batch in batches:
-            for name, fn in runners:
-                r = fn(s, batch, args.dtype, steps, repeats, data)
-                cases.append(summarize(name, s, batch, steps, repeats, r, rate))
+            contenders = [(name, make(s, batch, args.dtype, steps, data)) for name, make in makers]
+            for _ in range(repeats):  # each repeat times every contender in turn: ratios from one run
+                for _, c in contenders:
+                    c.time()
+            for name, c in contenders:
+                cases.append(summarize(name, s, batch, steps, repeats, c, rate))
                 log(f"  {name:10s} {','.join(map(str, s)):>18s} batch {batch:5d}: "
                     f"{cases[-1]['seconds_per_epoch']:8.3f} s/epoch")
+            del contenders  # free one case's device memory before the next
     speedups(cases)
     return {"machine": sysinfo.machine(), "dtype": args.dtype, "cost": COST, "steps": steps, "repeats": repeats,
             "epoch_rows": EPOCH_ROWS, "gemm_gflops": rate, "cases": cases, "skipped": skipped}
 
 
-def summarize(name, sizes, batch, steps, repeats, r, rate) -> dict:
-    per_step = r["per_step"]
+def summarize(name, sizes, batch, steps, repeats, c: Contender, rate) -> dict:
+    per_step = c.per_step
     steps_per_epoch = math.ceil(EPOCH_ROWS / batch)
     epoch = [t * steps_per_epoch for t in per_step]
     med = statistics.median(per_step)
     flops = flops_per_sample(sizes) * batch
     return {"backend": name, "sizes": list(sizes), "batch": batch, "steps": steps, "repeats": repeats,
-            "device": r["device"], "seconds_per_epoch": statistics.median(epoch),
+            "device": c.device, "seconds_per_epoch": statistics.median(epoch),
             "seconds_per_epoch_min": min(epoch), "seconds_per_epoch_max": max(epoch),
             "samples_per_second": batch / med, "gflops": flops / med / 1e9,
             "flops_per_step": flops, "bytes_per_step": step_bytes(sizes, batch),
             "gemm_floor_seconds_per_epoch": flops * steps_per_epoch / (rate * 1e9),
-            "warmup_seconds": r["warmup_seconds"], "counters_per_step": r["counters_per_step"]}
+            "warmup_seconds": c.warmup_seconds, "counters_per_step": c.counters}
 
 
 def speedups(cases) -> None:
