@@ -33,9 +33,9 @@ NVRTC_OPTIONS = ("--std=c++17",)
 # ---------------------------------------------------------------------------------------------
 
 def kernel_dir() -> Path:
-    """kernels/ inside an installed wheel, else kernels/ beside the package in a source checkout."""
+    """The .cu sources: gpubp/_kernels in an installed wheel, else kernels/ beside the package."""
     here = Path(__file__).resolve().parent
-    for d in (here / "kernels", here.parent / "kernels"):
+    for d in (here / "_kernels", here.parent / "kernels"):
         if (d / HEADER).is_file():
             return d
     raise GpubpError(f"CUDA kernel sources not found next to {here}: reinstall gpubp")
