@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(e)
     e.set_defaults(func=cmd_evaluate)
 
-    b = sub.add_parser("bench", help="benchmark training steps on CPU and GPU")
+    b = sub.add_parser("bench", help="benchmark training steps on CPU and GPU (and PyTorch eager when it imports)")
     b.add_argument("--backends", type=_list(str), default=None, help="e.g. numpy,cupy (default: numpy, and cupy with a GPU)")
     b.add_argument("--sizes", type=_sizes, nargs="+", default=None, metavar="784,30,10",
                    help="networks, each as widths joined by commas (several allowed)")
@@ -90,7 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=_number(int, 1, True), default=None, help="repeats per case (median reported)")
     b.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     b.add_argument("--quick", action="store_true", help="a small sweep that finishes in under a minute")
-    b.add_argument("--torch", action="store_true", help="add PyTorch eager beside ours when torch imports")
     b.add_argument("--json", type=Path, metavar="OUT.json", help="write every number and the machine")
     b.add_argument("--plot", type=Path, metavar="OUT.png", help="plot GPU/CPU speed-up vs batch size")
     b.add_argument("--data-dir", metavar="DIR", help="MNIST directory (default $GPUBP_DATA_DIR or the cache)")
