@@ -127,6 +127,7 @@ def download(name: str, directory: Path, mirrors=None, log=None, timeout: float 
                                     f"the mirror may be corrupt: try again later or pass --data-dir") from None
             except (OSError, urllib.error.URLError, ValueError) as e:  # HTTP errors, drops, timeouts
                 failures.append(f"{url}: {getattr(e, 'reason', None) or e}")
+                log(f"  failed ({failures[-1].split(': ', 1)[1]}); trying the next mirror")
                 break
     raise DataError(f"could not download {name}: " + "; ".join(failures)
                     + " (check your connection, or put the four MNIST files in a directory and pass --data-dir)")

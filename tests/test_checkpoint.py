@@ -1,6 +1,7 @@
 """Model files: round trip, atomic writes, and a clear error for every kind of bad file."""
 
 import io
+import os
 import zipfile
 
 import numpy as np
@@ -22,6 +23,9 @@ def test_round_trip(tmp_path, dtype, cost):
     assert np.array_equal(back.get_params(), net.get_params())
     assert np.array_equal(back.feedforward(X), net.feedforward(X))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]  # no temp file left
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not the temp file's private 0600
     with np.load(path, allow_pickle=False) as z:  # loads without pickle
         assert str(z["format"]) == "gpubp-model"
 
