@@ -220,7 +220,7 @@ def summarize(name, sizes, batch, steps, repeats, c: Contender, rate) -> dict:
     med = statistics.median(per_step)
     flops = flops_per_sample(sizes) * batch
     return {"backend": name, "sizes": list(sizes), "batch": batch, "steps": steps, "repeats": repeats,
-            "device": c.device, "seconds_per_epoch": statistics.median(epoch),
+            "device": c.device, "per_step_seconds": list(per_step), "seconds_per_epoch": statistics.median(epoch),
             "seconds_per_epoch_min": min(epoch), "seconds_per_epoch_max": max(epoch),
             "samples_per_second": batch / med, "gflops": flops / med / 1e9,
             "flops_per_step": flops, "bytes_per_step": step_bytes(sizes, batch),

@@ -1,6 +1,7 @@
 """`gpubp bench`: the sweep, its numbers, its JSON and plot, and what it says about skipped GPUs."""
 
 import json
+import math
 import sys
 
 import pytest
@@ -34,7 +35,10 @@ def test_bench_sweep_writes_table_json_and_plot(capsys, tmp_path, mnist_dir):
     ours = [c for c in cases if c["backend"] in ("numpy", "emulated")]
     assert len(ours) == 2 * 2 * 2
     for c in ours:
-        assert c["steps"] == 3 and c["repeats"] == 2
+        assert c["steps"] == 3 and c["repeats"] == 2 and len(c["per_step_seconds"]) == 2
+        assert c["seconds_per_epoch"] == pytest.approx(
+            sorted(c["per_step_seconds"])[0] / 2 * math.ceil(50_000 / c["batch"])
+            + sorted(c["per_step_seconds"])[1] / 2 * math.ceil(50_000 / c["batch"]))  # median of two
         assert 0 < c["seconds_per_epoch_min"] <= c["seconds_per_epoch"] <= c["seconds_per_epoch_max"]
         assert c["samples_per_second"] > 0 and c["gflops"] > 0 and c["speedup_vs_numpy"] > 0
         assert c["flops_per_step"] == bench.flops_per_sample(c["sizes"]) * c["batch"]
