@@ -200,6 +200,8 @@ class KernelBackend:
 
     def launch(self, name: str, n: int, *args) -> None:
         """Launch kernel ``name`` over ``n`` threads' worth of work, after checking ``args``."""
+        if name not in signatures():
+            raise GpubpError(f"no kernel named {name!r} in {kernel_dir()}")
         file, params = signatures()[name]
         if len(args) != len(params):
             raise GpubpError(f"kernel {name} takes {len(params)} arguments, got {len(args)}")

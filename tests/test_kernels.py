@@ -263,6 +263,8 @@ def test_launcher_rejects_bad_arguments():
         be.launch("bias_sigmoid_f32", 24, Z, b, np.array([4, 5]), 6)
     with pytest.raises(GpubpError, match="must be a emulated array"):
         be.launch("bias_sigmoid_f32", 24, [1.0], b, 4, 6)
+    with pytest.raises(GpubpError, match="no kernel named 'bias_relu_f32'"):
+        be.launch("bias_relu_f32", 24, Z, b, 4, 6)
     with pytest.raises(GpubpError, match="float32 or float64"):
         be.bias_sigmoid(np.ones((2, 2), np.float16), np.ones(2, np.float16))
     with be.counters() as c:  # nothing was launched by the refused calls above, nor by these
