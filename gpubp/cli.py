@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights N(0,1/n_in) (default) or network.py's N(0,1) (large)")
     t.add_argument("--early-stopping", type=_number(int, 1, True), default=None, metavar="N",
                    help="stop after N epochs without a better validation accuracy")
+    t.add_argument("--no-train-cost", action="store_true",
+                   help="skip the per-epoch training-cost pass over the training set (train_cost is null)")
     _common(t)
     t.add_argument("--seed", type=int, default=None, help="seed for weights and shuffling")
     t.add_argument("--save", type=Path, metavar="MODEL.npz", help="write the trained model here")
@@ -150,19 +152,21 @@ def cmd_train(args) -> int:
     net = Network(args.sizes, cost=args.cost, backend=be, dtype=args.dtype, seed=args.seed, init=args.init)
     config = {"sizes": args.sizes, "cost": args.cost, "eta": args.eta, "lmbda": args.lmbda,
               "batch_size": args.batch_size, "epochs": args.epochs, "dtype": args.dtype, "init": args.init,
-              "seed": args.seed, "early_stopping": args.early_stopping}
+              "seed": args.seed, "early_stopping": args.early_stopping, "train_cost": not args.no_train_cost}
     say = (lambda *a: None) if args.quiet else print
     say(f"gpubp train: {net} on {be.device} ({be.reason})")
     if hasattr(be, "warmup"):
         say(f"kernels compiled (or loaded from cache) in {be.warmup():.2f} s")
 
     def on_epoch(r):
+        cost = "" if r["train_cost"] is None else f"train cost {r['train_cost']:.4f}, "
         say(f"epoch {r['epoch'] + 1}/{args.epochs}: validation accuracy {r['validation_accuracy']:.4f}, "
-            f"train cost {r['train_cost']:.4f}, {r['seconds']:.2f} s")
+            f"{cost}{r['seconds']:.2f} s")
 
     history = net.sgd(data["train"], epochs=args.epochs, mini_batch_size=args.batch_size, eta=args.eta,
                       lmbda=args.lmbda, evaluation_data=data["validation"], early_stopping=args.early_stopping,
-                      progress=False if args.quiet else None, seed=args.seed, on_epoch=on_epoch)
+                      monitor_training_cost=not args.no_train_cost, progress=False if args.quiet else None,
+                      seed=args.seed, on_epoch=on_epoch)
     test = net.measure(*data["test"], cost=False)
     print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']})")
     if args.save:

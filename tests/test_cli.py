@@ -97,6 +97,15 @@ def test_quiet_prints_only_the_result(capsys, tmp_path, mnist_dir):
     assert out.strip().startswith("test accuracy") and len(out.strip().splitlines()) == 1
 
 
+def test_no_train_cost_skips_the_pass(capsys, tmp_path, mnist_dir):
+    metrics = tmp_path / "run.json"
+    code, out, _ = run(capsys, "train", "--epochs", "1", "--sizes", "784,10,10", "--no-train-cost",
+                       "--data-dir", mnist_dir, "--backend", "numpy", "--metrics-out", str(metrics))
+    assert code == 0 and "train cost" not in out and "epoch 1/1: validation accuracy" in out
+    m = json.loads(metrics.read_text())
+    assert m["epochs"][0]["train_cost"] is None and m["config"]["train_cost"] is False
+
+
 def test_sizes_must_fit_the_data(capsys, mnist_dir):
     one_line_error(*run(capsys, "train", "--sizes", "785,30,10", "--data-dir", mnist_dir)[::2],
                    "must start with 784")
