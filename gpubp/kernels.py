@@ -24,7 +24,8 @@ from .errors import GpubpError
 HEADER = "gpubp.cuh"
 BLOCK = 256  # threads per block for every kernel
 BLOCKS_PER_SM = 8  # grid cap = BLOCKS_PER_SM * SM count; the grid-stride loop covers the rest
-# Options given to NVRTC by the CuPy backend, and by the tests that compile every kernel.
+# Our options for NVRTC (CuPy adds its include paths, -ftz=true, the architecture and
+# --device-as-default-execution-space; tests/test_kernels.py compiles with exactly that set).
 NVRTC_OPTIONS = ("--std=c++17",)
 
 

@@ -41,17 +41,31 @@ def need_nvrtc():
 # Compilation: NVRTC exactly as the CuPy backend, and nvcc
 # ---------------------------------------------------------------------------------------------
 
-def nvrtc_ptx(file, arch):
+def cupy_options(arch_option):
+    """The options CuPy's RawModule(code=..., options=NVRTC_OPTIONS) hands to NVRTC: compile_with_cache
+    assembles its include paths and --std=c++17 around ours, _compile_with_cache_cuda adds -ftz=true,
+    and _compile_using_nvrtc adds the architecture and --device-as-default-execution-space."""
+    from cupy._core import core
+
+    return [*core.assemble_cupy_compiler_options(K.NVRTC_OPTIONS), "-ftz=true", arch_option,
+            "--device-as-default-execution-space"]
+
+
+def nvrtc_compile(file, arch_option, get):
     nvrtc = need_nvrtc()
     prog = nvrtc.createProgram(K.source(file), file, [], [])
     try:
         try:
-            nvrtc.compileProgram(prog, [*K.NVRTC_OPTIONS, f"-arch=compute_{arch}"])
+            nvrtc.compileProgram(prog, cupy_options(arch_option))
         except nvrtc.NVRTCError as e:
-            pytest.fail(f"NVRTC failed on {file} for compute_{arch}: {e}\n{nvrtc.getProgramLog(prog)}")
-        ptx = nvrtc.getPTX(prog)
+            pytest.fail(f"NVRTC failed on {file} with {arch_option}: {e}\n{nvrtc.getProgramLog(prog)}")
+        return getattr(nvrtc, get)(prog)
     finally:
         nvrtc.destroyProgram(prog)
+
+
+def nvrtc_ptx(file, arch):
+    ptx = nvrtc_compile(file, f"-arch=compute_{arch}", "getPTX")
     return ptx.decode() if isinstance(ptx, bytes) else ptx
 
 
@@ -64,6 +78,8 @@ def ptx_entries(ptx):
 @pytest.mark.parametrize("arch", [75, 80, 90])
 @pytest.mark.parametrize("file", K.kernel_files())
 def test_nvrtc_compiles_every_kernel_as_cupy_does(file, arch):
+    cubin = nvrtc_compile(file, f"-arch=sm_{arch}", "getCUBIN")  # what CuPy loads on such a GPU
+    assert len(cubin) > 1000
     entries = ptx_entries(nvrtc_ptx(file, arch))
     names = set(K.parse_signatures(K.source(file)))
     assert names and set(entries) == names
