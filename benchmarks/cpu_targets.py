@@ -67,9 +67,10 @@ def main():
             print(f"  {who:16s} {med[who]:7.3f}  [{min(v):.3f}..{max(v):.3f}]{ratio}")
         if name == "B":
             rate = statistics.median(rates)
-            floor = flops_per_sample(NETS[name][0]) * len(data[0]) / rate / 1e9
+            flops = flops_per_sample(NETS[name][0]) * len(data[0])
+            floor = flops / rate / 1e9
             print(f"  GEMM floor       {floor:7.3f}  at the measured {rate:.0f} GFLOP/s; gpubp is "
-                  f"{med['gpubp'] / floor:.2f}x the floor, {flops_per_sample(NETS[name][0]) * len(data[0]) / med['gpubp'] / 1e9:.0f} GFLOP/s")
+                  f"{med['gpubp'] / floor:.2f}x the floor, {flops / med['gpubp'] / 1e9:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 Per case (network x batch size): build every contender (our backends, PyTorch when it imports),
 put MNIST on the device, warm up outside the clock (kernel compilation, context creation, first
 allocations, three steps), then time ``repeats`` runs of ``steps`` consecutive training steps,
-each repeat timing every contender in turn and synchronizing before each clock stops. A run's seconds per epoch are its seconds per step times ceil(50_000 / batch); we report
-the median over runs and their spread (min..max), samples/s, achieved GFLOP/s from counted
-FLOPs, and the GPU/CPU speed-up for each case both backends ran.
+each repeat timing every contender in turn and synchronizing before each clock stops. A run's
+seconds per epoch are its seconds per step times ceil(50_000 / batch); we report the median over
+runs and their spread (min..max), samples/s, achieved GFLOP/s from counted FLOPs, and the
+GPU/CPU speed-up for each case both backends ran.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ from CuPy's memory pool with a MemoryHook, so they include any CuPy makes behind
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -47,14 +46,6 @@ class CupyBackend(K.KernelBackend, Backend):
     def counters(self):
         with super().counters() as c, _PoolAllocations(c):
             yield c
-
-    def warmup(self) -> float:
-        """Compile (or load from CuPy's cache) every kernel now; returns the seconds it took."""
-        t0 = time.perf_counter()
-        for name, (file, _) in K.signatures().items():
-            self._function(file, name)
-        self.synchronize()
-        return time.perf_counter() - t0
 
     def _function(self, file: str, name: str):
         fn = self._functions.get(name)

@@ -88,9 +88,8 @@ def cache_dir() -> Path:
     return cache_root() / "emulated"
 
 
-def build(file: str) -> ctypes.CDLL:
-    """Compile (or reuse) the shared library for one kernel file and load it."""
-    cxx = find_compiler()
+def build(file: str, cxx: str) -> ctypes.CDLL:
+    """Compile (or reuse) the shared library for one kernel file with compiler ``cxx`` and load it."""
     code = emulator_code(file)
     key = hashlib.sha256("\0".join((cxx, *CXX_FLAGS, code)).encode()).hexdigest()[:24]
     out = cache_dir() / f"{Path(file).stem}-{key}.so"
@@ -102,7 +101,8 @@ def build(file: str) -> ctypes.CDLL:
             lib = Path(tmp) / out.name
             res = subprocess.run([cxx, *CXX_FLAGS, "-o", str(lib), str(src)], capture_output=True, text=True)
             if res.returncode != 0:
-                raise BackendUnavailable(f"{cxx} failed on {file}: {res.stderr.strip().splitlines()[0:1]}")
+                first = next((line for line in res.stderr.splitlines() if "error" in line), res.stderr.strip())
+                raise BackendUnavailable(f"{cxx} could not compile {file} for the emulator: {first}")
             os.replace(lib, out)  # atomic: a concurrent build never sees half a library
     return ctypes.CDLL(str(out))
 
@@ -125,27 +125,20 @@ class EmulatedBackend(K.KernelBackend, Backend):
         self._libs: dict[str, ctypes.CDLL] = {}
         self._entries: dict[str, object] = {}
 
-    def warmup(self) -> float:
-        """Build every kernel file now; returns the seconds it took."""
-        import time
-
-        t0 = time.perf_counter()
-        for f in K.kernel_files():
-            self._lib(f)
-        return time.perf_counter() - t0
-
-    def _lib(self, file: str) -> ctypes.CDLL:
-        if file not in self._libs:
-            self._libs[file] = build(file)
-        return self._libs[file]
-
-    def _run(self, file, name, grid, block, args) -> None:
+    def _function(self, file: str, name: str):
+        """The host entry point of kernel ``name``, building its file's library on first use."""
         fn = self._entries.get(name)
         if fn is None:
-            fn = getattr(self._lib(file), f"gpubp_emu_{name}")
+            if file not in self._libs:
+                self._libs[file] = build(file, self.compiler)
+            fn = getattr(self._libs[file], f"gpubp_emu_{name}")
             fn.argtypes = (ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p))
             fn.restype = None
             self._entries[name] = fn
+        return fn
+
+    def _run(self, file, name, grid, block, args) -> None:
+        fn = self._function(file, name)
         # kernelParams: one pointer per argument, pointing at the argument's value.
         holders = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray) else _CTYPES[a.dtype](a)
                    for a in args]

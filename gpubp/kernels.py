@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -193,11 +194,20 @@ def grid_size(n: int, sm_count: int) -> int:
 class KernelBackend:
     """Mixin for backends that run our kernels. Subclasses set ``xp``, ``sm_count`` and ``_run``.
 
-    ``_run(file, name, grid, block, args)`` executes one launch: CuPy through RawModule,
-    the emulator through the host-compiled source. Everything before it is shared.
+    ``_function(file, name)`` compiles or loads one kernel and ``_run(file, name, grid, block,
+    args)`` executes one launch: CuPy through RawModule, the emulator through the host-compiled
+    source. Everything before them is shared.
     """
 
     sm_count = 1
+
+    def warmup(self) -> float:
+        """Compile (or load from cache) every kernel now, outside any clock; returns the seconds taken."""
+        t0 = time.perf_counter()
+        for name, (file, _) in signatures().items():
+            self._function(file, name)
+        self.synchronize()
+        return time.perf_counter() - t0
 
     def launch(self, name: str, n: int, *args) -> None:
         """Launch kernel ``name`` over ``n`` threads' worth of work, after checking ``args``."""
