@@ -60,7 +60,7 @@ def gemm_rate(dtype="float32", n=2048, repeats=5) -> float:
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
-def _batches(X, Y, batch, steps, xp):
+def _batches(X, Y, batch, steps):
     """``steps`` consecutive mini-batches (views) of the shuffled data, wrapping around."""
     n = X.shape[0]
     starts = [(s * batch) % max(n - batch + 1, 1) for s in range(steps)]
@@ -94,7 +94,7 @@ def ours(backend, sizes, batch, dtype, steps, data) -> Contender:
     net = Network(sizes, cost=COST, backend=be, dtype=dtype, seed=0)
     X = net._inputs(data[0])
     Y = net._one_hot(net._labels(data[1], len(data[1])))
-    work = _batches(X, Y, batch, steps, be.xp)
+    work = _batches(X, Y, batch, steps)
 
     def step(Xb, Yb):
         net._step(Xb, Yb, ETA, 1.0)
@@ -140,7 +140,7 @@ def torch_trainer(device, sizes, dtype, data):
 def pytorch(device, sizes, batch, dtype, steps, data) -> Contender:
     """PyTorch eager on ``device`` ("cpu" or "cuda"), warmed up with three steps."""
     step, sync, X, Y, name = torch_trainer(device, sizes, dtype, data)
-    work = _batches(X, Y, batch, steps, None)
+    work = _batches(X, Y, batch, steps)
     for xb, yb in work[:3]:
         step(xb, yb)
     return Contender(step, sync, work, name)
@@ -151,15 +151,13 @@ def plan(args):
     from .backend import BACKEND_NAMES, cupy_status
 
     ok, why = cupy_status()
-    skipped = []
-    backends = args.backends or (["numpy", "cupy"] if ok else ["numpy"])
+    backends = args.backends or ["numpy", "cupy"]
     for b in backends:
         if b not in BACKEND_NAMES or b == "auto":
             raise GpubpError(f"unknown benchmark backend {b!r}: choose from numpy, cupy, emulated")
-    if "cupy" in backends and not ok:
+    skipped = []
+    if "cupy" in backends and not ok:  # asked for, or the default: say why it did not run
         backends = [b for b in backends if b != "cupy"]
-        skipped.append(f"cupy: {why}")
-    elif not args.backends and not ok:
         skipped.append(f"cupy: {why}")
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     batches = args.batch_sizes or DEFAULT_BATCHES
@@ -193,8 +191,7 @@ def run(args, log=print) -> dict:
         skipped.append(f"PyTorch column: {why_not}")
     data = load_mnist(args.data_dir)["train"]
     rate = gemm_rate(args.dtype)
-    log(f"float32 GEMM rate (NumPy, 2048^3): {rate:.0f} GFLOP/s" if args.dtype == "float32"
-        else f"{args.dtype} GEMM rate (NumPy, 2048^3): {rate:.0f} GFLOP/s")
+    log(f"{args.dtype} GEMM rate (NumPy, 2048^3): {rate:.0f} GFLOP/s")
     cases = []
     makers = [(b, lambda *a, b=b: ours(b, *a)) for b in backends]
     makers += [(f"torch-{d}", lambda *a, d=d: pytorch(d, *a)) for d in tdevs]
@@ -248,10 +245,21 @@ def table(result) -> str:
     return "\n".join(rows)
 
 
+def _pyplot():
+    """matplotlib.pyplot on the non-interactive backend, or a one-line error naming the extra."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GpubpError("--plot needs matplotlib: pip install 'gpubp[plot]'") from None
+    return plt
+
+
 def plot(result, path) -> None:
     """Write the figure of ``result`` to ``path`` (PNG), atomically."""
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig = figure(result)
     try:
         with atomic_path(path) as tmp:
@@ -263,14 +271,7 @@ def plot(result, path) -> None:
 def figure(result):
     """Two panels: samples/s vs batch size (a line per network and backend), and GPU/CPU speed-up
     vs batch size (a line per network), or the reason there is none."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise GpubpError("--plot needs matplotlib: pip install 'gpubp[plot]'") from None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (left, right) = _pyplot().subplots(1, 2, figsize=(12, 4.8))
     nets = sorted({tuple(c["sizes"]) for c in result["cases"]}, key=lambda s: sum(s))
     backends = list(dict.fromkeys(c["backend"] for c in result["cases"]))
     styles = ["-", "--", ":", "-."]
@@ -304,11 +305,8 @@ def figure(result):
 def run_cli(args) -> int:
     from .cli import write_json
 
-    if args.plot:  # fail now, not after the sweep
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise GpubpError("--plot needs matplotlib: pip install 'gpubp[plot]'") from None
+    if args.plot:
+        _pyplot()  # fail now, not after the sweep
     result = run(args, log=lambda m: print(m, file=sys.stderr))
     m = result["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, NumPy {m['numpy']} ({m['blas']['name']} "
