@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from benchutil import backend_params, timed
 
-from gpubp.backend import get_backend
+from gpubp.backends import get_backend
 
 M, N = 128, 1024  # one hidden layer of network B
 
@@ -25,7 +25,8 @@ def test_bias_sigmoid(benchmark, arrays, backend, variant):
     be, a = arrays
     xp = be.xp
     if variant == "fused":
-        timed(benchmark, be, lambda: be.bias_sigmoid(a["Z"], a["b"]))
+        k = be.kernel("bias_sigmoid", np.float32)
+        timed(benchmark, be, lambda: k(M * N, a["Z"], a["b"], M, N))
     else:
         timed(benchmark, be, lambda: 1 / (1 + xp.exp(-(a["Z"] + a["b"]))))
 
@@ -35,17 +36,19 @@ def test_bias_sigmoid(benchmark, arrays, backend, variant):
 def test_output_delta_quadratic(benchmark, arrays, backend, variant):
     be, a = arrays
     if variant == "fused":
-        timed(benchmark, be, lambda: be.output_delta("quadratic", a["D"], a["A"], a["Y"], 1 / M))
+        k = be.kernel("quadratic_delta", np.float32)
+        timed(benchmark, be, lambda: k(M * N, a["D"], a["A"], a["Y"], M * N, 1 / M))
     else:
         timed(benchmark, be, lambda: (a["A"] - a["Y"]) * a["A"] * (1 - a["A"]) / M)
 
 
 @pytest.mark.parametrize("backend", backend_params("numpy", "emulated", "cupy"))
 @pytest.mark.parametrize("variant", ["fused", "plain"])
-def test_hidden_delta(benchmark, arrays, backend, variant):
+def test_sigmoid_delta(benchmark, arrays, backend, variant):
     be, a = arrays
     if variant == "fused":
-        timed(benchmark, be, lambda: be.hidden_delta(a["D"], a["A"]))
+        k = be.kernel("sigmoid_delta", np.float32)
+        timed(benchmark, be, lambda: k(M * N, a["D"], a["A"], M * N))
     else:
         timed(benchmark, be, lambda: a["D"] * (a["A"] * (1 - a["A"])))
 
@@ -57,7 +60,8 @@ def test_sgd_update(benchmark, arrays, backend, variant):
     be, a = arrays
     nw = a["p"].size - 2058
     if variant == "fused":
-        timed(benchmark, be, lambda: be.sgd_update(a["p"], a["g"], nw, 0.9999, 1.0))
+        k, n = be.kernel("sgd_update", np.float32), a["p"].size
+        timed(benchmark, be, lambda: k(n, a["p"], a["g"], n, nw, 0.9999, 1.0))
     else:
         def plain():
             a["p"][:nw] *= 0.9999

@@ -1,10 +1,10 @@
 """gpubp: backpropagation from scratch on the CPU (NumPy) and NVIDIA GPUs (CuPy + own CUDA kernels)."""
 
-from .backend import get_backend
+from .backends import get_backend
 from .data import load_mnist
 from .errors import GpubpError
 from .network import Network
 from .training import train
+from .version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["Network", "get_backend", "load_mnist", "train", "GpubpError", "__version__"]

@@ -1,11 +1,17 @@
 """Model files: one .npz (never pickled), written to a temporary file and renamed into place.
 
-Contents: format tag, format version, sizes, cost name, dtype name, and the flat parameter
-vector (every W[l] row-major, then every b[l]), which is all a Network needs.
+Version 2 holds a format tag, the version, ``meta`` (JSON: the model's config, the optimizer's
+config, the epochs trained, the shuffle's RNG state) and arrays: ``params`` (every W[l]
+row-major, then every b[l]) and the optimizer's state as ``optimizer_<name>``. Version 1 files
+(sizes, cost, dtype, params) still load, as a sigmoid network with no optimizer state.
+
+This module knows the file format, not the network: gpubp.network builds the contents and
+checks them against the sizes they declare before it allocates anything.
 """
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
@@ -15,52 +21,69 @@ from .errors import GpubpError, ModelFileError
 from .fileio import atomic_path
 
 FORMAT = "gpubp-model"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 
 
-def save(net, path) -> Path:
-    """Write ``net`` to ``path`` atomically: a crash leaves the old file or none, never half of one."""
+def save(path, meta: dict, arrays: dict) -> Path:
+    """Write ``meta`` (JSON-able) and ``arrays`` to ``path`` atomically."""
     path = Path(path)
     if path.is_dir():
         raise GpubpError(f"cannot save the model to {path}: it is a directory")
     if not path.parent.is_dir():
         raise GpubpError(f"cannot save the model to {path}: directory {path.parent} does not exist")
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, format=np.array(FORMAT), version=np.array(VERSION), sizes=np.array(net.sizes, np.int64),
-                 cost=np.array(net.cost.name), dtype=np.array(net.dtype.name), params=net.get_params())
+        np.savez(f, format=np.array(FORMAT), version=np.array(VERSION), meta=np.array(json.dumps(meta)), **arrays)
     return path
 
 
-def load(path, backend=None):
-    """The Network stored in ``path``; ModelFileError if it is not a whole, consistent gpubp model."""
-    from .network import Network
-
+def load(path) -> tuple[dict, dict]:
+    """(meta, arrays) of the model file ``path``; ModelFileError if it is not a whole gpubp model."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a directory, not a model file: give the .npz that --save wrote")
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist")
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path} is not a gpubp model: not an .npz (zip) archive")
     try:
         with np.load(path, allow_pickle=False) as z:
-            fields = {k: z[k] for k in ("format", "version", "sizes", "cost", "dtype", "params") if k in z.files}
+            fields = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelFileError(f"{path} is not a readable gpubp model (.npz): {why}") from None
     if fields.get("format") is None or str(fields["format"]) != FORMAT:
         raise ModelFileError(f"{path} is not a gpubp model file (no '{FORMAT}' tag)")
-    missing = {"version", "sizes", "cost", "dtype", "params"} - fields.keys()
-    if missing:
-        raise ModelFileError(f"{path} is missing {', '.join(sorted(missing))}: the file is damaged")
-    if int(fields["version"]) != VERSION:
-        raise ModelFileError(f"{path} has model format version {int(fields['version'])}; this gpubp reads version {VERSION}")
-    sizes, params = fields["sizes"], fields["params"]
-    if sizes.ndim != 1 or sizes.dtype.kind not in "iu" or params.ndim != 1 or params.dtype.kind != "f":
-        raise ModelFileError(f"{path} has malformed sizes or parameters")
-    try:
-        net = Network([int(s) for s in sizes], cost=str(fields["cost"]), backend=backend, dtype=str(fields["dtype"]))
-        net.set_params(params)
-    except GpubpError as e:
-        raise ModelFileError(f"{path} is inconsistent: {e}") from None
+    version = int(fields["version"]) if "version" in fields else None
+    if version not in READS:
+        raise ModelFileError(f"{path} has model format version {version}; this gpubp reads versions "
+                             f"{', '.join(map(str, READS))}")
+    meta = _meta_v1(path, fields) if version == 1 else _meta_v2(path, fields)
+    params = fields.get("params")
+    if params is None or params.ndim != 1 or params.dtype.kind != "f":
+        raise ModelFileError(f"{path} has no flat floating-point parameter vector: the file is damaged")
     if not np.isfinite(params).all():
         raise ModelFileError(f"{path} holds NaN or infinite parameters")
-    return net
+    arrays = {k: v for k, v in fields.items() if k not in ("format", "version", "meta", "sizes", "cost", "dtype")}
+    return meta, arrays
+
+
+def _meta_v2(path, fields) -> dict:
+    try:
+        meta = json.loads(str(fields["meta"]))
+        model = meta["model"]
+        if not isinstance(model, dict) or not {"sizes", "cost", "dtype"} <= model.keys():
+            raise KeyError("model")
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelFileError(f"{path} has no readable model description ({e}): the file is damaged") from None
+    return meta
+
+
+def _meta_v1(path, fields) -> dict:
+    missing = {"sizes", "cost", "dtype", "params"} - fields.keys()
+    if missing:
+        raise ModelFileError(f"{path} is missing {', '.join(sorted(missing))}: the file is damaged")
+    sizes = fields["sizes"]
+    if sizes.ndim != 1 or sizes.dtype.kind not in "iu":
+        raise ModelFileError(f"{path} has malformed sizes")
+    return {"model": {"sizes": [int(s) for s in sizes], "cost": str(fields["cost"]), "dtype": str(fields["dtype"])}}

@@ -6,13 +6,17 @@ Every error (bad argument, file, model or data) is one line on stderr and exit s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
+from .activations import ACTIVATIONS
+from .backends import BACKEND_NAMES
+from .costs import COSTS
 from .errors import GpubpError
-from .fileio import atomic_path
+from .fileio import write_json
+from .network import INIT_CHOICES
+from .optimizers import OPTIMIZERS
 
 N_CLASSES = 10
 
@@ -59,14 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a network on MNIST (defaults: network.py's run)")
     t.add_argument("--sizes", type=_sizes, default=[784, 30, 10], help="layer widths (default 784,30,10)")
-    t.add_argument("--cost", choices=["quadratic", "cross_entropy"], default="quadratic")
-    t.add_argument("--eta", type=_number(float, 0, False), default=3.0, help="learning rate (default 3.0)")
+    t.add_argument("--cost", choices=list(COSTS), default="quadratic",
+                   help="output cost (default quadratic; log_likelihood has a softmax output layer)")
+    t.add_argument("--activation", choices=list(ACTIVATIONS), default="sigmoid",
+                   help="hidden layers' activation (default sigmoid)")
+    t.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd", help="update rule (default sgd)")
+    t.add_argument("--momentum", type=_number(float, 0, True), default=None, metavar="MU",
+                   help="mu for --optimizer momentum (default 0.9)")
+    t.add_argument("--eta", type=_number(float, 0, False), default=None,
+                   help="learning rate (default: 3.0 for sgd, 0.3 for momentum, 0.001 for adam)")
     t.add_argument("--lmbda", type=_number(float, 0, True), default=0.0, help="L2 strength lambda (default 0)")
     t.add_argument("--batch-size", type=_number(int, 1, True), default=10, help="mini-batch size (default 10)")
     t.add_argument("--epochs", type=_number(int, 0, True), default=30, help="epochs (default 30)")
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    t.add_argument("--init", choices=["default", "large"], default="default",
-                   help="weights N(0,1/n_in) (default) or network.py's N(0,1) (large)")
+    t.add_argument("--init", choices=list(INIT_CHOICES), default="default",
+                   help="weights: the activation's default (network2's N(0,1/n_in); he, N(0,2/n_in), for relu), "
+                        "or network2, large (network.py's N(0,1)), he")
     t.add_argument("--early-stopping", type=_number(int, 1, True), default=None, metavar="N",
                    help="stop after N epochs without a better validation accuracy")
     t.add_argument("--no-train-cost", action="store_true",
@@ -98,13 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     i = sub.add_parser("info", help="backend, device, library versions, BLAS threads")
-    i.add_argument("--backend", choices=["auto", "numpy", "cupy", "emulated"], default=None)
+    i.add_argument("--backend", choices=list(BACKEND_NAMES), default=None)
     i.set_defaults(func=cmd_info)
     return p
 
 
 def _common(p):
-    p.add_argument("--backend", choices=["auto", "numpy", "cupy", "emulated"], default=None,
+    p.add_argument("--backend", choices=list(BACKEND_NAMES), default=None,
                    help="default: $GPUBP_BACKEND or auto (CuPy when a GPU answers, else NumPy)")
     p.add_argument("--data-dir", metavar="DIR", help="MNIST directory (default $GPUBP_DATA_DIR, then ~/.cache/gpubp/mnist)")
     p.add_argument("--no-verify", action="store_true", help="skip the MD5 check (other MNIST-format data sets)")
@@ -123,13 +135,6 @@ def _check_writable(path: Path | None, what: str) -> None:
         raise GpubpError(f"cannot write {what} {path}: directory {parent} is not writable")
 
 
-def write_json(path: Path, obj) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-
-
 def _load_data(args, n_in=None, n_out=None):
     from .data import load_mnist
 
@@ -142,31 +147,34 @@ def _load_data(args, n_in=None, n_out=None):
 
 
 def cmd_train(args) -> int:
-    from .backend import get_backend
+    from .backends import get_backend
     from .network import Network
 
+    if args.momentum is not None and args.optimizer != "momentum":
+        raise GpubpError(f"--momentum applies to --optimizer momentum, not {args.optimizer}")
     _check_writable(args.save, "model file")
     _check_writable(args.metrics_out, "metrics file")
     be = get_backend(args.backend)
     data = _load_data(args, args.sizes[0], args.sizes[-1])
-    net = Network(args.sizes, cost=args.cost, backend=be, dtype=args.dtype, seed=args.seed, init=args.init)
-    config = {"sizes": args.sizes, "cost": args.cost, "eta": args.eta, "lmbda": args.lmbda,
-              "batch_size": args.batch_size, "epochs": args.epochs, "dtype": args.dtype, "init": args.init,
-              "seed": args.seed, "early_stopping": args.early_stopping, "train_cost": not args.no_train_cost}
+    net = Network(args.sizes, cost=args.cost, activation=args.activation, backend=be, dtype=args.dtype,
+                  seed=args.seed, init=args.init)
     say = (lambda *a: None) if args.quiet else print
     say(f"gpubp train: {net} on {be.device} ({be.reason})")
-    if hasattr(be, "warmup"):
+    if be.compiles_kernels:
         say(f"kernels compiled (or loaded from cache) in {be.warmup():.2f} s")
 
     def on_epoch(r):
         cost = "" if r["train_cost"] is None else f"train cost {r['train_cost']:.4f}, "
-        say(f"epoch {r['epoch'] + 1}/{args.epochs}: validation accuracy {r['validation_accuracy']:.4f}, "
+        say(f"epoch {r['epoch']}/{args.epochs}: validation accuracy {r['validation_accuracy']:.4f}, "
             f"{cost}{r['seconds']:.2f} s")
 
     history = net.sgd(data["train"], epochs=args.epochs, mini_batch_size=args.batch_size, eta=args.eta,
                       lmbda=args.lmbda, evaluation_data=data["validation"], early_stopping=args.early_stopping,
                       monitor_training_cost=not args.no_train_cost, progress=False if args.quiet else None,
-                      seed=args.seed, on_epoch=on_epoch)
+                      on_epoch=on_epoch, optimizer=args.optimizer,
+                      momentum=0.9 if args.momentum is None else args.momentum)
+    config = {**net.config(), **net.optimizer.config(), "batch_size": args.batch_size, "epochs": args.epochs,
+              "early_stopping": args.early_stopping, "train_cost": not args.no_train_cost}
     test = net.measure(*data["test"], cost=False)
     print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']})")
     if args.save:
@@ -180,11 +188,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .backend import get_backend
-    from .checkpoint import load
+    from .backends import get_backend
+    from .network import Network
 
     be = get_backend(args.backend)
-    net = load(args.model, backend=be)
+    net = Network.load(args.model, backend=be)
     data = _load_data(args, net.sizes[0], net.sizes[-1])
     test = net.measure(*data["test"], cost=False)
     print(f"{args.model}: {net}")
@@ -193,16 +201,35 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_cli
+    from . import bench
+    from .bench.plot import plot, pyplot
 
     _check_writable(args.json, "JSON file")
     _check_writable(args.plot, "plot")
-    return run_cli(args)
+    if args.plot:
+        pyplot()  # fail now, not after the sweep
+    result = bench.run(backends=args.backends, sizes=args.sizes, batch_sizes=args.batch_sizes, steps=args.steps,
+                       repeats=args.repeats, dtype=args.dtype, quick=args.quick, data_dir=args.data_dir,
+                       log=lambda m: print(m, file=sys.stderr))
+    m = result["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores, NumPy {m['numpy']} ({m['blas']['name']} "
+          f"{m['blas']['version']}, {m['blas']['threads']} threads), GPU: {m['gpu'] or 'none'}")
+    print(f"{result['dtype']}, cost {result['cost']}, {result['steps']} steps x {result['repeats']} repeats per case, "
+          f"epoch = {bench.EPOCH_ROWS} samples; GEMM rate {result['gemm_gflops']:.0f} GFLOP/s\n")
+    print(bench.table(result))
+    for s in result["skipped"]:
+        print(f"\nskipped: {s}")
+    if args.json:
+        write_json(args.json, result)
+    if args.plot:
+        plot(result, args.plot)
+    return 0
 
 
 def cmd_info(args) -> int:
-    from . import __version__, sysinfo
-    from .backend import cupy_status, get_backend
+    from . import sysinfo
+    from .backends import cupy_status, get_backend
+    from .version import __version__
 
     m = sysinfo.machine()
     ok, why = cupy_status()

@@ -1,4 +1,4 @@
-"""Network: Nielsen's sigmoid network in matrix form over a whole mini-batch.
+"""Network: Nielsen's fully connected network in matrix form over a whole mini-batch.
 
 Shapes, in words (rows are samples):
     L            number of weight layers, len(sizes) - 1; sizes = [n_0, n_1, ..., n_L]
@@ -6,85 +6,136 @@ Shapes, in words (rows are samples):
     n_l          width of layer l (n_0 = 784 pixels, n_L = 10 digits)
     W[l]         (n_{l+1}, n_l)  w_jk: from neuron k of layer l to neuron j of layer l+1
     b[l]         (n_{l+1},)
-    A[l]         (m, n_l)        activations; A[0] = X, A[l+1] = sigma(A[l] W[l]^T + b[l])
-    D[l]         (m, n_{l+1})    the error delta of layer l+1, times a scale (1/m, or eta/m in a step)
+    A[l]         (m, n_l)        activations; A[0] = X, A[l+1] = f(A[l] W[l]^T + b[l])
+    D[l]         (m, n_{l+1})    the error delta of layer l+1, divided by m
 
-Backpropagation, the seed notes' four equations with rows as samples:
-    BP1  delta^L = grad_a C (.) sigma'(z^L)                   cost.delta (one fused kernel)
-    BP2  delta^l = (delta^{l+1} W^{l+1}) (.) sigma'(z^l)      GEMM, then hidden_delta kernel
-    BP3  dC/db^l = sum over rows of delta^l                   GEMM: ones(m) @ D
-    BP4  dC/dW^l = delta^l^T a^{l-1}                          GEMM: D^T @ A
-sigma'(z) is computed from the stored activation as a(1-a), so z is never kept. Scaling
-delta^L by 1/m makes every gradient that of the MEAN cost over the m rows; a training step
-scales by eta/m instead, so the gradient buffer already holds the step and the update is
-p <- decay*p - grads in one pass.
+f is the hidden layers' activation (sigmoid, tanh or relu); the output layer's is the cost's
+(sigmoid, or softmax for log-likelihood). Backpropagation, Nielsen's four equations with rows
+as samples:
+    BP1  delta^L = grad_a C (.) f'(z^L)                   the cost's delta kernel (one fused kernel)
+    BP2  delta^l = (delta^{l+1} W^{l+1}) (.) f'(z^l)      GEMM, then the activation's delta kernel
+    BP3  dC/db^l = sum over rows of delta^l               GEMM: ones(1, m) @ D
+    BP4  dC/dW^l = delta^l^T a^{l-1}                      GEMM: D^T @ A
+f'(z) is computed from the stored activation (a(1-a) for sigma), so z is never kept. delta^L is
+scaled by 1/m, so every gradient is that of the MEAN cost over the m rows.
 
-All weights and biases live in ONE contiguous buffer ``params`` (every W first, then every b),
-and ``weights[l]`` / ``biases[l]`` are writable views into it; the gradients likewise live in
-``grads``. One fused kernel updates every parameter. Workspaces are allocated the first time
-a batch size is seen, so after the first step a training step allocates nothing.
+All weights and biases live in ONE contiguous buffer ``params`` (every W first, then every b);
+``weights[l]`` and ``biases[l]`` are writable views into it, and the gradients likewise live in
+``grads``, so an optimizer updates every parameter in one kernel. Plain SGD does not even need
+``grads``: BP3 and BP4 write the update straight into ``params`` (W <- decay*W - eta*D^T A, one
+GEMM with alpha and beta). Workspaces are made the first time a batch size is seen, so after the
+first step a training step allocates nothing, copies nothing and waits for nothing.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_backend
+from . import checkpoint
+from .activations import INITS, get_activation
+from .backends import get_backend
 from .costs import get_cost
-from .errors import GpubpError
+from .errors import GpubpError, ModelFileError
+from .optimizers import SGD, Optimizer, make_optimizer
 
-INITS = ("default", "large")
 EVAL_ROWS = 10_000  # rows per forward pass when evaluating a whole data set
+MAX_PARAMETERS = 1_000_000_000  # 4 GB of float32 for the weights alone; larger is a typo, not a model
+INIT_CHOICES = ("default", *INITS)
 
 
-class _Workspace:
-    """Activations A[1..L], errors D[0..L-1] and a ones vector for batches of m rows."""
+def count_parameters(sizes) -> int:
+    """Weights and biases of a network with these layer widths: sum of n_out*n_in + n_out."""
+    return sum(o * i + o for o, i in zip(sizes[1:], sizes[:-1]))
+
+
+def check_sizes(sizes) -> list[int]:
+    """``sizes`` as a list of ints: two or more positive widths, at most MAX_PARAMETERS parameters
+    (checked before anything is allocated)."""
+    try:
+        out = [int(s) for s in sizes]
+    except (TypeError, ValueError):
+        raise GpubpError(f"sizes must be integers like 784,30,10 (got {sizes!r})") from None
+    if len(out) < 2 or min(out) < 1 or list(sizes) != out:
+        raise GpubpError(f"sizes must be two or more positive integers, e.g. 784,30,10 (got {list(sizes)})")
+    n = count_parameters(out)
+    if n > MAX_PARAMETERS:
+        raise GpubpError(f"sizes {','.join(map(str, out))} make {n:,} parameters; gpubp allows at most "
+                         f"{MAX_PARAMETERS:,} (4 GB in float32): check the layer widths")
+    return out
+
+
+class Workspace:
+    """Activations A[1..L], errors D[0..L-1] (and their transposed views) and a row of ones, for
+    batches of m rows; made once per batch size, so a step allocates nothing."""
 
     def __init__(self, be, sizes, m, dtype, backward):
+        self.m = m
         self.A = [None] + [be.empty((m, n), dtype) for n in sizes[1:]]
         self.D = [be.empty((m, n), dtype) for n in sizes[1:]] if backward else None
-        self.DT = [d.T for d in self.D] if backward else None  # views, made once
+        self.DT = [d.T for d in self.D] if backward else None
         self.ones = None
         if backward:
-            self.ones = be.empty((m,), dtype)
+            self.ones = be.empty((1, m), dtype)
             self.ones.fill(1)
 
 
 class Network:
-    """A fully connected sigmoid network trained by backprop.
+    """A fully connected network trained by backprop.
 
     Args:
         sizes: neurons per layer, e.g. [784, 30, 10].
-        cost: "quadratic" or "cross_entropy".
+        cost: "quadratic" | "cross_entropy" | "log_likelihood" (softmax output layer).
+        activation: hidden layers' "sigmoid" (default) | "tanh" | "relu".
         backend: "auto" | "numpy" | "cupy" | "emulated" or a Backend (default: $GPUBP_BACKEND or auto).
         dtype: "float32" (default) or "float64".
-        seed: seeds NumPy's generator; weights are drawn on the host, so every backend starts equal.
-        init: "default" = network2's N(0, 1/n_in) weights; "large" = network.py's N(0, 1). Biases N(0, 1).
+        seed: one seed for the weights and, unless ``sgd(seed=...)`` gives another, the shuffling;
+            None draws one (kept in ``.seed``, so the run can be repeated).
+        init: "default" (the activation's: network2's N(0, 1/n_in) for sigmoid and tanh, He's
+            N(0, 2/n_in) with zero biases for relu), or one of "network2", "large" (network.py's
+            N(0, 1)), "he". Biases are N(0, 1) except under "he".
     """
 
-    def __init__(self, sizes, cost="quadratic", backend=None, dtype="float32", seed=None, init="default"):
-        self.sizes = [int(s) for s in sizes]
-        if len(self.sizes) < 2 or any(s < 1 for s in self.sizes) or list(sizes) != self.sizes:
-            raise GpubpError(f"sizes must be two or more positive integers, e.g. 784,30,10 (got {list(sizes)})")
-        if init not in INITS:
-            raise GpubpError(f"unknown init {init!r}: choose default or large")
+    def __init__(self, sizes, cost="quadratic", activation="sigmoid", backend=None, dtype="float32",
+                 seed=None, init="default"):
+        self.sizes = check_sizes(sizes)
+        if init not in INIT_CHOICES:
+            raise GpubpError(f"unknown init {init!r}: choose one of {', '.join(INIT_CHOICES)}")
         self.cost = get_cost(cost)
-        self.be = get_backend(backend)
-        self.xp = self.be.xp
+        self.activation = get_activation(activation)
+        self.init = self.activation.init if init == "default" else init
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise GpubpError(f"dtype {dtype} is not supported: use float32 or float64")
+        self.be = get_backend(backend)
+        self.xp = self.be.xp
+        self.seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else int(seed)
+        if self.seed < 0:
+            raise GpubpError(f"seed must be a non-negative integer, got {seed}")
+        self.rng = np.random.default_rng(self.seed)  # the shuffle's generator (gpubp.training draws from it)
+        self.optimizer: Optimizer | None = None  # the last one trained with, and its state
+        self.epochs_trained = 0
+
         self.L = len(self.sizes) - 1
         self.shapes = list(zip(self.sizes[1:], self.sizes[:-1]))  # W[l]: (n_out, n_in)
         self.n_weights = sum(o * i for o, i in self.shapes)
-        self.n_params = self.n_weights + sum(self.sizes[1:])
-        self.params = self.be.empty((self.n_params,), self.dtype)
-        self.grads = self.be.empty((self.n_params,), self.dtype)
+        self.n_params = count_parameters(self.sizes)
+        try:
+            self.params = self.be.empty((self.n_params,), self.dtype)
+            self.grads = self.be.empty((self.n_params,), self.dtype)
+        except MemoryError:
+            raise GpubpError(f"not enough memory for {self.n_params:,} parameters of {self.dtype}") from None
         self.weights, self.biases = self._views(self.params)
         self.grad_weights, self.grad_biases = self._views(self.grads)
-        self._weights_T = [w.T for w in self.weights]  # views, made once: a step makes none
-        self.set_params(self._initial_params(seed, init))
-        self._ws: dict[tuple[int, bool], _Workspace] = {}
+        # Views made once, so a step makes none: W^T for the forward GEMM, b and dC/db as (1, n) rows.
+        self._weights_T = [w.T for w in self.weights]
+        self._bias_rows = [b.reshape(1, -1) for b in self.biases]
+        self._grad_bias_rows = [g.reshape(1, -1) for g in self.grad_biases]
+        self.layer_activations = [self.activation] * (self.L - 1) + [self.cost.output]
+        self._bias_act = [self.be.kernel(a.forward_kernel, self.dtype) for a in self.layer_activations]
+        self._act_delta = self.be.kernel(self.activation.delta_kernel, self.dtype)
+        self._cost_delta = self.be.kernel(self.cost.delta_kernel, self.dtype)
+        self.set_params(self._initial_params())
+        self._ws: dict[tuple[int, bool], Workspace] = {}
 
     def _views(self, flat):
         """Lists of W[l] (n_out, n_in) and b[l] (n_out,) views into one flat buffer."""
@@ -97,14 +148,17 @@ class Network:
             k += o
         return ws, bs
 
-    def _initial_params(self, seed, init) -> np.ndarray:
-        rng = np.random.default_rng(seed)
+    def _initial_params(self) -> np.ndarray:
+        """Weights N(0, std(n_in)^2) by ``init``, biases N(0, 1) (0 under "he"), drawn on the host in
+        float64 from the seed, so every backend and dtype starts from the same numbers."""
+        rng = np.random.default_rng(self.seed)
         flat = np.empty(self.n_params)
         ws, bs = self._views(flat)
+        std = INITS[self.init]
         for w, (o, i) in zip(ws, self.shapes):
-            w[...] = rng.standard_normal((o, i)) / (np.sqrt(i) if init == "default" else 1.0)
+            w[...] = rng.standard_normal((o, i)) * std(i)
         for b, (o, _) in zip(bs, self.shapes):
-            b[...] = rng.standard_normal(o)
+            b[...] = 0.0 if self.init == "he" else rng.standard_normal(o)
         return flat
 
     def set_params(self, flat) -> None:
@@ -119,7 +173,7 @@ class Network:
         return self.be.to_host(self.params)
 
     # -----------------------------------------------------------------------------------------
-    # Inputs
+    # Inputs: what training and the bench hand the network, moved to the device once
     # -----------------------------------------------------------------------------------------
 
     def _device(self, a, dtype):
@@ -128,29 +182,20 @@ class Network:
             return a
         return self.be.to_device(a, dtype)
 
-    def _inputs(self, X):
-        """X (m, n_0) as a C-contiguous device array of the network's dtype."""
+    def to_device(self, X):
+        """Inputs X (m, n_0) as a C-contiguous device array of the network's dtype."""
         X = self._device(X, self.dtype)
         if X.ndim != 2 or X.shape[1] != self.sizes[0]:
             raise GpubpError(f"inputs must have shape (m, {self.sizes[0]}), got {tuple(X.shape)}")
         return X
 
-    def _targets(self, Y, m):
-        """Y as one-hot device rows (m, n_L); integer labels (m,) are one-hot encoded on the device."""
-        if np.ndim(Y) == 1:
-            return self._one_hot(self._labels(Y, m))
-        Y = self._device(Y, self.dtype)
-        n_out = self.sizes[-1]
-        if Y.shape != (m, n_out):
-            raise GpubpError(f"targets must have shape ({m}, {n_out}) or be {m} integer labels, got {tuple(Y.shape)}")
-        return Y
-
-    def _labels(self, y, m):
+    def labels(self, y, m=None):
         """Integer labels (m,) in [0, n_L) as an int64 device array. Host labels are range-checked
         before they go up; labels already on the device are trusted (a check would cost a sync)."""
         on_device = self.xp is not np and isinstance(y, self.xp.ndarray)
         if not on_device:
             y = np.asarray(y)
+        m = len(y) if m is None else m
         if y.shape != (m,) or y.dtype.kind not in "iu":
             raise GpubpError(f"labels must be {m} integers, got shape {y.shape} dtype {y.dtype}")
         n_out = self.sizes[-1]
@@ -158,15 +203,27 @@ class Network:
             raise GpubpError(f"labels must lie in [0, {n_out - 1}], got {y.min()}..{y.max()}")
         return self._device(y, np.dtype(np.int64))
 
-    def _one_hot(self, labels):
+    def one_hot(self, labels):
+        """One-hot rows (m, n_L) of device labels (m,), made on the device (a new array)."""
         Y = self.be.empty((labels.shape[0], self.sizes[-1]), self.dtype)
-        self.be.one_hot(labels, Y)
+        self.be.kernel("one_hot", self.dtype)(Y.size, Y, labels, Y.shape[0], Y.shape[1])
         return Y
 
-    def _workspace(self, m: int, backward: bool) -> _Workspace:
+    def targets(self, Y, m):
+        """Y as one-hot device rows (m, n_L); integer labels (m,) are one-hot encoded on the device."""
+        if np.ndim(Y) == 1:
+            return self.one_hot(self.labels(Y, m))
+        Y = self._device(Y, self.dtype)
+        n_out = self.sizes[-1]
+        if Y.shape != (m, n_out):
+            raise GpubpError(f"targets must have shape ({m}, {n_out}) or be {m} integer labels, got {tuple(Y.shape)}")
+        return Y
+
+    def workspace(self, m: int, backward: bool = True) -> Workspace:
+        """The workspace for batches of m rows (made on first use)."""
         key = (m, backward)
         if key not in self._ws:
-            self._ws[key] = _Workspace(self.be, self.sizes, m, self.dtype, backward)
+            self._ws[key] = Workspace(self.be, self.sizes, m, self.dtype, backward)
         return self._ws[key]
 
     # -----------------------------------------------------------------------------------------
@@ -175,38 +232,48 @@ class Network:
 
     def _forward(self, X, ws):
         """Fill ws.A with every layer's activations for X (m, n_0); returns A[L] (m, n_L)."""
-        A = ws.A
+        A, m = ws.A, X.shape[0]
         A[0] = X
         for l in range(self.L):
             self.be.matmul(A[l], self._weights_T[l], out=A[l + 1])  # z = a W^T (+ b below)
-            self.be.bias_sigmoid(A[l + 1], self.biases[l])  # a = sigma(z + b), fused
+            n = self.sizes[l + 1]
+            work = m if self.layer_activations[l].row_wise else m * n
+            self._bias_act[l](work, A[l + 1], self.biases[l], m, n)  # a = f(z + b), fused
         return A[self.L]
 
-    def _backward(self, Y, ws, scale) -> None:
-        """BP1-BP4 from the activations in ws.A: fills ``grads`` with ``scale`` * the summed-cost
-        gradient (scale = 1/m gives the mean-cost gradient)."""
-        be, A, D = self.be, ws.A, ws.D
-        self.cost.delta(be, D[-1], A[-1], Y, scale)  # BP1, times scale
+    def _backward(self, Y, ws, optimizer=None) -> None:
+        """BP1-BP4 from the activations in ws.A. With no optimizer, or one that is not fused, the
+        mean-cost gradient goes to ``grads``; a fused one (plain SGD) writes its update into
+        ``params`` inside the BP3/BP4 products, and the gradient is never stored."""
+        be, A, D, m = self.be, ws.A, ws.D, ws.m
+        n_out = D[-1].size
+        self._cost_delta(n_out, D[-1], A[-1], Y, n_out, 1.0 / m)  # BP1, over m: the mean cost
+        fused = optimizer is not None and optimizer.fused
         for l in range(self.L - 1, -1, -1):
-            be.matmul(ws.ones, D[l], out=self.grad_biases[l])  # BP3
-            be.matmul(ws.DT[l], A[l], out=self.grad_weights[l])  # BP4: delta^T a
-            if l > 0:
-                be.matmul(D[l], self.weights[l], out=D[l - 1])  # BP2: delta W ...
-                be.hidden_delta(D[l - 1], A[l])  # ... (.) sigma'(z), from a = A[l]
+            if l > 0:  # BP2 before this layer's update, which changes W[l]
+                be.matmul(D[l], self.weights[l], out=D[l - 1])  # delta W ...
+                self._act_delta(D[l - 1].size, D[l - 1], A[l], D[l - 1].size)  # ... (.) f'(z), from a = A[l]
+            if fused:  # BP4 and BP3, and network2's update in the same products
+                be.gemm(ws.DT[l], A[l], out=self.weights[l], alpha=-optimizer.eta, beta=optimizer.decay)
+                be.gemm(ws.ones, D[l], out=self._bias_rows[l], alpha=-optimizer.eta, beta=1.0)
+            else:
+                be.matmul(ws.DT[l], A[l], out=self.grad_weights[l])  # BP4: delta^T a
+                be.matmul(ws.ones, D[l], out=self._grad_bias_rows[l])  # BP3: sum over rows
+        if optimizer is not None and not fused:
+            optimizer.update()
 
-    def _step(self, X, Y, eta: float, decay: float) -> None:
-        """One SGD step on device arrays X (m, n_0), Y (m, n_L): nothing is copied, synced or allocated."""
-        m = X.shape[0]
-        ws = self._workspace(m, True)
+    def step(self, X, Y, optimizer: Optimizer) -> None:
+        """One training step on device arrays X (m, n_0) and one-hot Y (m, n_L): forward, BP1-BP4 and
+        the optimizer's update of every parameter. After a batch size's first step, nothing is
+        allocated, copied or synchronized (gpubp.training gives it slices of the device data)."""
+        ws = self.workspace(X.shape[0])
         self._forward(X, ws)
-        # grads <- eta * mean gradient: eta rides along in delta^L's scale, so the update is one pass.
-        self._backward(Y, ws, eta / m)
-        self.be.sgd_update(self.params, self.grads, self.n_weights, decay, 1.0)
+        self._backward(Y, ws, optimizer.bind(self))
 
     def feedforward(self, X):
         """The network's output for X (m, n_0): a new device array (m, n_L)."""
-        X = self._inputs(X)
-        return self._forward(X, self._workspace(X.shape[0], False)).copy()
+        X = self.to_device(X)
+        return self._forward(X, self.workspace(X.shape[0], False)).copy()
 
     def backprop(self, X, Y):
         """Gradient of the MEAN cost over the m rows (no L2 term).
@@ -214,11 +281,11 @@ class Network:
         X (m, n_0); Y (m, n_L) one-hot (or (m,) integer labels). Returns (nabla_b, nabla_w):
         lists of L device arrays shaped like ``biases`` and ``weights`` (copies).
         """
-        X = self._inputs(X)
-        Y = self._targets(Y, X.shape[0])
-        ws = self._workspace(X.shape[0], True)
+        X = self.to_device(X)
+        Y = self.targets(Y, X.shape[0])
+        ws = self.workspace(X.shape[0])
         self._forward(X, ws)
-        self._backward(Y, ws, 1.0 / X.shape[0])
+        self._backward(Y, ws)
         return [g.copy() for g in self.grad_biases], [g.copy() for g in self.grad_weights]
 
     def update_mini_batch(self, X, Y, eta, lmbda=0.0, n=None) -> None:
@@ -227,18 +294,9 @@ class Network:
 
         X (m, n_0); Y (m, n_L) one-hot or (m,) labels; n = training-set size (needed when lmbda > 0).
         """
-        X = self._inputs(X)
-        Y = self._targets(Y, X.shape[0])
-        self._step(X, Y, float(eta), self.decay(eta, lmbda, n))
-
-    @staticmethod
-    def decay(eta, lmbda, n) -> float:
-        """The weight-decay factor 1 - eta*lmbda/n of network2's L2 rule."""
-        if not lmbda:
-            return 1.0
-        if not n or n < 1:
-            raise GpubpError("L2 regularization (lmbda > 0) needs n, the size of the training set")
-        return 1.0 - float(eta) * float(lmbda) / float(n)
+        X = self.to_device(X)
+        Y = self.targets(Y, X.shape[0])
+        self.step(X, Y, SGD(eta, lmbda, n))
 
     # -----------------------------------------------------------------------------------------
     # Evaluation
@@ -247,22 +305,23 @@ class Network:
     def measure(self, X, y, lmbda=0.0, cost=True, accuracy=True) -> dict:
         """Total cost (mean over rows, plus network2's L2 term 0.5*lmbda/n*sum w^2) and accuracy of
         (X (n, n_0), y (n,) labels), computed on the device and brought back in one copy."""
-        X = self._inputs(X)
+        X = self.to_device(X)
         n = X.shape[0]
         if n == 0:
             raise GpubpError("cannot evaluate on an empty data set")
-        labels = self._labels(y, n)
+        labels = self.labels(y, n)
         xp = self.xp
         totals = xp.zeros(2, dtype=xp.float64)  # [summed cost, number correct]
+        argmax_hits = self.be.kernel("argmax_hits", self.dtype)
         for k in range(0, n, EVAL_ROWS):
             Xc, lc = X[k:k + EVAL_ROWS], labels[k:k + EVAL_ROWS]
-            ws = self._workspace(Xc.shape[0], False)
-            out = self._forward(Xc, ws)
+            rows = Xc.shape[0]
+            out = self._forward(Xc, self.workspace(rows, False))
             if cost:
-                totals[0] += self.cost.fn(xp, out, self._one_hot(lc))
+                totals[0] += self.cost.fn(xp, out, self.one_hot(lc))
             if accuracy:
-                hits = self.be.empty((Xc.shape[0],), np.int32)
-                self.be.argmax_hits(out, lc, hits)
+                hits = self.be.empty((rows,), np.int32)
+                argmax_hits(rows, hits, out, lc, rows, out.shape[1])
                 totals[1] += xp.sum(hits)
         if cost and lmbda:
             totals[0] += 0.5 * lmbda * sum(xp.sum(w.astype(xp.float64) ** 2) for w in self.weights)
@@ -283,25 +342,59 @@ class Network:
     # Training and files
     # -----------------------------------------------------------------------------------------
 
-    def sgd(self, training_data, epochs=30, mini_batch_size=10, eta=3.0, lmbda=0.0,
+    def sgd(self, training_data, epochs=30, mini_batch_size=10, eta=None, lmbda=0.0,
             evaluation_data=None, **options):
-        """Mini-batch SGD; see gpubp.training.train for every option. Returns the per-epoch history."""
+        """Mini-batch training; see gpubp.training.train for every option. Returns the per-epoch history."""
         from .training import train
 
         return train(self, training_data, epochs=epochs, mini_batch_size=mini_batch_size, eta=eta,
                      lmbda=lmbda, evaluation_data=evaluation_data, **options)
 
-    def save(self, path) -> None:
-        """Write the model to ``path`` (.npz, no pickle), atomically."""
-        from .checkpoint import save
+    def config(self) -> dict:
+        """What rebuilds this network (with ``Network(**config)``), as JSON-ready values."""
+        return {"sizes": list(self.sizes), "cost": self.cost.name, "activation": self.activation.name,
+                "dtype": self.dtype.name, "seed": self.seed, "init": self.init}
 
-        save(self, path)
+    def save(self, path) -> None:
+        """Write the model, its optimizer's state and its training progress to ``path`` (.npz, no
+        pickle), atomically: a crash leaves the old file or none, never half of one."""
+        arrays = {"params": self.get_params()}
+        meta = {"model": self.config(), "epochs_trained": self.epochs_trained,
+                "rng": self.rng.bit_generator.state}
+        if self.optimizer is not None:
+            meta["optimizer"] = self.optimizer.config()
+            arrays.update({f"optimizer_{k}": v for k, v in self.optimizer.state_arrays().items()})
+        checkpoint.save(path, meta, arrays)
 
     @classmethod
     def load(cls, path, backend=None) -> Network:
-        from .checkpoint import load
-
-        return load(path, backend=backend)
+        """The network saved in ``path``, with its optimizer state and training progress when the
+        file has them; ModelFileError if it is not a whole, consistent gpubp model."""
+        meta, arrays = checkpoint.load(path)
+        cfg = meta["model"]
+        try:  # the declared sizes must match the stored vector before anything is allocated
+            sizes = check_sizes(cfg["sizes"])
+            if count_parameters(sizes) != arrays["params"].size:
+                raise GpubpError(f"sizes {','.join(map(str, sizes))} need {count_parameters(sizes):,} "
+                                 f"parameters, the file holds {arrays['params'].size:,}")
+        except (GpubpError, TypeError) as e:
+            raise ModelFileError(f"{path} is inconsistent: {e}") from None
+        try:
+            net = cls(cfg["sizes"], cost=cfg["cost"], activation=cfg.get("activation", "sigmoid"),
+                      backend=backend, dtype=cfg["dtype"], seed=cfg.get("seed"), init=cfg.get("init", "default"))
+            net.set_params(arrays["params"])
+            net.epochs_trained = int(meta.get("epochs_trained", 0))
+            if meta.get("rng"):
+                net.rng.bit_generator.state = meta["rng"]
+            if meta.get("optimizer"):
+                opt = dict(meta["optimizer"])
+                net.optimizer = make_optimizer(opt.pop("optimizer"), **opt).bind(net)
+                prefix = "optimizer_"
+                net.optimizer.load_state({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+        except (GpubpError, KeyError, TypeError, ValueError) as e:
+            raise ModelFileError(f"{path} is inconsistent: {e}") from None
+        return net
 
     def __repr__(self) -> str:
-        return f"Network({self.sizes}, cost={self.cost.name!r}, dtype={self.dtype.name!r}, backend={self.be.name!r})"
+        return (f"Network({self.sizes}, cost={self.cost.name!r}, activation={self.activation.name!r}, "
+                f"dtype={self.dtype.name!r}, backend={self.be.name!r})")

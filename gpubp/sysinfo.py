@@ -59,6 +59,48 @@ def _openblas_threads():
     return None
 
 
+# gpubp is installed from a clone, not from a package index, so the hints name the clone's commands.
+GPU_INSTALL_HINT = ("from the clone: uv run --extra cuda13 ... or pip install -e '.[cuda13]'; "
+                    "cuda12 for a CUDA 12 driver")
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def gpu_name(runtime, device: int) -> str:
+    """The name of CUDA device ``device`` from CuPy's runtime module (bytes or str by CuPy version)."""
+    name = runtime.getDeviceProperties(device)["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def driver_installed() -> bool:
+    """Whether the NVIDIA driver's library (libcuda) can be loaded at all."""
+    import ctypes
+
+    for lib in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(lib)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def explain_cuda_error(e: BaseException) -> str:
+    """Why CUDA did not answer, in words: CUDA says 'driver version is insufficient' also when there
+    is no driver at all, so that case is told apart first."""
+    msg = first_line(e)
+    if "NoDevice" in msg or "no CUDA-capable device" in msg:
+        return f"no CUDA device found ({msg})"
+    if not driver_installed():
+        return "no NVIDIA driver is installed (libcuda cannot be loaded)"
+    if "InsufficientDriver" in msg:
+        return f"the NVIDIA driver is older than this CuPy's CUDA runtime ({msg}); update the driver or use cuda12"
+    return f"no usable NVIDIA driver ({msg})"
+
+
 def cuda() -> dict:
     """CuPy, CUDA runtime and driver versions and GPU name, where they can be had."""
     out = {"cupy": None, "cuda_runtime": None, "cuda_driver": None, "gpu": None}
@@ -75,8 +117,7 @@ def cuda() -> dict:
         except Exception:
             pass
     try:
-        name = rt.getDeviceProperties(0)["name"]
-        out["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
+        out["gpu"] = gpu_name(rt, 0)
     except Exception:
         pass
     return out

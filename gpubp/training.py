@@ -1,8 +1,10 @@
-"""Training: epochs of mini-batch SGD with the data resident on the device.
+"""Training: epochs of mini-batch training with the data resident on the device, on the
+network's public API only (to_device, labels, one_hot, step, measure).
 
-Per epoch: one host-drawn permutation is uploaded and gathers the training set on the device
-(so every backend sees the same order for the same seed); mini-batches are contiguous slices
-(views) of the shuffled copy; a last partial batch is used, not dropped. Inside the epoch
+Per epoch: one permutation drawn on the host from the network's generator (seeded by
+``Network(seed=...)`` unless ``seed=`` is given here) is uploaded and gathers the training set on
+the device, so every backend sees the same order for the same seed; mini-batches are contiguous
+slices (views) of the shuffled copy; a last partial batch is used, not dropped. Inside the epoch
 nothing is copied back and nothing synchronizes; afterwards one sync stops the clock and one
 copy per evaluation brings back its cost and accuracy.
 """
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import GpubpError, TrainingDiverged
+from .optimizers import make_optimizer
 
 
 def _check_data(net, data, what):
@@ -33,19 +36,25 @@ def _check_data(net, data, what):
     return X, y
 
 
-def train(net, training_data, epochs=30, mini_batch_size=10, eta=3.0, lmbda=0.0, evaluation_data=None,
-          early_stopping=None, monitor_training_cost=True, progress=None, seed=None, on_epoch=None):
-    """Train ``net`` by mini-batch SGD and return the history, one dict per epoch.
+def train(net, training_data, epochs=30, mini_batch_size=10, eta=None, lmbda=0.0, evaluation_data=None,
+          early_stopping=None, monitor_training_cost=True, progress=None, seed=None, on_epoch=None,
+          optimizer="sgd", momentum=0.9):
+    """Train ``net`` by mini-batch gradient descent and return the history, one dict per epoch.
 
     training_data, evaluation_data: pairs (X (n, n_0), y (n,) integer labels), host or device.
+    eta, lmbda: learning rate (default: the optimizer's, 3.0 for sgd) and L2 strength (network2's
+        lambda over the training-set size n).
+    optimizer: "sgd" (network2's rule) | "momentum" (with ``momentum``, mu) | "adam", or an
+        Optimizer; see gpubp.optimizers. ``momentum`` is used by "momentum" only.
     early_stopping: stop after this many epochs without a better validation accuracy (needs
         evaluation_data); None trains every epoch.
     monitor_training_cost: compute the training cost after each epoch (one forward pass).
     progress: a tqdm bar per epoch; None shows it only when stderr is a terminal.
-    seed: seeds the shuffling (default: a fresh seed).
+    seed: reseeds the shuffling (default: the network's generator, seeded by Network(seed=...)).
     on_epoch: called with each epoch's record as soon as it is known.
 
-    Each record: {"epoch", "seconds" (training only, synchronized), "eval_seconds",
+    Each record: {"epoch" (counted from 1 over the network's life), "seconds" (training only,
+    synchronized), "eval_seconds",
     "train_cost" (or None), "validation_accuracy" (or None)}.
     Raises TrainingDiverged when the cost becomes NaN or infinite.
     """
@@ -55,29 +64,31 @@ def train(net, training_data, epochs=30, mini_batch_size=10, eta=3.0, lmbda=0.0,
     epochs, bs = int(epochs), int(mini_batch_size)
     if epochs < 0 or bs < 1:
         raise GpubpError(f"epochs must be >= 0 and mini_batch_size >= 1 (got {epochs}, {bs})")
-    if not (eta > 0 and math.isfinite(eta)) or not (lmbda >= 0 and math.isfinite(lmbda)):
-        raise GpubpError(f"eta must be > 0 and lmbda >= 0 (got eta={eta}, lmbda={lmbda})")
     if early_stopping is not None and (evaluation_data is None or int(early_stopping) < 1):
         raise GpubpError("early stopping needs evaluation data and a patience of at least 1 epoch")
 
     be = net.be
     n = X.shape[0]
-    run = _Run(net=net, eta=float(eta), lmbda=float(lmbda), bs=bs, decay=net.decay(eta, lmbda, n),
-               monitor_training_cost=monitor_training_cost, rng=np.random.default_rng(seed),
+    hyper = {"momentum": momentum} if optimizer == "momentum" else {}
+    opt = make_optimizer(optimizer, eta=eta, lmbda=lmbda, n=n, **hyper)
+    net.optimizer = opt.bind(net)
+    if seed is not None:
+        net.rng = np.random.default_rng(seed)
+    run = _Run(net=net, opt=opt, bs=bs, monitor_training_cost=monitor_training_cost,
                show=sys.stderr.isatty() if progress is None else bool(progress), epochs=epochs)
-    run.X = net._inputs(X)  # the training set moves to the device once
-    run.labels = net._labels(y, n)
-    run.Y = net._one_hot(run.labels)
+    run.X = net.to_device(X)  # the training set moves to the device once
+    run.labels = net.labels(y, n)
+    run.Y = net.one_hot(run.labels)
     run.Xs, run.Ys = be.empty(run.X.shape, net.dtype), be.empty(run.Y.shape, net.dtype)  # shuffled copies
     if evaluation_data is not None:
         Xe, ye = evaluation_data
-        run.evaluation = (net._inputs(Xe), net._labels(ye, len(ye)))
+        run.evaluation = (net.to_device(Xe), net.labels(ye, len(ye)))
 
     history, best, since_best = [], -1.0, 0
     # A diverging run is reported once, by the cost check, not by NumPy warnings mid-epoch.
     with np.errstate(over="ignore", invalid="ignore"):
-        for epoch in range(epochs):
-            record = _epoch(run, epoch)
+        for i in range(epochs):
+            record = _epoch(run, i)
             history.append(record)
             if on_epoch is not None:
                 on_epoch(record)
@@ -96,12 +107,9 @@ class _Run:
     """What every epoch of one training run shares."""
 
     net: object
-    eta: float
-    lmbda: float
+    opt: object
     bs: int
-    decay: float
     monitor_training_cost: bool
-    rng: np.random.Generator
     show: bool
     epochs: int
     X: object = None  # (n, n_0) on the device
@@ -112,18 +120,18 @@ class _Run:
     evaluation: tuple | None = None
 
 
-def _epoch(run: _Run, epoch: int) -> dict:
-    """One epoch: one shuffle on the device, every mini-batch step, then the evaluations."""
-    net, be, xp = run.net, run.net.be, run.net.xp
+def _epoch(run: _Run, i: int) -> dict:
+    """One epoch (the i-th of this call): one shuffle on the device, every step, then the evaluations."""
+    net, be, xp, opt = run.net, run.net.be, run.net.xp, run.opt
     n, bs = run.X.shape[0], run.bs
-    perm = be.to_device(run.rng.permutation(n))
+    perm = be.to_device(net.rng.permutation(n))
     xp.take(run.X, perm, axis=0, out=run.Xs)  # one gather per epoch, on the device
     xp.take(run.Y, perm, axis=0, out=run.Ys)
-    bar = _bar(run.show, n, epoch, run.epochs)
+    bar = _bar(run.show, n, i, run.epochs)
     be.synchronize()
     t0 = time.perf_counter()
     for k in range(0, n, bs):  # contiguous slices; the last, partial batch is used too
-        net._step(run.Xs[k:k + bs], run.Ys[k:k + bs], run.eta, run.decay)
+        net.step(run.Xs[k:k + bs], run.Ys[k:k + bs], opt)
         if bar is not None:
             bar.update(min(bs, n - k))
     be.synchronize()
@@ -131,13 +139,15 @@ def _epoch(run: _Run, epoch: int) -> dict:
     if bar is not None:
         bar.close()
 
+    net.epochs_trained += 1
+    epoch = net.epochs_trained
     t1 = time.perf_counter()
     record = {"epoch": epoch, "seconds": seconds, "train_cost": None, "validation_accuracy": None}
     if run.monitor_training_cost:
-        record["train_cost"] = net.measure(run.X, run.labels, lmbda=run.lmbda, accuracy=False)["cost"]
-        _check_finite(record["train_cost"], epoch, run.eta)
+        record["train_cost"] = net.measure(run.X, run.labels, lmbda=opt.lmbda, accuracy=False)["cost"]
+        _check_finite(record["train_cost"], epoch, opt.eta)
     else:
-        _check_finite(float(be.to_host(xp.sum(net.params))), epoch, run.eta)
+        _check_finite(float(be.to_host(xp.sum(net.params))), epoch, opt.eta)
     if run.evaluation is not None:
         record["validation_accuracy"] = net.measure(*run.evaluation, cost=False)["accuracy"]
     record["eval_seconds"] = time.perf_counter() - t1

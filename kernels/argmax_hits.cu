@@ -2,7 +2,7 @@
 //   hits[r] <- (argmax_c A[r, c] == labels[r]) ? 1 : 0    A: (rows, cols) C-contiguous,
 //   labels: (rows,) int64, hits: (rows,) int32; the sum of hits is the number correct.
 // Ties go to the first maximum and a NaN counts as the maximum, exactly as numpy.argmax.
-// NumPy reference: gpubp.kernels.argmax_hits.
+// NumPy reference: gpubp.reference.argmax_hits.
 // Launch: 1-D grid-stride over rows (one thread walks one row), block 256.
 // Tolerance: float32 atol=0 rtol=0; float64 atol=0 rtol=0 (exact)
 #include "gpubp.cuh"
@@ -26,14 +26,7 @@ __device__ __forceinline__ void argmax_hits(int* __restrict__ hits, const T* __r
     }
 }
 
-extern "C" __global__ void argmax_hits_f32(int* __restrict__ hits, const float* __restrict__ A,
-                                           const long long* __restrict__ labels, long long rows,
-                                           long long cols) {
-    argmax_hits(hits, A, labels, rows, cols);
-}
-
-extern "C" __global__ void argmax_hits_f64(int* __restrict__ hits, const double* __restrict__ A,
-                                           const long long* __restrict__ labels, long long rows,
-                                           long long cols) {
-    argmax_hits(hits, A, labels, rows, cols);
-}
+GPUBP_EXPORT(argmax_hits, argmax_hits,
+             (int* __restrict__ hits, const T* __restrict__ A, const long long* __restrict__ labels,
+              long long rows, long long cols),
+             (hits, A, labels, rows, cols))

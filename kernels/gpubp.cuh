@@ -1,14 +1,22 @@
-// gpubp.cuh: the one definition of sigma and sigma' that every kernel uses.
+// gpubp.cuh: what every kernel shares: sigma written once, the overloads that keep float code
+// in float, the 64-bit grid-stride loop, and GPUBP_EXPORT, which makes a kernel's float and
+// double entry points from one template.
 //
-// NumPy reference: gpubp.kernels.sigmoid / sigmoid_prime_from_activation.
+// NumPy reference: gpubp.reference.sigmoid / sigmoid_prime_from_output.
 //   sigma(z)  = 1/(1+exp(-z)) = 0.5 + 0.5*tanh(z/2)   (tanh form: no exp to overflow at +-1000)
 //   sigma'(z) = sigma(z)*(1-sigma(z)) = a*(1-a)        (from the stored activation a)
-// Float code stays float: T(0.5f) and T(1) fold at compile time, tanhf for float.
+// Float code stays float: T(0.5f) and T(1) fold at compile time, tanhf/expf/sqrtf for float.
 #ifndef GPUBP_CUH
 #define GPUBP_CUH
 
 __host__ __device__ __forceinline__ float gpubp_tanh(float x) { return tanhf(x); }
 __host__ __device__ __forceinline__ double gpubp_tanh(double x) { return tanh(x); }
+__host__ __device__ __forceinline__ float gpubp_exp(float x) { return expf(x); }
+__host__ __device__ __forceinline__ double gpubp_exp(double x) { return exp(x); }
+__host__ __device__ __forceinline__ float gpubp_sqrt(float x) { return sqrtf(x); }
+__host__ __device__ __forceinline__ double gpubp_sqrt(double x) { return sqrt(x); }
+__host__ __device__ __forceinline__ float gpubp_pow(float x, float y) { return powf(x, y); }
+__host__ __device__ __forceinline__ double gpubp_pow(double x, double y) { return pow(x, y); }
 
 template <typename T>
 __host__ __device__ __forceinline__ T gpubp_sigmoid(T z) {
@@ -24,5 +32,20 @@ __host__ __device__ __forceinline__ T gpubp_sigmoid_prime_from_a(T a) {
 #define GPUBP_GRID_STRIDE(i, n)                                                  \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
          i += (long long)blockDim.x * gridDim.x)
+
+// GPUBP_EXPORT(NAME, CALLEE, PARAMS, ARGS) defines the entry points NAME_f32 and NAME_f64:
+// PARAMS is the parameter list with T standing for the floating type, CALLEE the template it
+// calls (in parentheses when it holds a comma) and ARGS the call's arguments. Each entry point
+// lives in a namespace of its own, where T is float or double, and is brought out by name;
+// extern "C" keeps the name unmangled for cuModuleGetFunction and the emulator alike.
+#define GPUBP_EXPORT_AS(NAME, SFX, TYPE, CALLEE, PARAMS, ARGS)   \
+    namespace gpubp_##NAME##SFX {                                \
+    typedef TYPE T;                                              \
+    extern "C" __global__ void NAME##SFX PARAMS { CALLEE ARGS; } \
+    }                                                            \
+    using gpubp_##NAME##SFX::NAME##SFX;
+#define GPUBP_EXPORT(NAME, CALLEE, PARAMS, ARGS)               \
+    GPUBP_EXPORT_AS(NAME, _f32, float, CALLEE, PARAMS, ARGS) \
+    GPUBP_EXPORT_AS(NAME, _f64, double, CALLEE, PARAMS, ARGS)
 
 #endif  // GPUBP_CUH

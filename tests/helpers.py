@@ -15,39 +15,36 @@ def sigmoid_prime64(z):
     return s * (1.0 - s)
 
 
-def seed_notes_backprop(weights, biases, x, y, cost):
-    """network.py's backprop for ONE example as column vectors: returns (nabla_b, nabla_w) lists."""
-    activation = x.reshape(-1, 1)
-    activations, zs = [activation], []
-    for w, b in zip(weights, biases):
-        z = w @ activation + b.reshape(-1, 1)
-        zs.append(z)
-        activation = sigmoid64(z)
-        activations.append(activation)
-    y = y.reshape(-1, 1)
-    delta = (activations[-1] - y) * (sigmoid_prime64(zs[-1]) if cost == "quadratic" else 1.0)  # BP1
-    nabla_b = [None] * len(weights)
-    nabla_w = [None] * len(weights)
-    nabla_b[-1] = delta  # BP3
-    nabla_w[-1] = delta @ activations[-2].T  # BP4
-    for l in range(2, len(weights) + 1):
-        delta = (weights[-l + 1].T @ delta) * sigmoid_prime64(zs[-l])  # BP2
-        nabla_b[-l] = delta
-        nabla_w[-l] = delta @ activations[-l - 1].T
-    return [b.ravel() for b in nabla_b], nabla_w
+def softmax64(z):
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
-def cost64(weights, biases, X, Y, cost, lmbda=0.0, n=None):
-    """Mean cost over the rows of X (float64), plus network2's 0.5*(lmbda/n)*sum ||w||^2."""
+ACT64 = {"sigmoid": sigmoid64, "tanh": np.tanh, "relu": lambda z: np.maximum(z, 0.0)}
+OUTPUT64 = {"quadratic": sigmoid64, "cross_entropy": sigmoid64, "log_likelihood": softmax64}
+
+
+def forward64(weights, biases, X, cost="quadratic", activation="sigmoid"):
+    """The network's output for X in float64: hidden layers by ``activation``, the output by the cost's."""
     A = np.asarray(X, dtype=np.float64)
-    for w, b in zip(weights, biases):
-        A = sigmoid64(A @ w.T + b)
+    for l, (w, b) in enumerate(zip(weights, biases)):
+        z = A @ np.asarray(w, np.float64).T + b
+        A = OUTPUT64[cost](z) if l == len(weights) - 1 else ACT64[activation](z)
+    return A
+
+
+def cost64(weights, biases, X, Y, cost, lmbda=0.0, n=None, activation="sigmoid"):
+    """Mean cost over the rows of X (float64), plus network2's 0.5*(lmbda/n)*sum ||w||^2."""
+    A = forward64(weights, biases, X, cost, activation)
     if cost == "quadratic":
         c = 0.5 * np.sum((A - Y) ** 2) / len(X)
-    else:
+    elif cost == "cross_entropy":
         c = -np.sum(Y * np.log(A) + (1 - Y) * np.log(1 - A)) / len(X)
+    else:
+        c = -np.sum(Y * np.log(A)) / len(X)
     if lmbda:
-        c += 0.5 * (lmbda / n) * sum(np.sum(w ** 2) for w in weights)
+        c += 0.5 * (lmbda / n) * sum(np.sum(np.asarray(w, np.float64) ** 2) for w in weights)
     return c
 
 

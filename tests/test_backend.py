@@ -6,17 +6,17 @@ import types
 import numpy as np
 import pytest
 
-import gpubp.backend as B
+import gpubp.backends as B
+from gpubp import sysinfo
 from gpubp.errors import BackendUnavailable, GpubpError
 
 
 @pytest.fixture
 def fresh(monkeypatch):
-    B.cupy_status.cache_clear()
-    monkeypatch.setattr(B, "_instances", {})
+    B.reset()
     monkeypatch.delenv("GPUBP_BACKEND", raising=False)
     yield monkeypatch
-    B.cupy_status.cache_clear()
+    B.reset()
 
 
 def fake_cupy(count=None, error=None, name=b"Fake GPU"):
@@ -51,10 +51,23 @@ def test_not_installed(fresh):
         B.get_backend("cupy")
 
 
-def test_import_ok_but_no_driver(fresh):
-    fresh.setitem(sys.modules, "cupy", fake_cupy(error="cudaErrorInsufficientDriver: CUDA driver version is insufficient"))
+INSUFFICIENT = "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version"
+
+
+def test_import_ok_but_no_driver_at_all(fresh):
+    """CUDA says 'driver version is insufficient' when there is no driver: we say what is true."""
+    fresh.setattr(sysinfo, "driver_installed", lambda: False)
+    fresh.setitem(sys.modules, "cupy", fake_cupy(error=INSUFFICIENT))
     assert B.get_backend("auto").name == "numpy"
-    with pytest.raises(BackendUnavailable, match="no usable NVIDIA driver"):
+    with pytest.raises(BackendUnavailable, match="no NVIDIA driver is installed") as e:
+        B.get_backend("cupy")
+    assert "insufficient" not in str(e.value)
+
+
+def test_import_ok_but_driver_too_old(fresh):
+    fresh.setattr(sysinfo, "driver_installed", lambda: True)
+    fresh.setitem(sys.modules, "cupy", fake_cupy(error=INSUFFICIENT))
+    with pytest.raises(BackendUnavailable, match="driver is older than this CuPy's CUDA runtime.*cuda12"):
         B.get_backend("cupy")
 
 
@@ -62,7 +75,7 @@ def test_import_ok_but_no_device(fresh):
     fresh.setitem(sys.modules, "cupy", fake_cupy(error="cudaErrorNoDevice: no CUDA-capable device is detected"))
     be = B.get_backend("auto")
     assert be.name == "numpy" and "no CUDA device" in be.reason
-    B.cupy_status.cache_clear()
+    B.reset()
     fresh.setitem(sys.modules, "cupy", fake_cupy(count=0))
     with pytest.raises(BackendUnavailable, match="no CUDA device"):
         B.get_backend("cupy")
@@ -93,6 +106,16 @@ def test_environment_variable_and_bad_names(fresh):
     assert B.get_backend().name == "emulated"
     with pytest.raises(GpubpError, match="unknown backend 'tpu'"):
         B.get_backend("tpu")
+    fresh.setenv("GPUBP_BACKEND", "tpu")  # a bad variable is named, so the user knows where it came from
+    with pytest.raises(GpubpError, match=r"unknown backend \$GPUBP_BACKEND='tpu'"):
+        B.get_backend()
+
+
+def test_registry_names_every_backend_once():
+    assert B.BACKEND_NAMES == ("auto", *B.REGISTRY)
+    for name in B.REGISTRY:
+        ok, why = B.probe(name)
+        assert isinstance(ok, bool) and why
 
 
 def test_emulated_without_a_compiler_is_a_clear_error(fresh):
@@ -110,4 +133,21 @@ def test_counters_count_what_a_block_asks():
         be.matmul(d, d.T, out=be.empty((3, 3), np.float32))
         be.to_host(d)
         be.synchronize()
-    assert c.as_dict() == {"launches": 0, "gemms": 1, "h2d": 1, "d2h": 1, "syncs": 1, "allocs": 1}
+    assert c.as_dict() == {"launches": 0, "gemms": 1, "h2d": 1, "d2h": 1, "syncs": 1, "allocs": 1,
+                           "graph_launches": 0}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_host_gemm_writes_alpha_ab_plus_beta_out_in_place(dtype, layout):
+    """The fused update's product: out <- alpha a b + beta out, for transposed views and both layouts."""
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((7, 5)), rng.standard_normal((9, 7))
+    out0 = rng.standard_normal((5, 9))
+    out = np.array(out0, dtype=dtype, order=layout)
+    ptr = out.ctypes.data
+    B.get_backend("numpy").gemm(a.T.astype(dtype), b.T.astype(dtype), out, alpha=-0.3, beta=0.99)
+    expected = -0.3 * (a.T.astype(dtype).astype(float) @ b.T.astype(dtype).astype(float)) + 0.99 * out0.astype(dtype)
+    assert out.ctypes.data == ptr  # in place
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)

@@ -7,19 +7,23 @@ import zipfile
 import numpy as np
 import pytest
 
-from gpubp import Network
-from gpubp.checkpoint import load, save
+from gpubp import Network, checkpoint
 from gpubp.errors import GpubpError, ModelFileError
 
+load = Network.load
 
-@pytest.mark.parametrize("dtype,cost", [("float32", "quadratic"), ("float64", "cross_entropy")])
-def test_round_trip(tmp_path, dtype, cost):
-    net = Network([6, 5, 3], cost=cost, dtype=dtype, seed=2)
+
+@pytest.mark.parametrize("dtype,cost,activation", [("float32", "quadratic", "sigmoid"),
+                                                   ("float64", "cross_entropy", "tanh"),
+                                                   ("float32", "log_likelihood", "relu")])
+def test_round_trip(tmp_path, dtype, cost, activation):
+    net = Network([6, 5, 3], cost=cost, activation=activation, dtype=dtype, seed=2)
     X = np.random.default_rng(1).standard_normal((4, 6))
     path = tmp_path / "m.npz"
     net.save(path)
     back = Network.load(path)
     assert (back.sizes, back.cost.name, back.dtype) == (net.sizes, cost, np.dtype(dtype))
+    assert (back.activation.name, back.init, back.seed) == (activation, net.init, 2)
     assert np.array_equal(back.get_params(), net.get_params())
     assert np.array_equal(back.feedforward(X), net.feedforward(X))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]  # no temp file left
@@ -27,7 +31,21 @@ def test_round_trip(tmp_path, dtype, cost):
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not the temp file's private 0600
     with np.load(path, allow_pickle=False) as z:  # loads without pickle
-        assert str(z["format"]) == "gpubp-model"
+        assert str(z["format"]) == "gpubp-model" and int(z["version"]) == checkpoint.VERSION == 2
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_optimizer_state_and_progress_are_saved(tmp_path, optimizer):
+    rng = np.random.default_rng(3)
+    X, y = rng.random((40, 6)), rng.integers(0, 3, 40)
+    net = Network([6, 5, 3], seed=2, dtype="float64")
+    net.sgd((X, y), epochs=2, mini_batch_size=8, eta=0.05, lmbda=1.0, optimizer=optimizer, monitor_training_cost=False)
+    net.save(tmp_path / "m.npz")
+    back = Network.load(tmp_path / "m.npz")
+    assert back.epochs_trained == 2 and back.optimizer.config() == net.optimizer.config()
+    for k, v in net.optimizer.state_arrays().items():
+        assert np.array_equal(back.optimizer.state_arrays()[k], v) and (optimizer == "sgd" or v.any())
+    assert back.rng.bit_generator.state == net.rng.bit_generator.state
 
 
 def test_save_replaces_atomically_and_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
@@ -48,7 +66,7 @@ def test_save_replaces_atomically_and_keeps_the_old_file_on_failure(tmp_path, mo
 
 def test_save_to_a_missing_directory_is_clear(tmp_path):
     with pytest.raises(GpubpError, match="does not exist"):
-        save(Network([4, 2]), tmp_path / "no" / "m.npz")
+        Network([4, 2]).save(tmp_path / "no" / "m.npz")
 
 
 def npz(path, **arrays):
@@ -57,6 +75,7 @@ def npz(path, **arrays):
 
 
 def good_fields():
+    """A version-1 file, as gpubp 0.1 wrote it: old files still load."""
     net = Network([4, 3, 2], seed=1)
     return dict(format=np.array("gpubp-model"), version=np.array(1), sizes=np.array([4, 3, 2]),
                 cost=np.array("quadratic"), dtype=np.array("float32"), params=net.get_params())
@@ -66,9 +85,11 @@ def good_fields():
     (lambda f: f.pop("format"), "not a gpubp model file"),
     (lambda f: f.update(format=np.array("other")), "not a gpubp model file"),
     (lambda f: f.pop("params"), "missing params"),
-    (lambda f: f.update(version=np.array(7)), "version 7"),
+    (lambda f: f.update(version=np.array(7)), "version 7; this gpubp reads versions 1, 2"),
     (lambda f: f.update(params=f["params"][:-1]), "inconsistent"),
     (lambda f: f.update(sizes=np.array([4, 0, 2])), "inconsistent"),
+    (lambda f: f.update(sizes=np.array([784, 1_000_000, 10])), "need 795,000,010 parameters, the file holds 23"),
+    (lambda f: f.update(sizes=np.array([784, 100_000_000, 10])), "at most 1,000,000,000"),
     (lambda f: f.update(cost=np.array("hinge")), "inconsistent"),
     (lambda f: f.update(dtype=np.array("int8")), "inconsistent"),
     (lambda f: f.update(params=np.full(23, np.nan, np.float32)), "NaN"),
@@ -83,7 +104,8 @@ def test_bad_model_fields(tmp_path, mutate, match):
 
 def test_bad_model_files(tmp_path):
     good = npz(tmp_path / "good.npz", **good_fields())
-    assert load(good).sizes == [4, 3, 2]
+    old = load(good)
+    assert old.sizes == [4, 3, 2] and old.activation.name == "sigmoid" and old.optimizer is None
     with pytest.raises(ModelFileError, match="does not exist"):
         load(tmp_path / "missing.npz")
     (tmp_path / "text.npz").write_text("hello")

@@ -34,6 +34,9 @@ def one_line_error(code, err, *needles):
     (["train", "--batch-size", "0"], "--batch-size"),
     (["train", "--backend", "tpu"], "invalid choice"),
     (["train", "--cost", "hinge"], "invalid choice"),
+    (["train", "--activation", "swish"], "invalid choice"),
+    (["train", "--optimizer", "rmsprop"], "invalid choice"),
+    (["train", "--momentum", "0.5", "--data-dir", "."], "--momentum applies to --optimizer momentum, not sgd"),
     (["train", "--bogus"], "unrecognized arguments"),
     (["frobnicate"], "invalid choice"),
     ([], "required"),
@@ -61,7 +64,7 @@ def test_evaluate_bad_model(capsys, tmp_path):
 
 
 def test_cupy_backend_without_gpu_is_one_line(capsys):
-    from gpubp.backend import cupy_status
+    from gpubp.backends import cupy_status
 
     if cupy_status()[0]:
         pytest.skip("a GPU is present: the cupy backend is available")
@@ -80,7 +83,8 @@ def test_train_save_metrics_and_evaluate(capsys, tmp_path, mnist_dir):
     assert len(test_line) == 1
     m = json.loads(metrics.read_text())
     assert m["backend"] == "numpy" and m["config"]["sizes"] == [784, 20, 10] and m["config"]["eta"] == 3.0
-    assert [e["epoch"] for e in m["epochs"]] == [0, 1]
+    assert [e["epoch"] for e in m["epochs"]] == [1, 2]  # as the console counts them
+    assert m["config"]["optimizer"] == "sgd" and m["config"]["activation"] == "sigmoid" and m["config"]["seed"] == 3
     for e in m["epochs"]:
         assert e["seconds"] > 0 and 0.8 < e["validation_accuracy"] <= 1 and e["train_cost"] > 0
     assert 0.85 < m["test_accuracy"] <= 1
@@ -104,6 +108,20 @@ def test_no_train_cost_skips_the_pass(capsys, tmp_path, mnist_dir):
     assert code == 0 and "train cost" not in out and "epoch 1/1: validation accuracy" in out
     m = json.loads(metrics.read_text())
     assert m["epochs"][0]["train_cost"] is None and m["config"]["train_cost"] is False
+
+
+@pytest.mark.slow
+def test_relu_log_likelihood_momentum_trains_from_the_command_line(capsys, tmp_path, mnist_dir):
+    metrics = tmp_path / "run.json"
+    code, out, err = run(capsys, "train", "--epochs", "1", "--sizes", "784,40,10", "--activation", "relu",
+                         "--cost", "log_likelihood", "--optimizer", "momentum", "--momentum", "0.8", "--eta", "0.05",
+                         "--lmbda", "2", "--data-dir", mnist_dir, "--backend", "numpy", "--metrics-out", str(metrics),
+                         "--seed", "2")
+    assert code == 0, err
+    assert "activation='relu'" in out and "cost='log_likelihood'" in out
+    m = json.loads(metrics.read_text())
+    assert m["config"] | {"optimizer": "momentum", "momentum": 0.8, "eta": 0.05, "init": "he"} == m["config"]
+    assert m["test_accuracy"] > 0.9
 
 
 def test_sizes_must_fit_the_data(capsys, mnist_dir):

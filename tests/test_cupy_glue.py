@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from helpers import assert_close
 
-import gpubp.backend as B
+import gpubp.backends as B
 from gpubp import Network
-from gpubp import kernels as K
-from gpubp.emulator import EmulatedBackend
+from gpubp.backends import kernel as K
+from gpubp.backends.emulated import EmulatedBackend
+from gpubp.optimizers import SGD, Momentum
 
 
 class FakeCupy(types.ModuleType):
@@ -52,13 +53,15 @@ class FakeCupy(types.ModuleType):
             def __init__(self, file, name):
                 self.file, self.name = file, name
 
-            def __call__(self, grid, block, args, **kw):
+            def __call__(self, grid, block, args, *, shared_mem=0):
                 assert type(grid) is tuple and type(block) is tuple and type(args) is tuple
-                assert all(isinstance(g, int) and g > 0 for g in grid + block)
+                assert len(grid) == len(block) == 3 and all(isinstance(g, int) and g > 0 for g in grid + block)
+                assert isinstance(shared_mem, int) and shared_mem >= 0
                 for a in args:  # device arrays or NumPy scalars, never Python numbers
-                    assert isinstance(a, np.ndarray) or type(a) in (np.float32, np.float64, np.int32, np.int64), a
+                    assert isinstance(a, np.ndarray) or type(a) in (np.float32, np.float64, np.int32, np.int64,
+                                                                   np.uint32), a
                 fake.calls["launches"].append(self.name)
-                fake._emu._run(self.file, self.name, grid[0], block[0], args)
+                fake._emu.execute(self.file, self.name, grid, block, args, shared_mem=shared_mem)
 
         class RawModule:
             def __init__(self, code=None, *, options=(), **kw):
@@ -85,6 +88,22 @@ class FakeCupy(types.ModuleType):
         self.cuda = types.SimpleNamespace(MemoryHook=MemoryHook, Device=Device, runtime=runtime,
                                           get_current_stream=lambda: Stream())
         self.RawModule = RawModule
+        self.cublas = types.SimpleNamespace(gemm=self._cublas_gemm)
+
+    def _cublas_gemm(self, transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
+        """cupy.cublas.gemm (cupy/cublas.py): out = alpha op(a) @ op(b) + beta out, 2-D, one dtype;
+        a C- or F-contiguous out is written in place (anything else would be copied)."""
+        assert a.ndim == b.ndim == 2 and a.dtype == b.dtype
+        assert transa in ("N", "T") and transb in ("N", "T")
+        opa, opb = (a if transa == "N" else a.T), (b if transb == "N" else b.T)
+        assert out is not None and out.shape == (opa.shape[0], opb.shape[1]) and out.dtype == a.dtype
+        assert out.flags.c_contiguous or out.flags.f_contiguous, "gemm would copy out"
+        for x in (a, b):  # operands it reads without a copy
+            assert x.flags.c_contiguous or x.flags.f_contiguous
+        self.calls.setdefault("gemms", 0)
+        self.calls["gemms"] += 1
+        out[...] = alpha * (opa.astype(np.float64) @ opb) + beta * out
+        return out
 
     def matmul(self, a, b, out=None):
         """cupy.matmul writes straight into ``out`` only when it is C-contiguous, of the result's
@@ -111,11 +130,11 @@ class FakeCupy(types.ModuleType):
 def cupy_be(monkeypatch):
     fake = FakeCupy()
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    B.cupy_status.cache_clear()
-    monkeypatch.setattr(B, "_instances", {})
+    monkeypatch.setitem(sys.modules, "cupy.cublas", fake.cublas)
+    B.reset()
     be = B.get_backend("cupy")
     yield be, fake
-    B.cupy_status.cache_clear()
+    B.reset()
 
 
 def test_cupy_backend_drives_kernels_as_cupy_documents(cupy_be):
@@ -136,15 +155,17 @@ def test_a_training_step_on_the_cupy_path_matches_numpy(cupy_be):
     assert_close(nets[0].get_params(), nets[1].get_params(), rtol=1e-12, atol=1e-14, what="cupy path vs numpy")
     assert fake.calls["asnumpy"] >= 1  # the result came back through cupy.asnumpy
     Xd = be.to_device(X, np.float64)
-    Yd = nets[0]._one_hot(nets[0]._labels(y, 23))
-    nets[0]._step(Xd, Yd, 0.8, 1.0)
+    Yd = nets[0].one_hot(nets[0].labels(y))
+    opt = SGD(0.8)
+    nets[0].step(Xd, Yd, opt)
     fake.calls["launches"].clear()
+    fake.calls["gemms"] = 0
     with be.counters() as c:
-        nets[0]._step(Xd, Yd, 0.8, 1.0)
-    assert fake.calls["launches"] == ["bias_sigmoid_f64"] * 3 + ["output_delta_quadratic_f64"] + \
-        ["hidden_delta_f64"] * 2 + ["sgd_update_f64"]
-    assert c.as_dict() == {"launches": 7, "gemms": 11, "h2d": 0, "d2h": 0, "syncs": 0, "allocs": 0}
-    assert fake.calls["gemms"] >= 11  # every GEMM went through cupy.matmul's no-temporary path
+        nets[0].step(Xd, Yd, opt)
+    assert fake.calls["launches"] == ["bias_sigmoid_f64"] * 3 + ["quadratic_delta_f64"] + ["sigmoid_delta_f64"] * 2
+    assert c.as_dict() == {"launches": 6, "gemms": 11, "h2d": 0, "d2h": 0, "syncs": 0, "allocs": 0,
+                           "graph_launches": 0}
+    assert fake.calls["gemms"] == 11  # 5 through cupy.matmul's no-temporary path, 6 fused in cupy.cublas.gemm
     with be.counters() as c:
         be.empty((3,), np.float32)
         be.synchronize()
@@ -157,3 +178,18 @@ def test_device_arrays_are_cast_on_the_device_not_round_tripped(cupy_be):
     with be.counters() as c:
         out = be.to_device(a.T, np.float32)
     assert out.flags.c_contiguous and out.dtype == np.float32 and c.h2d == 0
+
+
+def test_a_stateful_optimizer_on_the_cupy_path_matches_numpy(cupy_be):
+    be, fake = cupy_be
+    rng = np.random.default_rng(1)
+    X, y = rng.random((19, 30)), rng.integers(0, 5, 19)
+    params = []
+    for b in (be, "numpy"):
+        net = Network([30, 12, 5], cost="log_likelihood", activation="relu", backend=b, dtype="float64", seed=4)
+        opt = Momentum(0.1, lmbda=2.0, n=300, momentum=0.7)
+        for _ in range(3):
+            net.step(net.to_device(X), net.targets(y, len(y)), opt)
+        params.append(net.get_params())
+    assert_close(params[0], params[1], rtol=1e-12, atol=1e-14, what="momentum on the cupy path vs numpy")
+    assert "momentum_update_f64" in fake.calls["launches"] and "bias_softmax_f64" in fake.calls["launches"]

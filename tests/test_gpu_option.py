@@ -2,13 +2,14 @@
 
 from pathlib import Path
 
-from gpubp.backend import cupy_status
+from gpubp.backends import cupy_status
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_require_gpu_turns_skips_into_failures(pytester):
-    pytester.makeconftest((ROOT / "conftest.py").read_text().replace('pytest_plugins = ["pytester"]', ""))
+    pytester.syspathinsert(ROOT)
+    pytester.makeconftest('pytest_plugins = ["gpu_marker"]\n')  # the plugin this repository's tests load
     pytester.makeini("[pytest]\nmarkers =\n    gpu: needs a GPU\n")
     pytester.makepyfile("import pytest\n\n@pytest.mark.gpu\ndef test_on_gpu():\n    pass\n\n"
                         "def test_on_cpu():\n    pass\n")

@@ -6,6 +6,7 @@ at sizes 1, 255, 257 and 10_007 (not multiples of the block of 256), in float32 
 outputs are poisoned before a kernel writes them.
 """
 
+import inspect
 import os
 import re
 import shutil
@@ -15,9 +16,13 @@ import numpy as np
 import pytest
 from helpers import assert_close, sigmoid64
 
-from gpubp import kernels as K
-from gpubp.backend import get_backend
+from gpubp import reference
+from gpubp.activations import ACTIVATIONS, SOFTMAX
+from gpubp.backends import get_backend
+from gpubp.backends import kernel as K
+from gpubp.costs import COSTS
 from gpubp.errors import GpubpError
+from gpubp.optimizers import OPTIMIZERS
 
 SIZES = [1, 255, 257, 10_007]
 DTYPES = [np.float32, np.float64]
@@ -91,15 +96,20 @@ def test_nvrtc_compiles_every_kernel_as_cupy_does(file, arch):
 
 def test_every_kernel_exists_for_both_precisions():
     names = set(K.signatures())
-    stems = {n[:-4] for n in names}
-    assert stems == {"bias_sigmoid", "output_delta_quadratic", "output_delta_cross_entropy", "hidden_delta",
-                     "sgd_update", "one_hot", "argmax_hits"}
-    for stem in stems:
+    for stem in {n[:-4] for n in names}:
         f32, f64 = K.signatures()[stem + "_f32"][1], K.signatures()[stem + "_f64"][1]
         assert [p.name for p in f32] == [p.name for p in f64]
         for p in f32 + f64:  # sizes travel as 64-bit integers
             if p.name in ("n", "rows", "cols", "classes", "n_weights"):
                 assert p.ctype == "long long" and not p.pointer
+        assert {p.ctype for p in f32 if p.name not in ("labels", "hits")} <= {"float", "long long", "unsigned int"}
+
+
+def test_entry_points_come_from_one_template():
+    """No hand-written f32/f64 wrappers: every entry point is made by GPUBP_EXPORT."""
+    for f in K.kernel_files():
+        text = (K.kernel_dir() / f).read_text()
+        assert 'extern "C"' not in text, f"{f} writes an entry point by hand"
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
@@ -121,10 +131,11 @@ def test_nvcc_compiles_without_spills(file, tmp_path):
 def test_kernel_file_headers_say_what_they_are():
     for f in K.kernel_files():
         head = (K.kernel_dir() / f).read_text().split("#include")[0]
-        for needle in ("NumPy reference: gpubp.kernels.", "Launch:", "Tolerance"):
+        for needle in ("NumPy reference: gpubp.reference.", "Launch:", "Tolerance"):
             assert needle in head, f"{f} header lacks {needle!r}"
         for dt in DTYPES:
-            K.tolerance(f, dt)  # parses
+            for name in K.parse_signatures(K.source(f)):
+                K.tolerance(f, dt, name[:-4])  # parses, for every kernel of the file
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,21 +154,64 @@ def cast(a, dtype):
     return np.asarray(a, dtype=dtype).astype(np.float64)
 
 
-def case_bias_sigmoid(be, rng, n, dtype):
-    rows, cols = SHAPES[n]
+def poisoned(be, shape, dtype):
+    return be.to_device(np.full(shape, np.nan), dtype)
+
+
+def run(be, stem, dtype, n, *args):
+    be.kernel(stem, dtype)(n, *args)
+
+
+# float64 formulas, written independently of gpubp.reference
+FORWARD64 = {"sigmoid": sigmoid64, "tanh": np.tanh, "relu": lambda z: np.where(z > 0, z, 0.0)}
+# tanh' as a product: 1 - a*a cancels near |a| = 1 even in float64
+PRIME64 = {"sigmoid": lambda a: a * (1 - a), "tanh": lambda a: (1 - a) * (1 + a), "relu": lambda a: (a > 0) * 1.0}
+
+
+def case_bias_act(act):
+    def case(be, rng, n, dtype):
+        rows, cols = SHAPES[n]
+        Z, b = edges(rng.standard_normal((rows, cols)) * 6, rng), rng.standard_normal(cols) * 6
+        expected = FORWARD64[act](cast(Z, dtype) + cast(b, dtype))
+        Zd, bd = be.to_device(Z, dtype), be.to_device(b, dtype)
+        run(be, f"bias_{act}", dtype, Z.size, Zd, bd, rows, cols)  # in place: a skipped element shows
+        return Zd, expected, None
+    return case
+
+
+def case_bias_softmax(be, rng, n, dtype):
+    rows, cols = (n, 10) if n > 1 else (1, 1)
     Z, b = edges(rng.standard_normal((rows, cols)) * 6, rng), rng.standard_normal(cols) * 6
-    expected = sigmoid64(cast(Z, dtype) + cast(b, dtype))
+    z = cast(Z, dtype) + cast(b, dtype)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    expected = e / e.sum(axis=1, keepdims=True)
     Zd, bd = be.to_device(Z, dtype), be.to_device(b, dtype)
-    be.bias_sigmoid(Zd, bd)  # in place: every element is rewritten, so a skipped one shows
-    return Zd, expected, None
+    run(be, "bias_softmax", dtype, rows, Zd, bd, rows, cols)
+    out = be.to_host(Zd)
+    assert np.isfinite(out).all()  # rows holding +-1000 stay finite
+    return Zd, expected, np.broadcast_to(np.abs(z).max(axis=1, keepdims=True), z.shape)
 
 
-def activations(rng, shape):
-    A = rng.random(shape)
-    return edges(A, rng, values=(0.0, 1.0))
+def activations(rng, shape, act="sigmoid"):
+    if act == "sigmoid":
+        return edges(rng.random(shape), rng, values=(0.0, 1.0))
+    if act == "tanh":
+        return edges(rng.uniform(-1, 1, shape), rng, values=(-1.0, 0.0, 1.0))
+    return edges(np.maximum(rng.standard_normal(shape) * 3, 0), rng, values=(0.0, 1000.0))
 
 
-def case_output_delta(cost):
+def case_act_delta(act):
+    def case(be, rng, n, dtype):
+        G = edges(rng.standard_normal((n, 1)) * 5, rng)
+        A = activations(rng, (n, 1), act)
+        expected = cast(G, dtype) * PRIME64[act](cast(A, dtype))
+        Gd = be.to_device(G, dtype)
+        run(be, f"{act}_delta", dtype, n, Gd, be.to_device(A, dtype), n)
+        return Gd, expected, None
+    return case
+
+
+def case_output_delta(stem):
     def case(be, rng, n, dtype):
         A = activations(rng, (n, 1))
         A.reshape(-1)[rng.integers(0, n, max(1, n // 50))] = -1000.0  # the formula holds for any a
@@ -165,21 +219,11 @@ def case_output_delta(cost):
         scale = 3.0 / 7.0
         a, y = cast(A, dtype), cast(Y, dtype)
         s = float(np.asarray(scale, dtype))
-        expected = s * (a - y) * (a * (1 - a) if cost == "quadratic" else 1.0)
-        D = be.to_device(np.full((n, 1), np.nan), dtype)  # poisoned
-        be.output_delta(cost, D, be.to_device(A, dtype), be.to_device(Y, dtype), scale)
+        expected = s * (a - y) * (a * (1 - a) if stem == "quadratic_delta" else 1.0)
+        D = poisoned(be, (n, 1), dtype)
+        run(be, stem, dtype, n, D, be.to_device(A, dtype), be.to_device(Y, dtype), n, scale)
         return D, expected, None
     return case
-
-
-def case_hidden_delta(be, rng, n, dtype):
-    G = edges(rng.standard_normal((n, 1)) * 5, rng)
-    A = activations(rng, (n, 1))
-    g, a = cast(G, dtype), cast(A, dtype)
-    expected = g * (a * (1 - a))
-    Gd = be.to_device(G, dtype)
-    be.hidden_delta(Gd, be.to_device(A, dtype))
-    return Gd, expected, None
 
 
 def case_sgd_update(step):
@@ -191,17 +235,31 @@ def case_sgd_update(step):
         keep = np.where(np.arange(n) < nw, dec, 1.0)
         expected = keep * pd_ - stp * gd
         P = be.to_device(p, dtype)
-        be.sgd_update(P, be.to_device(g, dtype), nw, decay, step)
+        run(be, "sgd_update", dtype, n, P, be.to_device(g, dtype), n, nw, decay, step)
         return P, expected, np.abs(keep * pd_) + np.abs(stp * gd)
     return case
+
+
+def case_momentum_update(be, rng, n, dtype):
+    p, g, v = (edges(rng.standard_normal(n), rng) for _ in range(3))
+    nw, eta, mu, l2 = n - n // 3, 0.37, 0.9, 5.0 / 50_000
+    p64, g64, v64 = cast(p, dtype), cast(g, dtype), cast(v, dtype)
+    eta_, mu_, l2_ = (float(np.asarray(x, dtype)) for x in (eta, mu, l2))
+    grad = g64 + np.where(np.arange(n) < nw, l2_, 0.0) * p64
+    vel = mu_ * v64 - eta_ * grad
+    P, V = be.to_device(p, dtype), be.to_device(v, dtype)
+    run(be, "momentum_update", dtype, n, P, be.to_device(g, dtype), V, n, nw, eta, mu, l2)
+    assert_close(be.to_host(V), vel, atol=1e-30, rtol=1e-5 if dtype == np.float32 else 1e-13,
+                 scale=np.abs(mu_ * v64) + np.abs(eta_ * grad), what="momentum velocity")
+    return P, p64 + vel, np.abs(p64) + np.abs(mu_ * v64) + np.abs(eta_ * grad)
 
 
 def case_one_hot(be, rng, n, dtype):
     labels = rng.integers(0, 10, n)
     expected = np.zeros((n, 10))
     expected[np.arange(n), labels] = 1
-    Y = be.to_device(np.full((n, 10), np.nan), dtype)
-    be.one_hot(be.to_device(labels, np.int64), Y)
+    Y = poisoned(be, (n, 10), dtype)
+    run(be, "one_hot", dtype, Y.size, Y, be.to_device(labels, np.int64), n, 10)
     return Y, expected, None
 
 
@@ -214,20 +272,29 @@ def case_argmax_hits(be, rng, n, dtype):
     labels = np.where(rng.random(n) < 0.5, np.argmax(Ad, axis=1), rng.integers(0, cols, n))
     expected = (np.argmax(Ad, axis=1) == labels).astype(np.float64)
     hits = be.to_device(np.full(n, -7), np.int32)  # poisoned
-    be.argmax_hits(be.to_device(A, dtype), be.to_device(labels, np.int64), hits)
+    run(be, "argmax_hits", dtype, n, hits, be.to_device(A, dtype), be.to_device(labels, np.int64), n, cols)
     return hits, expected, None
 
 
+# kernel case -> (file, kernel stem, case)
 CASES = {
-    "bias_sigmoid": ("bias_sigmoid.cu", case_bias_sigmoid),
-    "output_delta_quadratic": ("output_delta.cu", case_output_delta("quadratic")),
-    "output_delta_cross_entropy": ("output_delta.cu", case_output_delta("cross_entropy")),
-    "hidden_delta": ("hidden_delta.cu", case_hidden_delta),
-    "sgd_update": ("sgd_update.cu", case_sgd_update(0.37)),
-    "sgd_update_unit_step": ("sgd_update.cu", case_sgd_update(1.0)),
-    "one_hot": ("one_hot.cu", case_one_hot),
-    "argmax_hits": ("argmax_hits.cu", case_argmax_hits),
+    **{f"bias_{a}": (f"{a}.cu", f"bias_{a}", case_bias_act(a)) for a in ("sigmoid", "tanh", "relu")},
+    **{f"{a}_delta": (f"{a}.cu", f"{a}_delta", case_act_delta(a)) for a in ("sigmoid", "tanh", "relu")},
+    "bias_softmax": ("softmax.cu", "bias_softmax", case_bias_softmax),
+    "quadratic_delta": ("quadratic.cu", "quadratic_delta", case_output_delta("quadratic_delta")),
+    "difference_delta": ("difference_delta.cu", "difference_delta", case_output_delta("difference_delta")),
+    "sgd_update": ("sgd.cu", "sgd_update", case_sgd_update(0.37)),
+    "sgd_update_unit_step": ("sgd.cu", "sgd_update", case_sgd_update(1.0)),
+    "momentum_update": ("momentum.cu", "momentum_update", case_momentum_update),
+    "one_hot": ("one_hot.cu", "one_hot", case_one_hot),
+    "argmax_hits": ("argmax_hits.cu", "argmax_hits", case_argmax_hits),
 }
+
+
+def test_every_kernel_has_a_case_here():
+    """A kernel added without a test here fails this test."""
+    stems = {n[:-4] for n in K.signatures()}
+    assert stems == {stem for _, stem, _ in CASES.values()}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -235,13 +302,13 @@ CASES = {
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("kernel", list(CASES))
 def test_kernel_matches_float64_reference(kernel, n, dtype, backend):
-    """Each backend's fused operation within the tolerance its kernel file states."""
-    file, case = CASES[kernel]
+    """Each backend's kernel (the NumPy reference on numpy) within the tolerance its file states."""
+    file, stem, case = CASES[kernel]
     be = get_backend(backend)
     out, expected, scale = case(be, np.random.default_rng(hash((kernel, n)) % 2**32), n, dtype)
     out = be.to_host(out)
     assert out.dtype == (np.int32 if kernel == "argmax_hits" else dtype)
-    atol, rtol = K.tolerance(file, dtype)
+    atol, rtol = K.tolerance(file, dtype, stem)
     assert_close(out, expected, atol=atol, rtol=rtol, scale=scale, what=f"{kernel} n={n} on {backend}")
 
 
@@ -250,13 +317,34 @@ def test_kernel_matches_float64_reference(kernel, n, dtype, backend):
 @pytest.mark.parametrize("kernel", list(CASES))
 def test_kernel_matches_numpy_reference(kernel, dtype, backend):
     """The kernel and the NumPy reference agree on the same inputs, within the stated tolerance."""
-    file, case = CASES[kernel]
-    atol, rtol = K.tolerance(file, dtype)
+    file, stem, case = CASES[kernel]
+    atol, rtol = K.tolerance(file, dtype, stem)
     got, _, scale = case(get_backend(backend), np.random.default_rng(5), 10_007, dtype)
     ref, _, _ = case(get_backend("numpy"), np.random.default_rng(5), 10_007, dtype)
     ref64 = np.asarray(ref, dtype=np.float64)
     assert_close(get_backend(backend).to_host(got), ref64, atol=atol, rtol=2 * rtol, scale=scale,
                  what=f"{kernel} {backend} vs numpy")
+
+
+def test_every_reference_takes_its_kernels_exact_arguments():
+    """gpubp.reference.<stem> has the kernel's parameters, by name and in order (plus keyword scratch)."""
+    for name, (_, params) in K.signatures().items():
+        if name.endswith("_f64"):
+            continue
+        ref = getattr(reference, name[:-4])
+        got = [p.name for p in inspect.signature(ref).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
+        assert got == [p.name for p in params], f"reference.{name[:-4]} vs kernel {name}"
+
+
+def test_every_registered_concept_has_its_kernels():
+    """Each activation, cost and optimizer names kernels that exist for float and double."""
+    stems = [a.forward_kernel for a in (*ACTIVATIONS.values(), SOFTMAX)]
+    stems += [a.delta_kernel for a in ACTIVATIONS.values()]
+    stems += [c.delta_kernel for c in COSTS.values()]
+    stems += [o.kernel_name for o in OPTIMIZERS.values() if o.kernel_name != "adam_update"]
+    for stem in stems:
+        for sfx in ("_f32", "_f64"):
+            assert stem + sfx in K.signatures(), f"no kernel {stem + sfx}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,13 +367,13 @@ def test_launcher_rejects_bad_arguments():
         be.launch("bias_sigmoid_f32", 24, Z, b, np.array([4, 5]), 6)
     with pytest.raises(GpubpError, match="must be a emulated array"):
         be.launch("bias_sigmoid_f32", 24, [1.0], b, 4, 6)
-    with pytest.raises(GpubpError, match="no kernel named 'bias_relu_f32'"):
-        be.launch("bias_relu_f32", 24, Z, b, 4, 6)
+    with pytest.raises(GpubpError, match="no kernel named 'bias_swish_f32'"):
+        be.launch("bias_swish_f32", 24, Z, b, 4, 6)
     with pytest.raises(GpubpError, match="float32 or float64"):
-        be.bias_sigmoid(np.ones((2, 2), np.float16), np.ones(2, np.float16))
+        be.kernel("bias_sigmoid", np.float16)
     with be.counters() as c:  # nothing was launched by the refused calls above, nor by these
         with pytest.raises(GpubpError):
-            be.launch("hidden_delta_f32", 6, np.ones(6, np.float32), np.ones(6, np.float64), 6)
+            be.launch("sigmoid_delta_f32", 6, np.ones(6, np.float32), np.ones(6, np.float64), 6)
     assert c.launches == 0
 
 
@@ -303,3 +391,18 @@ def test_signature_parser_reads_what_the_sources_declare():
                              K.Param("n", "long long", False), K.Param("s", "double", False))}
     with pytest.raises(GpubpError, match="cannot read parameter"):
         K.parse_signatures('extern "C" __global__ void k(float2 a) {}')
+
+
+def test_macro_expansion_reads_exported_templates():
+    """GPUBP_EXPORT and macros built on it (## pasting, nesting) expand to f32/f64 entry points whose
+    T parameters read as float and double; a macro named in a comment is not expanded."""
+    code = K.source("sigmoid.cu").split("struct Sigmoid")[0] + """
+// GPUBP_TWICE(never, called) in a comment
+#define GPUBP_TWICE(NAME, ACT) GPUBP_EXPORT(NAME##_x, (f<ACT, T>), (T* __restrict__ a, long long n), (a, n))
+GPUBP_TWICE(demo, Act)
+"""
+    sig = K.parse_signatures(code)
+    assert {k for k in sig if k.startswith("demo")} == {"demo_x_f32", "demo_x_f64"}
+    assert sig["demo_x_f32"] == (K.Param("a", "float", True), K.Param("n", "long long", False))
+    assert sig["demo_x_f64"][0] == K.Param("a", "double", True)
+    assert not any(k.startswith("never") for k in sig)

@@ -1,17 +1,22 @@
-"""BP1-BP4 against finite differences and against the seed notes' per-example loop; sigma; the flat buffer."""
+"""BP1-BP4 against finite differences for every activation x cost, against network.py's per-example
+loop, the optimizers' rules against float64 re-derivations, one seed, the flat buffer, bad input."""
 
 import numpy as np
 import pytest
-from helpers import assert_close, cost64, one_hot, seed_notes_backprop, sigmoid64, sigmoid_prime64
+from helpers import assert_close, cost64, forward64, one_hot, sigmoid64, sigmoid_prime64
 
-from gpubp import Network
-from gpubp import kernels as K
+from gpubp import Network, reference
+from gpubp.activations import ACTIVATIONS
+from gpubp.bench.nielsen import backprop_one
+from gpubp.costs import COSTS
+from gpubp.errors import GpubpError
+from gpubp.optimizers import SGD, Adam, Momentum
 
-COSTS = ["quadratic", "cross_entropy"]
+PAIRS = [(a, c) for a in ACTIVATIONS for c in COSTS]
 
 
-def small_net(cost, sizes=(7, 6, 5, 4), seed=3, backend="numpy", dtype="float64"):
-    return Network(list(sizes), cost=cost, backend=backend, dtype=dtype, seed=seed)
+def small_net(cost="quadratic", activation="sigmoid", sizes=(7, 6, 5, 4), seed=3, backend="numpy", dtype="float64"):
+    return Network(list(sizes), cost=cost, activation=activation, backend=backend, dtype=dtype, seed=seed)
 
 
 def batch(rng, m=9, n_in=7, n_out=4):
@@ -28,29 +33,35 @@ def rel_error(a, b):
     return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300)
 
 
-@pytest.mark.parametrize("cost", COSTS)
-def test_gradient_matches_central_differences(cost):
-    rng = np.random.default_rng(11)
-    net = small_net(cost)
-    X, y, Y = batch(rng)
-    nabla_b, nabla_w = net.backprop(X, Y)
-    grad = np.concatenate([np.ravel(g) for g in nabla_w] + [np.ravel(g) for g in nabla_b])
+def numeric_gradient(net, f, h=1e-5):
+    """Central differences of f(weights, biases) over every parameter of ``net`` (float64)."""
     flat = net.get_params()
     numeric = np.zeros_like(flat)
-    h = 1e-5
     for i in range(flat.size):
         for sign in (+1, -1):
             p = flat.copy()
             p[i] += sign * h
             net.set_params(p)
-            W, B = host_params(net)
-            numeric[i] += sign * cost64(W, B, X, Y, cost)
-    numeric /= 2 * h
+            numeric[i] += sign * f(*host_params(net))
+    net.set_params(flat)
+    return numeric / (2 * h)
+
+
+@pytest.mark.parametrize("activation,cost", PAIRS)
+def test_gradient_matches_central_differences(activation, cost):
+    """backprop's gradient of the mean cost equals float64 central differences of a cost written
+    independently (tests/helpers.py), for every hidden activation and every cost."""
+    rng = np.random.default_rng(11)
+    net = small_net(cost, activation)
+    X, y, Y = batch(rng)
+    nabla_b, nabla_w = net.backprop(X, Y)
+    grad = np.concatenate([np.ravel(g) for g in nabla_w] + [np.ravel(g) for g in nabla_b])
+    numeric = numeric_gradient(net, lambda W, B: cost64(W, B, X, Y, cost, activation=activation))
     assert np.abs(grad).max() > 1e-3  # a real gradient, not a trivially small one
     assert rel_error(grad, numeric) < 1e-7
 
 
-@pytest.mark.parametrize("cost", COSTS)
+@pytest.mark.parametrize("cost", ["quadratic", "cross_entropy"])
 def test_l2_step_follows_the_regularized_cost_gradient(cost):
     """update_mini_batch with lmbda > 0 steps along the gradient of cost + 0.5*(lmbda/n)*sum w^2,
     biases undecayed: checked against central differences of that regularized cost."""
@@ -59,21 +70,7 @@ def test_l2_step_follows_the_regularized_cost_gradient(cost):
     X, y, Y = batch(rng)
     eta, lmbda, n = 0.3, 5.0, 40
     before = net.get_params()
-    W, B = host_params(net)
-    nw = net.n_weights
-    numeric = np.empty_like(before)
-    h = 1e-5
-    for i in range(before.size):
-        up, down = before.copy(), before.copy()
-        up[i] += h
-        down[i] -= h
-        vals = []
-        for p in (up, down):
-            net.set_params(p)
-            Wp, Bp = host_params(net)
-            vals.append(cost64(Wp, Bp, X, Y, cost, lmbda=lmbda, n=n))
-        numeric[i] = (vals[0] - vals[1]) / (2 * h)
-    net.set_params(before)
+    numeric = numeric_gradient(net, lambda W, B: cost64(W, B, X, Y, cost, lmbda=lmbda, n=n))
     net.update_mini_batch(X, Y, eta, lmbda=lmbda, n=n)
     step = (before - net.get_params()) / eta
     assert rel_error(step, numeric) < 1e-7
@@ -81,19 +78,20 @@ def test_l2_step_follows_the_regularized_cost_gradient(cost):
     net.set_params(before)
     net.update_mini_batch(X, Y, eta)
     plain = (before - net.get_params()) / eta
+    nw = net.n_weights
     assert_close(step[:nw] - plain[:nw], lmbda / n * before[:nw], atol=1e-12, what="L2 term on weights")
     assert_close(step[nw:], plain[nw:], atol=1e-12, what="biases are not decayed")
 
 
 def test_l2_without_n_is_an_error():
-    net = small_net("quadratic")
+    net = small_net()
     X, y, Y = batch(np.random.default_rng(0))
-    with pytest.raises(Exception, match="needs n"):
+    with pytest.raises(GpubpError, match="needs n"):
         net.update_mini_batch(X, Y, 0.1, lmbda=1.0)
 
 
-@pytest.mark.parametrize("cost", COSTS)
-def test_batch_gradient_is_mean_of_seed_notes_per_example_gradients(cost):
+@pytest.mark.parametrize("cost", ["quadratic", "cross_entropy"])
+def test_batch_gradient_is_mean_of_network_py_per_example_gradients(cost):
     rng = np.random.default_rng(13)
     net = small_net(cost, sizes=(12, 8, 7, 5), seed=5)
     X, y, Y = batch(rng, m=17, n_in=12, n_out=5)
@@ -102,7 +100,7 @@ def test_batch_gradient_is_mean_of_seed_notes_per_example_gradients(cost):
     sum_b = [np.zeros_like(b) for b in B]
     sum_w = [np.zeros_like(w) for w in W]
     for x, t in zip(X, Y):
-        db, dw = seed_notes_backprop(W, B, x, t, cost)
+        db, dw = backprop_one(W, B, x, t, cost)
         sum_b = [s + d for s, d in zip(sum_b, db)]
         sum_w = [s + d for s, d in zip(sum_w, dw)]
     for l in range(net.L):
@@ -110,19 +108,90 @@ def test_batch_gradient_is_mean_of_seed_notes_per_example_gradients(cost):
         assert_close(nabla_b[l], sum_b[l] / len(X), atol=1e-12, what=f"nabla_b[{l}]")
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_fused_sgd_equals_gradient_then_update(dtype):
+    """Plain SGD writes its update inside BP3/BP4 (one GEMM with alpha and beta); the same step
+    through the gradient buffer and the sgd_update kernel gives the same parameters."""
+    rng = np.random.default_rng(14)
+    X, y, _ = batch(rng, m=23)
+    nets = [small_net("cross_entropy", "tanh", dtype=dtype) for _ in range(2)]
+    for net, fused in zip(nets, (True, False)):
+        opt = SGD(0.7, lmbda=3.0, n=100, fused=fused)
+        for _ in range(3):
+            net.step(net.to_device(X), net.targets(y, len(X)), opt)
+    assert not np.array_equal(nets[0].get_params(), small_net("cross_entropy", "tanh", dtype=dtype).get_params())
+    tol = 1e-6 if dtype == "float32" else 1e-14
+    assert_close(nets[0].get_params(), nets[1].get_params(), rtol=tol, atol=tol, what="fused vs unfused SGD")
+
+
+def test_momentum_follows_its_rule_in_float64():
+    """Three momentum steps equal v <- mu v - eta (grad + lmbda/n w), w <- w + v, re-derived here
+    from backprop's gradient (biases without L2)."""
+    rng = np.random.default_rng(15)
+    net = small_net("log_likelihood", "relu")
+    X, y, Y = batch(rng, m=12)
+    eta, mu, lmbda, n = 0.2, 0.8, 4.0, 60
+    p, v = net.get_params(), np.zeros(net.n_params)
+    l2 = np.where(np.arange(net.n_params) < net.n_weights, lmbda / n, 0.0)
+    opt = Momentum(eta, lmbda, n, momentum=mu)
+    for _ in range(3):
+        probe = small_net("log_likelihood", "relu")
+        probe.set_params(p)
+        nb, nw = probe.backprop(X, Y)
+        g = np.concatenate([np.ravel(a) for a in nw] + [np.ravel(a) for a in nb])
+        v = mu * v - eta * (g + l2 * p)
+        p = p + v
+        net.step(net.to_device(X), net.targets(Y, len(X)), opt)
+    assert_close(net.get_params(), p, rtol=1e-12, atol=1e-14, what="momentum")
+    assert_close(opt.state_arrays()["velocity"], v, rtol=1e-12, atol=1e-14, what="velocity")
+
+
+def test_adam_follows_its_rule_in_float64():
+    """Three Adam steps equal the bias-corrected rule with decoupled decay, re-derived here."""
+    rng = np.random.default_rng(16)
+    net = small_net("cross_entropy", "sigmoid")
+    X, y, Y = batch(rng, m=12)
+    eta, lmbda, n, b1, b2, eps = 0.01, 2.0, 50, 0.9, 0.999, 1e-8
+    p, m, v = net.get_params(), np.zeros(net.n_params), np.zeros(net.n_params)
+    decay = np.where(np.arange(net.n_params) < net.n_weights, 1 - eta * lmbda / n, 1.0)
+    opt = Adam(eta, lmbda, n)
+    for t in range(1, 4):
+        probe = small_net("cross_entropy", "sigmoid")
+        probe.set_params(p)
+        nb, nw = probe.backprop(X, Y)
+        g = np.concatenate([np.ravel(a) for a in nw] + [np.ravel(a) for a in nb])
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = decay * p - eta * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        net.step(net.to_device(X), net.targets(Y, len(X)), opt)
+    assert_close(net.get_params(), p, rtol=1e-12, atol=1e-14, what="adam")
+    assert int(opt.state["t"][0]) == 3
+
+
 @pytest.mark.parametrize("dtype,atol", [(np.float32, 1e-6), (np.float64, 1e-15)])
 def test_sigmoid_matches_float64_reference_without_warnings(dtype, atol):
     z = np.concatenate([np.linspace(-40, 40, 4001), [-1000, -745, -88, 88, 745, 1000, 0.0]]).astype(dtype)
-    s = K.sigmoid(z)  # pytest turns any overflow warning into an error
+    s = reference.sigmoid(z)  # pytest turns any overflow warning into an error
     assert s.dtype == dtype
     assert_close(s, sigmoid64(z), atol=atol, what="sigma")
     assert s[-7] == 0.0 and s[-2] == 1.0 and s[-1] == 0.5
-    a = K.sigmoid(z)
-    assert_close(K.sigmoid_prime_from_activation(a), sigmoid_prime64(z), atol=atol, what="sigma'")
+    assert_close(reference.sigmoid_prime_from_output(s), sigmoid_prime64(z), atol=atol, what="sigma'")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softmax_output_rows_of_plus_minus_1000_stay_finite(dtype):
+    """The log-likelihood network's softmax subtracts the row maximum: huge logits give 0/1, not NaN."""
+    net = Network([3, 4], cost="log_likelihood", dtype=dtype, seed=1)
+    net.weights[0][...] = 0
+    net.biases[0][...] = net.xp.asarray([1000.0, -1000.0, 999.0, 0.0], dtype=dtype)
+    out = net.be.to_host(net.feedforward(np.ones((2, 3))))
+    assert np.isfinite(out).all()
+    assert_close(out, np.tile([1 / (1 + np.exp(-1.0)), 0, 1 / (1 + np.e), 0], (2, 1)), atol=1e-6, what="softmax")
+    assert_close(out.sum(axis=1), np.ones(2), atol=1e-6, what="rows sum to 1")
 
 
 def test_parameters_live_in_one_buffer_as_writable_views():
-    net = small_net("quadratic", sizes=(5, 4, 3), dtype="float32")
+    net = small_net(sizes=(5, 4, 3), dtype="float32")
     assert net.params.dtype == np.float32 and net.params.shape == (5 * 4 + 4 * 3 + 4 + 3,)
     assert [w.shape for w in net.weights] == [(4, 5), (3, 4)]
     assert [b.shape for b in net.biases] == [(4,), (3,)]
@@ -145,50 +214,77 @@ def test_initialization_is_seeded_and_scaled():
     large = Network([784, 100, 10], seed=7, init="large")
     assert abs(np.std(large.weights[0]) - 1.0) < 0.02  # network.py: N(0, 1)
     assert abs(np.std(a.biases[0]) - 1.0) < 0.2
+    relu = Network([784, 100, 10], activation="relu", seed=7)
+    assert relu.init == "he" and abs(np.std(relu.weights[0]) - np.sqrt(2 / 784)) < 0.002  # He: N(0, 2/n_in)
+    assert abs(np.std(relu.weights[1]) - np.sqrt(2 / 100)) < 0.02 and not relu.get_params()[relu.n_weights:].any()
+    assert Network([4, 3], activation="relu", init="network2", seed=1).init == "network2"  # an explicit init wins
 
 
-def test_feedforward_matches_float64_reference():
+def test_one_seed_fixes_weights_and_shuffling():
+    """Network(seed=s) alone makes training repeatable; sgd(seed=...) overrides the shuffle only."""
+    rng = np.random.default_rng(0)
+    X, y = rng.random((60, 6)), rng.integers(0, 3, 60)
+
+    def trained(**kw):
+        net = Network([6, 5, 3], seed=4)
+        net.sgd((X, y), epochs=2, mini_batch_size=7, eta=1.0, monitor_training_cost=False, **kw)
+        return net.get_params()
+
+    assert np.array_equal(trained(), trained())
+    assert not np.array_equal(trained(), trained(seed=99))
+    assert np.array_equal(trained(seed=99), trained(seed=99))
+    unseeded = Network([6, 5, 3])
+    assert isinstance(unseeded.seed, int) and unseeded.seed >= 0  # drawn, and kept so a run can be repeated
+    again = Network([6, 5, 3], seed=unseeded.seed)
+    assert np.array_equal(again.get_params(), unseeded.get_params())
+
+
+@pytest.mark.parametrize("activation,cost", [("sigmoid", "quadratic"), ("relu", "log_likelihood")])
+def test_feedforward_matches_float64_reference(activation, cost):
     rng = np.random.default_rng(4)
-    net = small_net("quadratic", sizes=(7, 6, 4), dtype="float32")
+    net = small_net(cost, activation, sizes=(7, 6, 4), dtype="float32")
     X = rng.standard_normal((11, 7))
-    W, B = host_params(net)
-    A = X
-    for w, b in zip(W, B):
-        A = sigmoid64(A @ w.T.astype(np.float64) + b)
-    assert_close(net.feedforward(X), A, atol=2e-6, what="feedforward")
+    assert_close(net.feedforward(X), forward64(*host_params(net), X, cost, activation), atol=3e-6, what="feedforward")
 
 
-def test_training_step_allocates_nothing_after_the_first():
+@pytest.mark.parametrize("optimizer", [SGD(0.5, 5.0, 50_000), Momentum(0.05, 5.0, 50_000), Adam(0.001)],
+                         ids=["sgd", "momentum", "adam"])
+def test_training_step_allocates_nothing_after_the_first(optimizer):
     import tracemalloc
 
     net = Network([784, 100, 10], backend="numpy", seed=1)
     rng = np.random.default_rng(0)
     X = rng.random((2000, 784), dtype=np.float32)
     Y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 2000)]
-    net._step(X, Y, 0.5, 0.999)  # first step: workspaces appear
+    net.step(X, Y, optimizer)  # first step: workspaces and the optimizer's state appear
     with net.be.counters() as c:
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
         for _ in range(3):
-            net._step(X, Y, 0.5, 0.999)
+            net.step(X, Y, optimizer)
         peak = tracemalloc.get_traced_memory()[1] - base
         tracemalloc.stop()
     assert c.allocs == 0
-    # One (2000, 100) float32 temporary alone would be 800 kB. What remains is Python's bookkeeping
-    # and the fixed <= 32 KiB buffer NumPy's ufunc iterator takes for the broadcast bias add.
+    # One (2000, 100) float32 temporary alone would be 800 kB, a parameter-sized one 318 kB. What
+    # remains is Python's bookkeeping and the fixed <= 32 KiB buffer NumPy's ufunc iterator takes
+    # for the broadcast bias add.
     assert peak < 64 * 1024, f"a training step allocated {peak} bytes"
 
 
 def test_bad_shapes_and_sizes_are_clear_errors():
-    from gpubp.errors import GpubpError
-
     with pytest.raises(GpubpError, match="sizes"):
         Network([784])
     with pytest.raises(GpubpError, match="float32 or float64"):
         Network([4, 2], dtype="float16")
-    with pytest.raises(GpubpError, match="cost"):
+    with pytest.raises(GpubpError, match="unknown cost 'hinge'"):
         Network([4, 2], cost="hinge")
+    with pytest.raises(GpubpError, match="unknown activation 'swish'"):
+        Network([4, 2], activation="swish")
+    with pytest.raises(GpubpError, match="at most 1,000,000,000"):
+        Network([784, 100_000_000, 10])  # refused before anything is allocated
+    with pytest.raises(GpubpError, match="non-negative"):
+        Network([4, 2], seed=-1)
     net = Network([4, 2])
     with pytest.raises(GpubpError, match=r"shape \(m, 4\)"):
         net.feedforward(np.ones((3, 5)))

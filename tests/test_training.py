@@ -5,6 +5,7 @@ import pytest
 
 from gpubp import Network, train
 from gpubp.errors import GpubpError, TrainingDiverged
+from gpubp.optimizers import OPTIMIZERS
 
 
 def toy(n=25, n_in=6, k=3, seed=0):
@@ -42,7 +43,7 @@ def test_history_records_and_callback():
     seen = []
     h = train(Network([6, 4, 3], seed=1), (X, y), epochs=3, mini_batch_size=8, eta=0.5,
               evaluation_data=(X, y), on_epoch=seen.append, progress=False)
-    assert [r["epoch"] for r in h] == [0, 1, 2] and seen == h
+    assert [r["epoch"] for r in h] == [1, 2, 3] and seen == h  # counted from 1, as the console does
     for r in h:
         assert set(r) == {"epoch", "seconds", "eval_seconds", "train_cost", "validation_accuracy"}
         assert 0 <= r["validation_accuracy"] <= 1 and r["train_cost"] > 0
@@ -60,8 +61,45 @@ def test_divergence_names_eta():
     X, y = toy(n=30)
     net = Network([6, 4, 3], seed=1)
     # float32 cannot hold eta/m: delta^L overflows to inf and the weights to NaN
-    with pytest.raises(TrainingDiverged, match=r"cost became nan in epoch 0 with eta=1e\+40.*--eta 1e\+39"):
+    with pytest.raises(TrainingDiverged, match=r"cost became nan in epoch 1 with eta=1e\+40.*--eta 1e\+39"):
         train(net, (X, y), epochs=3, mini_batch_size=10, eta=1e40)
+
+
+def test_epochs_count_on_across_calls_and_the_optimizer_is_kept():
+    X, y = toy(n=30)
+    net = Network([6, 4, 3], seed=1)
+    train(net, (X, y), epochs=2, mini_batch_size=10, eta=0.5, optimizer="momentum", momentum=0.5,
+          monitor_training_cost=False)
+    h = train(net, (X, y), epochs=1, mini_batch_size=10, eta=0.5, monitor_training_cost=False)
+    assert [r["epoch"] for r in h] == [3] and net.epochs_trained == 3
+    assert net.optimizer.name == "sgd" and net.optimizer.eta == 0.5
+
+
+@pytest.mark.parametrize("optimizer,eta", [("sgd", 3.0), ("momentum", 0.3), ("adam", 0.001)])
+def test_each_optimizer_has_a_default_eta_and_learns(optimizer, eta):
+    X, y = toy(n=200, n_in=6, k=3, seed=3)
+    y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)  # learnable labels in 0..2
+    net = Network([6, 8, 3], cost="log_likelihood", activation="tanh", seed=2)
+    before = net.evaluate(X, y)
+    train(net, (X, y), epochs=15, mini_batch_size=10, optimizer=optimizer,
+          **({"eta": 0.01} if optimizer == "adam" else {}), monitor_training_cost=False)
+    assert net.optimizer.config()["optimizer"] == optimizer
+    assert net.evaluate(X, y) > max(before, 0.8)
+    assert OPTIMIZERS[optimizer].default_eta == eta
+
+
+def test_momentum_is_used_by_the_momentum_optimizer_only():
+    X, y = toy(n=30)
+    runs = {}
+    for mu in (0.0, 0.9):
+        for opt in ("sgd", "momentum"):
+            net = Network([6, 4, 3], seed=1, dtype="float64")
+            train(net, (X, y), epochs=2, mini_batch_size=10, eta=0.3, optimizer=opt, momentum=mu,
+                  monitor_training_cost=False)
+            runs[opt, mu] = net.get_params()
+    assert np.array_equal(runs["sgd", 0.0], runs["sgd", 0.9])  # sgd takes no momentum
+    np.testing.assert_allclose(runs["momentum", 0.0], runs["sgd", 0.0], rtol=1e-12)  # mu = 0 is plain SGD
+    assert not np.allclose(runs["momentum", 0.9], runs["sgd", 0.0])
 
 
 def test_progress_bar_only_when_asked(capsys):
@@ -77,6 +115,8 @@ def test_progress_bar_only_when_asked(capsys):
     (dict(epochs=-1), "epochs"),
     (dict(eta=0), "eta"),
     (dict(lmbda=-1), "lmbda"),
+    (dict(optimizer="rmsprop"), "unknown optimizer 'rmsprop'"),
+    (dict(optimizer="momentum", momentum=1.0), r"momentum must be in \[0, 1\)"),
     (dict(early_stopping=2), "early stopping needs evaluation data"),
 ])
 def test_bad_training_arguments(kwargs, match):

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import kernels as K
-from .backend import Backend
-from .data import cache_root
-from .errors import BackendUnavailable
+from ..data import cache_root
+from ..errors import BackendUnavailable
+from . import kernel as K
 
 SHIM = r"""
 // gpubp emulator shim: what the CUDA compiler would provide, for a serial walk on the host.
@@ -48,11 +47,11 @@ static void call(void (*k)(A...), void** p, std::index_sequence<I...>) {
     k(*static_cast<A*>(p[I])...);
 }
 template <typename... A>
-static void launch(void (*k)(A...), unsigned grid, unsigned block, void** p) {
-    gridDim = dim3{grid, 1, 1};
-    blockDim = dim3{block, 1, 1};
-    for (unsigned b = 0; b < grid; ++b)
-        for (unsigned t = 0; t < block; ++t) {
+static void launch(void (*k)(A...), const unsigned* grid, const unsigned* block, void** p) {
+    gridDim = dim3{grid[0], 1, 1};
+    blockDim = dim3{block[0], 1, 1};
+    for (unsigned b = 0; b < grid[0]; ++b)
+        for (unsigned t = 0; t < block[0]; ++t) {
             blockIdx = dim3{b, 0, 0};
             threadIdx = dim3{t, 0, 0};
             call(k, p, std::index_sequence_for<A...>{});
@@ -77,7 +76,7 @@ def emulator_code(file: str) -> str:
     """The host translation unit for one kernel file: shim + the CUDA code + one launcher per kernel."""
     names = K.parse_signatures(K.source(file))
     entries = "".join(
-        f'extern "C" void gpubp_emu_{n}(unsigned g, unsigned b, void** p) '
+        f'extern "C" void gpubp_emu_{n}(const unsigned* g, const unsigned* b, void** p) '
         f"{{ gpubp_emu::launch({n}, g, b, p); }}\n"
         for n in names
     )
@@ -111,7 +110,14 @@ _CTYPES = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_
            np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64}
 
 
-class EmulatedBackend(K.KernelBackend, Backend):
+def probe() -> tuple[bool, str]:
+    try:
+        return True, f"the emulator compiles with {find_compiler()}"
+    except BackendUnavailable as e:
+        return False, str(e)
+
+
+class EmulatedBackend(K.KernelBackend):
     """NumPy arrays; every custom kernel launch runs the CUDA source on the CPU."""
 
     name = "emulated"
@@ -119,28 +125,34 @@ class EmulatedBackend(K.KernelBackend, Backend):
     sm_count = EMULATED_SMS
 
     def __init__(self) -> None:
-        Backend.__init__(self)
+        super().__init__()
         self.compiler = find_compiler()
         self.device = f"CPU emulating a {EMULATED_SMS}-SM GPU with {Path(self.compiler).name}"
         self._libs: dict[str, ctypes.CDLL] = {}
         self._entries: dict[str, object] = {}
 
-    def _function(self, file: str, name: str):
+    def load_kernel(self, file: str, name: str):
         """The host entry point of kernel ``name``, building its file's library on first use."""
         fn = self._entries.get(name)
         if fn is None:
             if file not in self._libs:
                 self._libs[file] = build(file, self.compiler)
             fn = getattr(self._libs[file], f"gpubp_emu_{name}")
-            fn.argtypes = (ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p))
+            fn.argtypes = (ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
+                           ctypes.POINTER(ctypes.c_void_p))
             fn.restype = None
             self._entries[name] = fn
         return fn
 
-    def _run(self, file, name, grid, block, args) -> None:
-        fn = self._function(file, name)
+    def execute(self, file, name, grid, block, args, shared_mem=0) -> None:
+        if grid[1:] != (1, 1) or block[1:] != (1, 1) or shared_mem:
+            raise BackendUnavailable(f"kernel {name}: the serial emulator runs 1-D launches without shared memory")
+        fn = self.load_kernel(file, name)
         # kernelParams: one pointer per argument, pointing at the argument's value.
         holders = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray) else _CTYPES[a.dtype](a)
                    for a in args]
         argv = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
-        fn(grid, block, argv)
+        fn((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), argv)
+
+
+BACKEND = EmulatedBackend

@@ -1,0 +1,154 @@
+"""Backend: which array library runs the maths, and the few things the network asks of it.
+
+A backend owns ``xp`` (numpy or cupy). It moves arrays to and from the device, synchronizes,
+allocates, runs the products (``matmul``, and ``gemm`` with alpha and beta, so an update can
+ride in its product) and runs kernels by name: ``be.kernel("bias_relu", dtype)`` is a callable
+``k(n, *args)`` taking the kernel's own arguments. The NumPy backend runs the NumPy reference
+of that name (gpubp.reference); the CuPy and emulated backends launch our CUDA kernel
+(backends/kernel.py). Every backend counts what it asks of the device inside ``counters()``.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from ..errors import GpubpError
+
+
+@dataclass
+class Counters:
+    """What one stretch of work asked of the device (see ``Backend.counters``)."""
+
+    launches: int = 0  # our kernel launches issued one by one (eager)
+    gemms: int = 0  # matrix products (cuBLAS on the GPU)
+    h2d: int = 0  # host -> device copies
+    d2h: int = 0  # device -> host copies
+    syncs: int = 0  # host waits for the device
+    allocs: int = 0  # device allocations
+    graph_launches: int = 0  # CUDA graphs launched (each replays many kernels)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class Backend:
+    """What every backend shares: the counters, and the array plumbing over ``xp``.
+
+    Capabilities are class attributes, so callers ask rather than probe for methods:
+    ``compiles_kernels`` (our CUDA runs here: CuPy and the emulator).
+    """
+
+    name = "?"
+    xp = np
+    reason = ""  # why this backend was chosen (for "auto")
+    device = "CPU"
+    compiles_kernels = False
+    counts_own_allocs = True  # the CuPy backend counts real pool allocations instead
+
+    def __init__(self) -> None:
+        self._active: list[Counters] = []
+
+    def _count(self, what: str, k: int = 1) -> None:
+        for c in self._active:
+            setattr(c, what, getattr(c, what) + k)
+
+    @contextmanager
+    def counters(self):
+        """``with be.counters() as c:`` counts what the block asks of the device."""
+        c = Counters()
+        self._active.append(c)
+        try:
+            yield c
+        finally:
+            self._active.remove(c)
+
+    def warmup(self) -> float:
+        """Compile whatever this backend compiles, outside any clock; seconds taken (0 when nothing)."""
+        return 0.0
+
+    def kernel(self, stem: str, dtype):
+        """The callable ``k(n, *args)`` that runs kernel ``stem`` for ``dtype`` over n work items."""
+        raise NotImplementedError(f"{type(self).__name__} runs no kernels")
+
+    def to_device(self, a, dtype=None):
+        """``a`` as a C-contiguous device array of ``dtype``: copied up from the host, or cast in
+        place on the device when it is a device array already (no host round trip)."""
+        if self.xp is not np and isinstance(a, self.xp.ndarray):
+            return self.xp.ascontiguousarray(a, dtype=dtype)
+        self._count("h2d")
+        return self.xp.asarray(np.ascontiguousarray(a, dtype=dtype))
+
+    def to_host(self, a) -> np.ndarray:
+        """A NumPy copy of device array ``a``; inside an epoch only for what the user asked to see."""
+        self._count("d2h")
+        return np.array(a)
+
+    def synchronize(self) -> None:
+        self._count("syncs")
+
+    def empty(self, shape, dtype):
+        if self.counts_own_allocs:
+            self._count("allocs")
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        out = self.empty(shape, dtype)
+        out.fill(0)
+        return out
+
+    def matmul(self, a, b, out):
+        """out <- a @ b (a or b may be transposed views; out is written in place)."""
+        self._count("gemms")
+        return self.xp.matmul(a, b, out=out)
+
+    def gemm(self, a, b, out, alpha: float, beta: float) -> None:
+        """out <- alpha * (a @ b) + beta * out, in one BLAS call (2-D; a or b may be transposed views)."""
+        self._count("gemms")
+        host_gemm(a, b, out, alpha, beta)
+
+    def __repr__(self) -> str:
+        return f"<gpubp backend {self.name} on {self.device}>"
+
+
+# ---------------------------------------------------------------------------------------------
+# GEMM with alpha and beta on the host BLAS (SciPy's wrappers: NumPy's matmul has neither)
+# ---------------------------------------------------------------------------------------------
+
+def _fortran(x) -> tuple[object, int]:
+    """(x as a Fortran-ordered operand, transpose flag): an F-contiguous x as it is, a C-contiguous
+    one through its transpose, which is F-contiguous; BLAS reads both without a copy."""
+    if x.flags.f_contiguous:
+        return x, 0
+    if x.flags.c_contiguous:
+        return x.T, 1
+    raise GpubpError(f"gemm operands must be C- or F-contiguous (got strides {x.strides})")
+
+
+def host_gemm(a, b, out, alpha, beta) -> None:
+    """out <- alpha * a @ b + beta * out with SciPy's BLAS, writing ``out`` in place.
+
+    Fortran BLAS computes C <- alpha op(A) op(B) + beta C on column-major arrays; a C-ordered
+    ``out`` is the column-major out^T = alpha b^T a^T + beta out^T, so the operands swap.
+    """
+    if out.flags.c_contiguous:
+        c, x, y = out.T, b.T, a.T
+    elif out.flags.f_contiguous:
+        c, x, y = out, a, b
+    else:
+        raise GpubpError(f"gemm output must be contiguous (got strides {out.strides})")
+    fx, tx = _fortran(x)
+    fy, ty = _fortran(y)
+    r = _blas_gemm(out.dtype)(alpha, fx, fy, beta=beta, c=c, trans_a=tx, trans_b=ty, overwrite_c=1)
+    if r.ctypes.data != c.ctypes.data:  # SciPy copied c (a wrong dtype or layout): the result is not in out
+        raise GpubpError(f"gemm could not write its {out.dtype} output in place")
+
+
+@functools.cache
+def _blas_gemm(dtype):
+    from scipy.linalg import blas
+
+    return blas.sgemm if np.dtype(dtype) == np.float32 else blas.dgemm

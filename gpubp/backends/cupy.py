@@ -1,0 +1,117 @@
+"""The CuPy backend: device arrays in CuPy, GEMMs in cuBLAS, our kernels through RawModule.
+
+Each kernel file is one ``cupy.RawModule(code=kernel.source(file), options=NVRTC_OPTIONS)``,
+compiled on first use (or by ``warmup()``) and cached on disk by CuPy, keyed on the code
+string, which already holds our headers. Launch checks and grid sizes come from
+``kernel.KernelBackend``, the path the emulated backend takes too. Allocations are counted from
+CuPy's memory pool with a MemoryHook, so they include any CuPy makes behind our back.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+
+import numpy as np
+
+from .. import sysinfo
+from . import kernel as K
+
+
+@functools.lru_cache(maxsize=1)
+def probe() -> tuple[bool, str]:
+    """One cached probe: (usable, one-line reason). Usable means CuPy imports AND a device answers."""
+    try:
+        import cupy
+    except ImportError:
+        return False, f"CuPy is not installed ({sysinfo.GPU_INSTALL_HINT})"
+    except Exception as e:  # a broken install raises more than ImportError
+        return False, f"CuPy failed to import: {type(e).__name__}: {sysinfo.first_line(e)}"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return False, sysinfo.explain_cuda_error(e)
+    if count < 1:
+        return False, "no CUDA device found (the driver reports 0 devices)"
+    try:
+        name = sysinfo.gpu_name(cupy.cuda.runtime, 0)
+    except Exception as e:
+        return False, f"CUDA device 0 did not answer ({sysinfo.first_line(e)})"
+    return True, f"CUDA device 0: {name}"
+
+
+class CupyBackend(K.KernelBackend):
+    name = "cupy"
+    counts_own_allocs = False  # the pool hook counts every allocation
+
+    def __init__(self) -> None:
+        import cupy
+
+        super().__init__()
+        self.xp = cupy
+        dev = cupy.cuda.Device()
+        self.sm_count = int(dev.attributes["MultiProcessorCount"])
+        name = sysinfo.gpu_name(cupy.cuda.runtime, dev.id)
+        self.device = f"{name} (sm_{dev.compute_capability}, {self.sm_count} SMs)"
+        self._modules: dict[str, object] = {}
+        self._functions: dict[str, object] = {}
+
+    def to_host(self, a) -> np.ndarray:
+        self._count("d2h")
+        return self.xp.asnumpy(a)
+
+    def synchronize(self) -> None:
+        self._count("syncs")
+        self.xp.cuda.get_current_stream().synchronize()
+
+    def gemm(self, a, b, out, alpha: float, beta: float) -> None:
+        """out <- alpha * (a @ b) + beta * out in one cuBLAS call: cupy.cublas.gemm reads C- or
+        F-contiguous operands (a transposed view is F-contiguous) and writes a contiguous out in place."""
+        from cupy import cublas
+
+        self._count("gemms")
+        cublas.gemm("N", "N", a, b, out=out, alpha=alpha, beta=beta)
+
+    @contextmanager
+    def counters(self):
+        with super().counters() as c, _PoolAllocations(c):
+            yield c
+
+    def load_kernel(self, file: str, name: str):
+        fn = self._functions.get(name)
+        if fn is None:
+            mod = self._modules.get(file)
+            if mod is None:
+                mod = self._modules[file] = self.xp.RawModule(code=K.source(file), options=K.NVRTC_OPTIONS)
+            fn = self._functions[name] = mod.get_function(name)
+        return fn
+
+    def execute(self, file, name, grid, block, args, shared_mem=0) -> None:
+        self.load_kernel(file, name)(grid, block, args, shared_mem=shared_mem)
+
+
+class _PoolAllocations:
+    """A CuPy MemoryHook that counts every allocation served by the memory pool."""
+
+    def __init__(self, counters) -> None:
+        import cupy
+
+        counters_ = counters
+
+        class Hook(cupy.cuda.MemoryHook):
+            name = f"gpubp-counters-{id(counters)}"
+
+            def malloc_postprocess(self, **kwargs):
+                counters_.allocs += 1
+
+        self._hook = Hook()
+
+    def __enter__(self):
+        self._hook.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hook.__exit__(*exc)
+
+
+BACKEND = CupyBackend

@@ -1,0 +1,277 @@
+"""Our CUDA kernels: their sources, their signatures, and the launch path the CuPy and emulated
+backends share.
+
+Each ``kernels/*.cu`` file is one concern. For CuPy, NVRTC and the emulator alike, a file's code is
+its text with every ``#include "x.cuh"`` of ours replaced by that header's text, so a changed
+header can never run from a stale CuPy cache (CuPy keys its cache on the code string, not on
+includes). Entry points are written once as templates and exported for float and double by the
+GPUBP_EXPORT macro (kernels/gpubp.cuh); ``signatures()`` reads them by expanding our own GPUBP_*
+macros, so the argument checks below come from the source itself.
+
+``KernelBackend`` validates every launch against its signature, computes the grid, counts the
+launch and hands it to the subclass's executor: CuPy's RawModule, or the emulator's host build.
+The NumPy reference of every kernel is in gpubp.reference, under the kernel's name.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ..errors import GpubpError
+from .base import Backend
+
+BLOCK = 256  # threads per block for every 1-D kernel
+BLOCKS_PER_SM = 8  # grid cap = BLOCKS_PER_SM * SM count; the grid-stride loop covers the rest
+# Our options for NVRTC (CuPy adds its include paths, -ftz=true, the architecture and
+# --device-as-default-execution-space; tests/test_kernels.py compiles with exactly that set).
+NVRTC_OPTIONS = ("--std=c++17",)
+DTYPE_SUFFIX = {np.dtype(np.float32): "_f32", np.dtype(np.float64): "_f64"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+# ---------------------------------------------------------------------------------------------
+
+def kernel_dir() -> Path:
+    """The .cu sources: gpubp/_kernels in an installed wheel, else kernels/ beside the package."""
+    here = Path(__file__).resolve().parent.parent
+    for d in (here / "_kernels", here.parent / "kernels"):
+        if (d / "gpubp.cuh").is_file():
+            return d
+    raise GpubpError(f"CUDA kernel sources not found next to {here}: reinstall gpubp")
+
+
+def kernel_files() -> list[str]:
+    """The kernel source file names, e.g. ['argmax_hits.cu', 'difference_delta.cu', ...]."""
+    return sorted(p.name for p in kernel_dir().glob("*.cu"))
+
+
+_INCLUDE_RE = re.compile(r'^[ \t]*#include "([\w.]+\.cuh)"[ \t]*$', re.M)
+
+
+@functools.cache
+def source(file: str) -> str:
+    """The compilable code of one kernel file: each of our headers inlined once, where first included."""
+    d = kernel_dir()
+    seen: set[str] = set()
+
+    def inline(match):
+        name = match.group(1)
+        if name in seen:
+            return ""
+        seen.add(name)
+        if not (d / name).is_file():
+            raise GpubpError(f"{file} includes {name}, which is not in {d}")
+        return _INCLUDE_RE.sub(inline, (d / name).read_text())
+
+    text = (d / file).read_text()
+    if not _INCLUDE_RE.search(text):
+        raise GpubpError(f"{file} includes none of our headers (gpubp.cuh)")
+    return _INCLUDE_RE.sub(inline, text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signatures: our GPUBP_* macros expanded (only to read them; the compilers expand them for real)
+# ---------------------------------------------------------------------------------------------
+
+_DEFINE_RE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(GPUBP_\w+)\(([^)]*)\)((?:[^\n]*\\\n)*[^\n]*)", re.M)
+
+
+def _split_args(text: str, start: int) -> tuple[list[str], int]:
+    """The comma-separated arguments of a macro call whose '(' is at ``start``, and the index after ')'."""
+    depth, args, cur = 0, [], start + 1
+    for i in range(start, len(text)):
+        c = text[i]
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                args.append(text[cur:i].strip())
+                return args, i + 1
+        elif c == "," and depth == 1:
+            args.append(text[cur:i].strip())
+            cur = i + 1
+    raise GpubpError("unbalanced parentheses in a GPUBP_ macro call")
+
+
+def expand_macros(code: str) -> str:
+    """``code`` with every call of a function-like GPUBP_* macro it defines expanded, as the C
+    preprocessor would for our macros (parameters substituted, ## pasted, results rescanned)."""
+    code = re.sub(r"//[^\n]*|/\*.*?\*/", "", code, flags=re.S)  # a macro named in a comment is not a call
+    macros = {}
+    for name, params, body in _DEFINE_RE.findall(code):
+        macros[name] = ([p.strip() for p in params.split(",")], body.replace("\\\n", " "))
+    text = _DEFINE_RE.sub("", code)
+    if not macros:
+        return text
+    call = re.compile(r"\b(" + "|".join(map(re.escape, macros)) + r")\s*\(")
+    pos = 0
+    while m := call.search(text, pos):
+        params, body = macros[m.group(1)]
+        args, end = _split_args(text, m.end() - 1)
+        if len(args) != len(params):
+            raise GpubpError(f"{m.group(1)} takes {len(params)} arguments, got {len(args)}")
+        given = dict(zip(params, args))  # one pass, so an argument's text is never substituted again
+        body = re.sub(r"\b(" + "|".join(map(re.escape, params)) + r")\b", lambda p: given[p.group(1)], body)
+        body = re.sub(r"\s*##\s*", "", body)
+        text = text[:m.start()] + body + text[end:]
+        pos = m.start()  # rescan the expansion: it may call other macros
+    return text
+
+
+class Param(NamedTuple):
+    name: str
+    ctype: str  # "float", "double", "int", "unsigned int", "long long"
+    pointer: bool
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(_CTYPE_DTYPE[self.ctype])
+
+
+_CTYPE_DTYPE = {"float": np.float32, "double": np.float64, "int": np.int32, "unsigned int": np.uint32,
+                "long long": np.int64}
+_KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
+_PARAM_RE = re.compile(r"^(?:const\s+)?(float|double|int|unsigned int|long long|T)\s*(\*)?\s*"
+                       r"(?:__restrict__\s+)?(\w+)$")
+_SUFFIX_TYPE = {"_f32": "float", "_f64": "double"}
+
+
+def parse_signatures(code: str) -> dict[str, tuple[Param, ...]]:
+    """{kernel name: parameters} for every ``extern "C" __global__`` function in ``code`` once our
+    macros are expanded; T in an exported template's parameters is float for _f32, double for _f64."""
+    out = {}
+    for name, params in _KERNEL_RE.findall(expand_macros(code)):
+        parsed = []
+        for raw in params.split(","):
+            m = _PARAM_RE.match(" ".join(raw.split()))
+            if not m:
+                raise GpubpError(f"kernel {name}: cannot read parameter {raw.strip()!r}")
+            ctype = m.group(1)
+            if ctype == "T":
+                ctype = _SUFFIX_TYPE.get(name[-4:])
+                if ctype is None:
+                    raise GpubpError(f"kernel {name}: a parameter of type T needs an _f32 or _f64 name")
+            parsed.append(Param(m.group(3), ctype, bool(m.group(2))))
+        out[name] = tuple(parsed)
+    return out
+
+
+@functools.cache
+def signatures() -> dict[str, tuple[str, tuple[Param, ...]]]:
+    """{kernel name: (file, parameters)} over every kernel file."""
+    table = {}
+    for f in kernel_files():
+        for name, params in parse_signatures(source(f)).items():
+            table[name] = (f, params)
+    return table
+
+
+def tolerance(file: str, dtype, kernel: str | None = None) -> tuple[float, float]:
+    """(atol, rtol) that ``file``'s header promises for ``dtype`` against a float64 reference: the
+    line ``Tolerance <kernel> ...`` when the file states one per kernel, else its ``Tolerance`` line."""
+    name = np.dtype(dtype).name
+    header = (kernel_dir() / file).read_text().split("#include")[0]
+    statements = re.split(r"(?m)^// Tolerance", header)[1:]  # each runs on until the next one
+    own = [s for s in statements if kernel and s.startswith(f" {kernel} ")]
+    for s in own or statements:
+        m = re.search(rf"{name} atol=(\S+?) rtol=(\S+?)(?:[;\s]|$)", s)
+        if m:
+            return float(m.group(1)), float(m.group(2))
+    raise GpubpError(f"{file} states no {name} tolerance{' for ' + kernel if kernel else ''} in its header")
+
+
+def suffix(dtype) -> str:
+    """Entry-name suffix of the kernel instance for ``dtype``: float32 -> '_f32', float64 -> '_f64'."""
+    dt = np.dtype(dtype)
+    if dt not in DTYPE_SUFFIX:
+        raise GpubpError(f"dtype {dt} is not supported: use float32 or float64")
+    return DTYPE_SUFFIX[dt]
+
+
+def grid_size(n: int, sm_count: int) -> int:
+    """Blocks for n threads: ceil(n / BLOCK), capped at BLOCKS_PER_SM * sm_count (grid-stride loops)."""
+    return max(1, min(-(-n // BLOCK), BLOCKS_PER_SM * sm_count))
+
+
+# ---------------------------------------------------------------------------------------------
+# The launch path shared by the CuPy and emulated backends
+# ---------------------------------------------------------------------------------------------
+
+class KernelBackend(Backend):
+    """A backend that runs our CUDA kernels. Subclasses set ``xp`` and ``sm_count`` and give the
+    two executor methods: ``load_kernel(file, name)`` compiles or loads one kernel, and
+    ``execute(file, name, grid, block, args, shared_mem=0)`` executes one launch (grid and block
+    are 3-tuples). Everything before them (argument checks, grid sizes, counting) is here."""
+
+    compiles_kernels = True
+    sm_count = 1
+
+    def load_kernel(self, file: str, name: str):
+        raise NotImplementedError(f"{type(self).__name__} does not compile kernels")
+
+    def execute(self, file: str, name: str, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not launch kernels")
+
+    def warmup(self) -> float:
+        """Compile (or load from cache) every kernel now, outside any clock; returns the seconds taken."""
+        t0 = time.perf_counter()
+        for name, (file, _) in signatures().items():
+            self.load_kernel(file, name)
+        self.synchronize()
+        return time.perf_counter() - t0
+
+    def kernel(self, stem: str, dtype):
+        """The launcher of kernel ``stem`` for ``dtype``: ``k(n, *args)`` runs it over n work items."""
+        name = stem + suffix(dtype)
+        if name not in signatures():
+            raise GpubpError(f"no kernel named {name!r} in {kernel_dir()}")
+        return functools.partial(self.launch, name)
+
+    def launch(self, name: str, n: int, *args) -> None:
+        """Launch 1-D kernel ``name`` over ``n`` work items (grid-stride), after checking ``args``."""
+        file, packed = self._checked(name, args)
+        if n <= 0:
+            return
+        self._count("launches")
+        self.execute(file, name, (grid_size(n, self.sm_count), 1, 1), (BLOCK, 1, 1), packed)
+
+    def launch_grid(self, name: str, grid: tuple, block: tuple, shared_mem: int, *args) -> None:
+        """Launch kernel ``name`` on an explicit 3-D grid and block with ``shared_mem`` bytes of
+        dynamic shared memory, after checking ``args``."""
+        file, packed = self._checked(name, args)
+        grid, block = tuple(int(g) for g in grid), tuple(int(b) for b in block)
+        if len(grid) != 3 or len(block) != 3 or min(grid + block) < 1:
+            raise GpubpError(f"kernel {name}: grid and block must be three positive sizes, got {grid}, {block}")
+        self._count("launches")
+        self.execute(file, name, grid, block, packed, shared_mem=int(shared_mem))
+
+    def _checked(self, name: str, args: tuple) -> tuple[str, tuple]:
+        if name not in signatures():
+            raise GpubpError(f"no kernel named {name!r} in {kernel_dir()}")
+        file, params = signatures()[name]
+        if len(args) != len(params):
+            raise GpubpError(f"kernel {name} takes {len(params)} arguments, got {len(args)}")
+        return file, tuple(self._check(name, p, a) for p, a in zip(params, args))
+
+    def _check(self, name: str, p: Param, a):
+        if p.pointer:
+            if not isinstance(a, self.xp.ndarray):
+                raise GpubpError(f"kernel {name}: {p.name} must be a {self.name} array, got {type(a).__name__}")
+            if a.dtype != p.dtype:
+                raise GpubpError(f"kernel {name}: {p.name} must be {p.dtype}, got {a.dtype}")
+            if not a.flags.c_contiguous:
+                raise GpubpError(f"kernel {name}: {p.name} must be C-contiguous (got strides {a.strides})")
+            return a
+        if isinstance(a, (np.ndarray, self.xp.ndarray)) and getattr(a, "ndim", 0) != 0:
+            raise GpubpError(f"kernel {name}: {p.name} is a scalar, got an array")
+        if p.dtype.kind in "iu" and not isinstance(a, (int, np.integer)):
+            raise GpubpError(f"kernel {name}: {p.name} must be an integer, got {a!r}")
+        return p.dtype.type(a)

@@ -1,0 +1,95 @@
+"""`gpubp bench`: seconds per epoch of real MNIST training steps, CPU against GPU, told honestly.
+
+Per case (network x batch size): build every contender (our backends, PyTorch when it imports),
+put MNIST on the device, warm up outside the clock (kernel compilation, context creation, first
+allocations, three steps), then time ``repeats`` runs of ``steps`` consecutive training steps,
+each repeat timing every contender in turn and synchronizing before each clock stops. A run's
+seconds per epoch are its seconds per step times ceil(50_000 / batch); we report the median over
+runs and their spread (min..max), samples/s, achieved GFLOP/s from counted FLOPs, and the
+GPU/CPU speed-up for each case both backends ran.
+
+Modules: contenders (what is timed), report (what the numbers mean, the table), plot (the
+figure), nielsen (network.py's per-example loop, the book's own speed).
+"""
+
+from __future__ import annotations
+
+from ..errors import GpubpError
+from .contenders import gemm_rate, ours, pytorch
+from .report import EPOCH_ROWS, flops_per_sample, speedups, step_bytes, summarize, table
+
+DEFAULT_SIZES = [[784, 30, 10], [784, 100, 10], [784, 1024, 1024, 10], [784, 4096, 4096, 10]]
+DEFAULT_BATCHES = [10, 128, 1024]
+QUICK_SIZES = [[784, 30, 10], [784, 100, 10], [784, 1024, 1024, 10]]
+BENCH_BACKENDS = ("numpy", "cupy", "emulated")
+
+__all__ = ["run", "plan", "table", "flops_per_sample", "step_bytes", "gemm_rate", "EPOCH_ROWS"]
+
+
+def plan(backends=None, sizes=None, batch_sizes=None, steps=None, repeats=None, quick=False):
+    """Backends, networks, batch sizes, steps, repeats and the skipped backends' reasons."""
+    from ..backends import cupy_status
+
+    ok, why = cupy_status()
+    backends = list(backends or ["numpy", "cupy"])
+    for b in backends:
+        if b not in BENCH_BACKENDS:
+            raise GpubpError(f"unknown benchmark backend {b!r}: choose from {', '.join(BENCH_BACKENDS)}")
+    skipped = []
+    if "cupy" in backends and not ok:  # asked for, or the default: say why it did not run
+        backends = [b for b in backends if b != "cupy"]
+        skipped.append(f"cupy: {why}")
+    sizes = sizes or (QUICK_SIZES if quick else DEFAULT_SIZES)
+    batches = batch_sizes or DEFAULT_BATCHES
+    if any(b < 1 for b in batches):
+        raise GpubpError("batch sizes must be >= 1")
+    steps = steps or (10 if quick else 20)
+    repeats = repeats or (3 if quick else 5)
+    if not backends:
+        raise GpubpError("no backend left to benchmark: " + "; ".join(skipped))
+    return backends, sizes, batches, steps, repeats, skipped
+
+
+def torch_devices(backends):
+    """PyTorch devices to run beside ours ("cpu" with numpy, "cuda" with cupy), or why none."""
+    try:
+        import torch
+    except ImportError:
+        return [], "torch is not installed"
+    devices = ["cpu"] if "numpy" in backends else []
+    if "cupy" in backends and torch.cuda.is_available():
+        devices.append("cuda")
+    return devices, None
+
+
+def run(backends=None, sizes=None, batch_sizes=None, steps=None, repeats=None, dtype="float32", quick=False,
+        data_dir=None, log=print) -> dict:
+    """Benchmark every case; returns {"machine", "dtype", "cost", "steps", "repeats", "cases", "skipped", ...}."""
+    from .. import sysinfo
+    from ..data import load_mnist
+    from .contenders import COST
+
+    backends, sizes, batches, steps, repeats, skipped = plan(backends, sizes, batch_sizes, steps, repeats, quick)
+    tdevs, why_not = torch_devices(backends)
+    if why_not:
+        skipped.append(f"PyTorch column: {why_not}")
+    data = load_mnist(data_dir)["train"]
+    rate = gemm_rate(dtype)
+    log(f"{dtype} GEMM rate (NumPy, 2048^3): {rate:.0f} GFLOP/s")
+    cases = []
+    makers = [(b, lambda *a, b=b: ours(b, *a)) for b in backends]
+    makers += [(f"torch-{d}", lambda *a, d=d: pytorch(d, *a)) for d in tdevs]
+    for s in sizes:
+        for batch in batches:
+            contenders = [(name, make(s, batch, dtype, steps, data)) for name, make in makers]
+            for _ in range(repeats):  # each repeat times every contender in turn: ratios from one run
+                for _, c in contenders:
+                    c.time()
+            for name, c in contenders:
+                cases.append(summarize(name, s, batch, steps, repeats, c, rate))
+                log(f"  {name:10s} {','.join(map(str, s)):>18s} batch {batch:5d}: "
+                    f"{cases[-1]['seconds_per_epoch']:8.3f} s/epoch")
+            del contenders  # free one case's device memory before the next
+    speedups(cases)
+    return {"machine": sysinfo.machine(), "dtype": dtype, "cost": COST, "steps": steps, "repeats": repeats,
+            "epoch_rows": EPOCH_ROWS, "gemm_gflops": rate, "cases": cases, "skipped": skipped}

@@ -1,0 +1,180 @@
+"""The NumPy reference of every CUDA kernel, under the kernel's name and with its exact arguments.
+
+The NumPy backend runs these, and every kernel is tested against them (and they against float64
+formulas written independently in the tests). Arrays are written in place, as the kernels write
+them. ``scratch(shape, dtype)``, when given, lends a reusable buffer so that a training step
+allocates nothing; without it a temporary is made.
+
+The activation formulas come first, each beside its derivative (computed from the stored output
+a = f(z), as the kernels compute it, so z is never kept); then the kernels, in the order of a step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _buffer(scratch, like):
+    return None if scratch is None else scratch(like.shape, like.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation formulas: f(z) and f'(z) from a = f(z)  (kernels: gpubp.cuh, tanh.cu, relu.cu)
+# ---------------------------------------------------------------------------------------------
+
+def sigmoid(z, out=None):
+    """sigma(z) = 0.5 + 0.5*tanh(z/2), elementwise: equal to 1/(1+exp(-z)) and never overflows."""
+    out = np.multiply(z, 0.5, out=out)
+    np.tanh(out, out=out)
+    out *= 0.5
+    out += 0.5
+    return out
+
+
+def sigmoid_prime_from_output(a, out=None):
+    """sigma'(z) = a*(1-a) from a = sigma(z)."""
+    out = np.subtract(1, a, out=out)
+    out *= a
+    return out
+
+
+def tanh(z, out=None):
+    return np.tanh(z, out=out)
+
+
+def tanh_prime_from_output(a, out=None):
+    """tanh'(z) = 1 - a^2 = (1 - a)(1 + a) from a = tanh(z); the product does not cancel near |a| = 1."""
+    out = np.subtract(1, a, out=out)
+    out *= 1 + a
+    return out
+
+
+def relu(z, out=None):
+    """max(z, 0); a NaN stays NaN (numpy.maximum), so a diverging run is still seen."""
+    return np.maximum(z, 0, out=out)
+
+
+def relu_prime_from_output(a, out=None):
+    """1 where a = max(z, 0) > 0, else 0 (0 at z = 0)."""
+    if out is None:
+        out = np.empty_like(a)
+    return np.greater(a, 0, out=out)
+
+
+def softmax(z, out=None):
+    """Row-wise softmax of z (m, n): exp(z - row max) / its row sum, so +-1000 stays finite."""
+    out = np.subtract(z, np.max(z, axis=1, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out /= np.sum(out, axis=1, keepdims=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward: bias + activation, in place on the product Z = A W^T  (kernels: activation.cuh, softmax.cu)
+# ---------------------------------------------------------------------------------------------
+
+def _bias_kernel(f, name):
+    def bias_act(Z, b, rows, cols):
+        np.add(Z, b, out=Z)
+        f(Z, out=Z)
+
+    bias_act.__name__ = bias_act.__qualname__ = f"bias_{name}"
+    bias_act.__doc__ = f"Z (rows, cols) <- {name}(Z + b), b (cols,) broadcast over rows; in place."
+    return bias_act
+
+
+def _delta_kernel(prime, name):
+    def act_delta(G, A, n, *, scratch=None):
+        G *= prime(A, out=_buffer(scratch, A))
+
+    act_delta.__name__ = act_delta.__qualname__ = f"{name}_delta"
+    act_delta.__doc__ = f"G <- G * {name}'(z) from A = {name}(z), elementwise in place (BP2, after G = delta W)."
+    return act_delta
+
+
+bias_sigmoid = _bias_kernel(sigmoid, "sigmoid")
+bias_tanh = _bias_kernel(tanh, "tanh")
+bias_relu = _bias_kernel(relu, "relu")
+bias_softmax = _bias_kernel(softmax, "softmax")
+sigmoid_delta = _delta_kernel(sigmoid_prime_from_output, "sigmoid")
+tanh_delta = _delta_kernel(tanh_prime_from_output, "tanh")
+relu_delta = _delta_kernel(relu_prime_from_output, "relu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Output errors delta^L (BP1), times scale = 1/m  (kernels: quadratic.cu, difference_delta.cu)
+# ---------------------------------------------------------------------------------------------
+
+def quadratic_delta(D, A, Y, n, scale, *, scratch=None):
+    """D <- scale * (A - Y) * A * (1 - A): the quadratic cost with sigmoid outputs."""
+    np.subtract(A, Y, out=D)
+    D *= sigmoid_prime_from_output(A, out=_buffer(scratch, A))
+    D *= scale
+
+
+def difference_delta(D, A, Y, n, scale):
+    """D <- scale * (A - Y): cross-entropy with sigmoid outputs, log-likelihood with softmax outputs."""
+    np.subtract(A, Y, out=D)
+    D *= scale
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizers over the flat buffer: every weight first, then every bias  (kernels: sgd.cu, momentum.cu, adam.cu)
+# ---------------------------------------------------------------------------------------------
+
+def sgd_update(p, g, n, n_weights, decay, step, *, scratch=None):
+    """p[:nw] <- decay*p[:nw] - step*g[:nw]; p[nw:] <- p[nw:] - step*g[nw:]."""
+    if decay != 1:
+        p[:n_weights] *= decay
+    p -= np.multiply(g, step, out=_buffer(scratch, g))
+
+
+def momentum_update(p, g, v, n, n_weights, eta, mu, l2, *, scratch=None):
+    """v <- mu*v - eta*(g + l2*p on the weights, g on the biases); p <- p + v."""
+    grad = np.multiply(p, l2, out=_buffer(scratch, g))
+    grad[n_weights:] = 0
+    grad += g
+    grad *= eta
+    v *= mu
+    v -= grad
+    p += v
+
+
+def adam_update(p, g, m, v, t, done, n, n_weights, eta, beta1, beta2, eps, decay, *, scratch=None):
+    """Adam with decoupled weight decay, step number t[0] + 1 (t then counts it; ``done`` is the
+    kernel's block counter and stays 0):  m <- b1*m + (1-b1)*g;  v <- b2*v + (1-b2)*g^2;
+    p[:nw] <- decay*p[:nw];  p <- p - eta * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps).
+    One work buffer, so a step makes no parameter-sized temporary."""
+    step = int(t[0]) + 1
+    w = np.empty_like(g) if scratch is None else scratch(g.shape, g.dtype)
+    m *= beta1
+    m += np.multiply(g, 1 - beta1, out=w)
+    v *= beta2
+    np.multiply(g, g, out=w)
+    w *= 1 - beta2
+    v += w
+    c1, c2 = 1 / (1 - beta1 ** step), 1 / (1 - beta2 ** step)
+    np.multiply(v, c2, out=w)  # w: the denominator sqrt(v_hat) + eps ...
+    np.sqrt(w, out=w)
+    w += eps
+    np.divide(m, w, out=w)  # ... then the step eta * m_hat / it
+    w *= eta * c1
+    if decay != 1:
+        p[:n_weights] *= decay
+    p -= w
+    t[0] = step
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels  (kernels: one_hot.cu, argmax_hits.cu)
+# ---------------------------------------------------------------------------------------------
+
+def one_hot(Y, labels, rows, classes):
+    """Y (rows, classes) <- one-hot rows of the int labels (rows,)."""
+    Y[...] = 0
+    Y[np.arange(rows), labels] = 1
+
+
+def argmax_hits(hits, A, labels, rows, cols):
+    """hits (rows,) int32 <- (argmax of each row of A == label); ties to the first, NaN is the max."""
+    hits[...] = np.argmax(A, axis=1) == labels

@@ -1,0 +1,30 @@
+// activation.cuh: the two kernels every hidden-layer activation has, written once for any
+// functor Act with  Act::f(z)  and  Act::prime_from_output(a)  (the derivative at z, from the
+// stored output a = f(z), so z is never kept). An activation's .cu file defines its functor and
+// says GPUBP_ACTIVATION(name, Functor), which exports:
+//   bias_<name>:   Z[r, j] <- f(Z[r, j] + b[j])     Z: (rows, cols) = A W^T from the GEMM, b: (cols,)
+//   <name>_delta:  G[i] <- G[i] * f'(z_i) from a_i  G = delta W from the GEMM (BP2), A = a^l
+// Launch (both): 1-D grid-stride over rows*cols (or n), block 256.
+#ifndef GPUBP_ACTIVATION_CUH
+#define GPUBP_ACTIVATION_CUH
+#include "gpubp.cuh"
+
+template <typename Act, typename T>
+__device__ __forceinline__ void bias_act(T* __restrict__ Z, const T* __restrict__ b, long long rows,
+                                         long long cols) {
+    GPUBP_GRID_STRIDE(i, rows * cols) { Z[i] = Act::f(Z[i] + b[i % cols]); }
+}
+
+template <typename Act, typename T>
+__device__ __forceinline__ void act_delta(T* __restrict__ G, const T* __restrict__ A, long long n) {
+    GPUBP_GRID_STRIDE(i, n) { G[i] = G[i] * Act::prime_from_output(A[i]); }
+}
+
+#define GPUBP_ACTIVATION(NAME, ACT)                                                               \
+    GPUBP_EXPORT(bias_##NAME, (bias_act<ACT, T>),                                                 \
+                 (T* __restrict__ Z, const T* __restrict__ b, long long rows, long long cols),   \
+                 (Z, b, rows, cols))                                                              \
+    GPUBP_EXPORT(NAME##_delta, (act_delta<ACT, T>),                                               \
+                 (T* __restrict__ G, const T* __restrict__ A, long long n), (G, A, n))
+
+#endif  // GPUBP_ACTIVATION_CUH

@@ -1,0 +1,18 @@
+// quadratic: the output error delta^L of the quadratic cost C = 0.5*||a - y||^2 with sigmoid
+// outputs (BP1), times `scale` (= 1/m, so every gradient built from it is that of the MEAN cost).
+//   D[i] <- scale * (A[i] - Y[i]) * A[i] * (1 - A[i])      (a - y) (.) sigma'(z^L), sigma' from a
+// A, Y, D: (rows, n_out) C-contiguous, n = rows*n_out elements. D may not alias A or Y.
+// NumPy reference: gpubp.reference.quadratic_delta.
+// Launch: 1-D grid-stride over n, block 256.
+// Tolerance vs float64, |x - ref| <= atol + rtol*|ref|: float32 atol=1e-12 rtol=1e-6; float64 atol=1e-30 rtol=1e-14
+#include "gpubp.cuh"
+
+template <typename T>
+__device__ __forceinline__ void quadratic_delta(T* __restrict__ D, const T* __restrict__ A,
+                                                const T* __restrict__ Y, long long n, T scale) {
+    GPUBP_GRID_STRIDE(i, n) { D[i] = scale * (A[i] - Y[i]) * gpubp_sigmoid_prime_from_a(A[i]); }
+}
+
+GPUBP_EXPORT(quadratic_delta, quadratic_delta,
+             (T* __restrict__ D, const T* __restrict__ A, const T* __restrict__ Y, long long n, T scale),
+             (D, A, Y, n, scale))

@@ -1,0 +1,18 @@
+// relu: the rectified linear activation for hidden layers (He initialisation by default).
+//   bias_relu:   Z <- max(Z + b, 0)             a NaN stays NaN, so divergence is still seen
+//   relu_delta:  G <- G * (a > 0 ? 1 : 0)      relu'(z) from the stored a = max(z, 0); 0 at z = 0
+// NumPy reference: gpubp.reference.bias_relu, gpubp.reference.relu_delta.
+// Launch: 1-D grid-stride, block 256 (activation.cuh).
+// Tolerance bias_relu vs a float64 max(Z+b, 0), |x - ref| <= atol + rtol*|ref|: float32 atol=1e-30 rtol=6e-8; float64 atol=1e-300 rtol=1.2e-16
+// (one rounding, of the sum).
+// Tolerance relu_delta: float32 atol=0 rtol=0; float64 atol=0 rtol=0 (a product by 1 or 0 is exact)
+#include "activation.cuh"
+
+struct Relu {
+    template <typename T>
+    __host__ __device__ static T f(T z) { return z < T(0) ? T(0) : z; }  // NaN passes, as numpy.maximum
+    template <typename T>
+    __host__ __device__ static T prime_from_output(T a) { return a > T(0) ? T(1) : T(0); }
+};
+
+GPUBP_ACTIVATION(relu, Relu)

@@ -1,0 +1,24 @@
+// sgd: one step of network2.py's rule over the whole flat parameter buffer, for the routes that
+// do not fold the update into the BP4 product (see gpubp.optimizers.SGD).
+//   p[i] <- decay * p[i] - step * g[i]   for i <  n_weights   (decay = 1 - eta*lambda/n)
+//   p[i] <-         p[i] - step * g[i]   for i >= n_weights   (biases are not decayed)
+// The buffer holds every weight matrix first, then every bias vector; g is the MEAN gradient over
+// the mini-batch, so step = eta. p, g: (n,) contiguous, distinct.
+// NumPy reference: gpubp.reference.sgd_update.
+// Launch: 1-D grid-stride over n, block 256.
+// Tolerance vs float64, |x - ref| <= atol + rtol*(|decay*p| + |step*g|) (the result may cancel):
+// float32 atol=1e-30 rtol=3e-7; float64 atol=1e-300 rtol=6e-16
+#include "gpubp.cuh"
+
+template <typename T>
+__device__ __forceinline__ void sgd_update(T* __restrict__ p, const T* __restrict__ g, long long n,
+                                           long long n_weights, T decay, T step) {
+    GPUBP_GRID_STRIDE(i, n) {
+        const T keep = i < n_weights ? decay : T(1);
+        p[i] = keep * p[i] - step * g[i];
+    }
+}
+
+GPUBP_EXPORT(sgd_update, sgd_update,
+             (T* __restrict__ p, const T* __restrict__ g, long long n, long long n_weights, T decay, T step),
+             (p, g, n, n_weights, decay, step))

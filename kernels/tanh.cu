@@ -1,0 +1,18 @@
+// tanh: the hyperbolic tangent activation for hidden layers.
+//   bias_tanh:   Z <- tanh(Z + b)
+//   tanh_delta:  G <- G * (1 - a)*(1 + a)      tanh'(z) = 1 - tanh(z)^2, from the stored a = tanh(z);
+//                written as a product, which does not cancel near |a| = 1 as 1 - a*a would
+// NumPy reference: gpubp.reference.bias_tanh, gpubp.reference.tanh_delta.
+// Launch: 1-D grid-stride, block 256 (activation.cuh).
+// Tolerance bias_tanh vs a float64 tanh(Z+b): float32 atol=2e-6 rtol=0; float64 atol=1e-15 rtol=0 (bounded by 1).
+// Tolerance tanh_delta vs float64, |x - ref| <= atol + rtol*|ref|: float32 atol=1e-12 rtol=1e-6; float64 atol=1e-30 rtol=1e-14
+#include "activation.cuh"
+
+struct Tanh {
+    template <typename T>
+    __host__ __device__ static T f(T z) { return gpubp_tanh(z); }
+    template <typename T>
+    __host__ __device__ static T prime_from_output(T a) { return (T(1) - a) * (T(1) + a); }
+};
+
+GPUBP_ACTIVATION(tanh, Tanh)
