@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import sys
 import urllib.error
@@ -64,7 +65,9 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
         raise DataError(f"{name} is truncated inside its header")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_TYPES[code])
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    # Exact integer arithmetic: np.prod would wrap in int64 (2^31 * 2^31 * 4 == 0) and let a
+    # bare header through. Compared before anything is allocated, so a huge header fails fast.
+    expected = header + math.prod(dims) * dtype.itemsize
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "longer than its header says"
         raise DataError(f"{name} is {what}: {len(data)} bytes, expected {expected} for shape {dims}")

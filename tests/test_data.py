@@ -46,6 +46,20 @@ def test_parse_bad_idx_says_what_is_wrong(blob, match):
         D.parse_idx(blob)
 
 
+def test_huge_declared_shape_fails_fast_without_allocating():
+    # 10^12 one-byte elements declared, 8 bytes present: the length check must come first
+    blob = struct.pack(">BBBB3I", 0, 0, 0x08, 3, 10**4, 10**4, 10**4) + bytes(8)
+    with pytest.raises(DataError, match="truncated.*expected 1000000000016"):
+        D.parse_idx(blob, "huge")
+
+
+def test_declared_size_that_overflows_int64_is_not_accepted():
+    # 2^31 * 2^31 * 4 = 2^64 wraps to 0 in int64: a bare header must not pass as an empty array
+    blob = struct.pack(">BBBB3I", 0, 0, 0x08, 3, 2**31, 2**31, 4)
+    with pytest.raises(DataError, match="truncated"):
+        D.parse_idx(blob, "wrapped")
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_random_corruption_raises_only_the_documented_error(data):
