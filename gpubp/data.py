@@ -3,7 +3,9 @@
 Where the four files are looked for: ``data_dir`` (``--data-dir``), else $GPUBP_DATA_DIR, else
 ~/.cache/gpubp/mnist, which is filled by downloading from public mirrors in turn. Each file is
 checked by the MD5 of its *decompressed* bytes, so a re-packed gzip still verifies. Downloads
-go to a temporary file beside the target and are renamed only once verified.
+go to a temporary file beside the target and are renamed only once verified. A cached file that
+is unreadable, damaged or wrong is downloaded again; a user's directory is never written to, so a
+bad file there is an error that names it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,22 @@ MIRRORS = (
 )
 VALIDATION_ROWS = 10_000  # the last 10k training images are Nielsen's validation set
 
+class _Damaged(DataError):
+    """A file that cannot be parsed whole (truncated, not gzip, not IDX), as opposed to an unreadable one."""
+
+
+class _WrongFile(DataError):
+    """A file that parses but is not the official MNIST file (its MD5 differs)."""
+
+
+class _DownloadFailed(DataError):
+    """No mirror gave a verified copy; ``reason`` says why without the advice, for callers that add their own."""
+
+    def __init__(self, name: str, reason: str, advice: str):
+        super().__init__(f"could not download {name}: {reason} ({advice})")
+        self.reason = reason
+
+
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -54,15 +72,15 @@ def cache_root() -> Path:
 def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
     """The array in IDX bytes: checks the magic, the type code, the dimensions and the exact length."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DataError(f"{name} is not an IDX file (bad magic number)")
+        raise _Damaged(f"{name} is not an IDX file (bad magic number)")
     code, ndim = data[2], data[3]
     if code not in _IDX_TYPES:
-        raise DataError(f"{name} has unknown IDX type code 0x{code:02x}")
+        raise _Damaged(f"{name} has unknown IDX type code 0x{code:02x}")
     if ndim == 0:
-        raise DataError(f"{name} declares 0 dimensions")
+        raise _Damaged(f"{name} declares 0 dimensions")
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise DataError(f"{name} is truncated inside its header")
+        raise _Damaged(f"{name} is truncated inside its header")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_TYPES[code])
     # Exact integer arithmetic: np.prod would wrap in int64 (2^31 * 2^31 * 4 == 0) and let a
@@ -70,7 +88,7 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
     expected = header + math.prod(dims) * dtype.itemsize
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "longer than its header says"
-        raise DataError(f"{name} is {what}: {len(data)} bytes, expected {expected} for shape {dims}")
+        raise _Damaged(f"{name} is {what}: {len(data)} bytes, expected {expected} for shape {dims}")
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -78,9 +96,14 @@ def read_bytes(path: Path) -> bytes:
     """The bytes of an IDX file, decompressed if it is gzip."""
     try:
         raw = path.read_bytes()
-        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut-off stream, EOFError
+        raise _Damaged(f"{path} is not a complete gzip file ({e})") from None
 
 
 def md5(data: bytes) -> str:
@@ -126,14 +149,14 @@ def download(name: str, directory: Path, mirrors=None, log=None, timeout: float 
             except _Mismatch as e:
                 mismatches += 1
                 if mismatches >= 2:
-                    raise DataError(f"{name} from {url} failed its MD5 check twice (got {e}); "
-                                    f"the mirror may be corrupt: try again later or pass --data-dir") from None
+                    raise _DownloadFailed(name, f"{url} failed its MD5 check twice (got {e})",
+                                          "the mirror may be corrupt: try again later or pass --data-dir") from None
             except (OSError, urllib.error.URLError, ValueError) as e:  # HTTP errors, drops, timeouts
                 failures.append(f"{url}: {getattr(e, 'reason', None) or e}")
                 log(f"  failed ({failures[-1].split(': ', 1)[1]}); trying the next mirror")
                 break
-    raise DataError(f"could not download {name}: " + "; ".join(failures)
-                    + " (check your connection, or put the four MNIST files in a directory and pass --data-dir)")
+    raise _DownloadFailed(name, "; ".join(failures),
+                          "check your connection, or put the four MNIST files in a directory and pass --data-dir")
 
 
 class _Mismatch(Exception):
@@ -171,21 +194,54 @@ def load_idx_files(data_dir=None, verify=True, log=None) -> dict[str, np.ndarray
     if not may_download and not directory.is_dir():
         raise DataError(f"data directory {directory} does not exist: pass --data-dir with the MNIST files")
     arrays = {}
-    for name, digest in MNIST_FILES.items():
+    for name in MNIST_FILES:
         path = _find(directory, name)
-        data = read_bytes(path) if path else None
-        if verify and path and md5(data) != digest and may_download:
-            path = data = None  # a bad cached copy is replaced
-        if path is None:
-            if not may_download:
-                raise DataError(f"{name}(.gz) not found in {directory}: put the four MNIST files there")
-            path = download(name, directory, log=log)
-            data = read_bytes(path)
-        if verify and md5(data) != digest:
-            raise DataError(f"{path} failed its MD5 check: it is not the official MNIST file "
-                            f"(use --no-verify for other MNIST-format data sets)")
-        arrays[name] = parse_idx(data, str(path))
+        if may_download:
+            arrays[name] = _load_cached(path, name, directory, verify, log)
+        elif path is None:
+            raise DataError(f"{name}(.gz) not found in {directory}: put the four MNIST files there")
+        else:
+            arrays[name] = _load_user_file(path, verify)
     return arrays
+
+
+def _read_checked(path: Path, name: str, verify: bool) -> np.ndarray:
+    """The array in ``path``. Parsed before the MD5 check, so a truncated official file is called
+    damaged rather than "not the official file"."""
+    data = read_bytes(path)
+    array = parse_idx(data, str(path))
+    if verify and md5(data) != MNIST_FILES[name]:
+        raise _WrongFile(f"{path} failed its MD5 check: it is not the official MNIST file")
+    return array
+
+
+def _load_user_file(path: Path, verify: bool) -> np.ndarray:
+    """A file in the user's own directory: never downloaded over, so the error says how to fix it."""
+    name = path.name.removesuffix(".gz")
+    try:
+        return _read_checked(path, name, verify)
+    except _Damaged as e:
+        raise DataError(f"{e}: the file is damaged or truncated; replace it with a good copy") from None
+    except _WrongFile as e:
+        raise DataError(f"{e}: replace it with the official file, or use --no-verify for other "
+                        f"MNIST-format data sets") from None
+
+
+def _load_cached(path: Path | None, name: str, directory: Path, verify: bool, log) -> np.ndarray:
+    """A cached file; a missing, unreadable, damaged or wrong one is replaced by a verified download."""
+    if path is not None:
+        try:
+            return _read_checked(path, name, verify)
+        except DataError as e:
+            problem = f"{e}: the cached file is damaged or truncated" if isinstance(e, _Damaged) else str(e)
+    try:
+        fresh = download(name, directory, log=log)
+    except _DownloadFailed as e:
+        if path is None:
+            raise
+        raise DataError(f"{problem}, and a fresh copy could not be downloaded ({e.reason}): delete it and "
+                        f"run again when a mirror is reachable, or pass --data-dir with the four MNIST files") from None
+    return _read_checked(fresh, name, verify)
 
 
 def load_mnist(data_dir=None, verify=True, log=None) -> dict:

@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import http.server
+import re
 import struct
 import threading
 from pathlib import Path
@@ -263,3 +264,94 @@ def test_real_mnist_split(mnist):
     assert mnist["test"][0].shape == (10_000, 784)
     assert X.dtype == np.float32 and X.min() == 0.0 and X.max() == 1.0
     assert list(y[:5]) == [5, 0, 4, 1, 9] and list(mnist["test"][1][:5]) == [7, 2, 1, 0, 4]
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged files: the download cache heals itself; a user's directory gets a clear message
+# ---------------------------------------------------------------------------------------------
+
+TRAIN_IMAGES = "train-images-idx3-ubyte"
+
+
+@pytest.fixture
+def cache(monkeypatch, tmp_path):
+    """The download cache under tmp_path (no $GPUBP_DATA_DIR), with no mirror reachable by default."""
+    monkeypatch.delenv("GPUBP_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "empty-mirror").mkdir()
+    monkeypatch.setenv("GPUBP_MNIST_MIRRORS", (tmp_path / "empty-mirror").as_uri() + "/")
+    return tmp_path / "xdg" / "gpubp" / "mnist"
+
+
+def file_mirror(files, d: Path) -> str:
+    d.mkdir()
+    for name, blob in files.items():
+        (d / f"{name}.gz").write_bytes(gzip.compress(blob, mtime=0))
+    return d.as_uri() + "/"
+
+
+def fill(d: Path, files, gz=True):
+    d.mkdir(parents=True, exist_ok=True)
+    for name, blob in files.items():
+        if gz:
+            (d / f"{name}.gz").write_bytes(gzip.compress(blob, mtime=0))
+        else:
+            (d / name).write_bytes(blob)
+
+
+def halve(p: Path):
+    b = p.read_bytes()
+    p.write_bytes(b[: len(b) // 2])
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_truncated_gzip_in_the_cache_is_downloaded_again(tiny, cache, tmp_path, monkeypatch, verify):
+    fill(cache, tiny)
+    halve(cache / f"{TRAIN_IMAGES}.gz")
+    monkeypatch.setenv("GPUBP_MNIST_MIRRORS", file_mirror(tiny, tmp_path / "mirror"))
+    d = D.load_mnist(verify=verify, log=lambda m: None)
+    assert d["train"][0].shape == (50, 6)
+    assert D.read_bytes(cache / f"{TRAIN_IMAGES}.gz") == tiny[TRAIN_IMAGES]
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_truncated_idx_in_the_cache_is_downloaded_again(tiny, cache, tmp_path, monkeypatch, verify):
+    fill(cache, tiny, gz=False)
+    halve(cache / TRAIN_IMAGES)
+    monkeypatch.setenv("GPUBP_MNIST_MIRRORS", file_mirror(tiny, tmp_path / "mirror"))
+    assert D.load_mnist(verify=verify, log=lambda m: None)["train"][0].shape == (50, 6)
+    assert D.read_bytes(cache / f"{TRAIN_IMAGES}.gz") == tiny[TRAIN_IMAGES]
+
+
+def test_damaged_cache_file_with_no_mirror_says_delete_it(tiny, cache):
+    fill(cache, tiny)
+    halve(cache / f"{TRAIN_IMAGES}.gz")
+    with pytest.raises(DataError) as e:
+        D.load_mnist(log=lambda m: None)
+    msg = str(e.value)
+    assert str(cache / f"{TRAIN_IMAGES}.gz") in msg and "\n" not in msg
+    assert "truncated" in msg and "delete it" in msg
+    assert (cache / f"{TRAIN_IMAGES}.gz").exists()  # a failed download leaves it for the user to see
+
+
+@pytest.mark.parametrize("gz", [True, False])
+@pytest.mark.parametrize("verify", [True, False])
+def test_damaged_file_in_a_user_directory_says_replace_it(tiny, cache, tmp_path, gz, verify):
+    user = tmp_path / "user"
+    fill(user, tiny, gz=gz)
+    damaged = user / (f"{TRAIN_IMAGES}.gz" if gz else TRAIN_IMAGES)
+    halve(damaged)
+    with pytest.raises(DataError) as e:
+        D.load_mnist(user, verify=verify)
+    msg = str(e.value)
+    assert str(damaged) in msg and "truncated" in msg and "replace it" in msg
+    assert "--no-verify" not in msg  # a truncated official file is not "another data set"
+    assert not cache.exists()  # a user directory never triggers a download
+
+
+def test_wrong_file_in_a_user_directory_names_it_and_both_ways_out(tiny, tmp_path):
+    fill(tmp_path, tiny)
+    bad = tmp_path / f"{NAME}.gz"
+    bad.write_bytes(gzip.compress(tiny[NAME][:-1] + b"\x05"))
+    with pytest.raises(DataError, match=re.escape(str(bad)) + ".*MD5.*replace it.*--no-verify"):
+        D.load_mnist(tmp_path)
