@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import math
 import os
 import sys
-import urllib.error
 import urllib.request
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -125,11 +126,13 @@ def download(name: str, directory: Path, mirrors=None, log=None, timeout: float 
     """Fetch ``name``.gz into ``directory`` from the first mirror that serves a verified copy.
 
     A network failure moves on to the next mirror; a checksum mismatch downloads once more,
-    then fails. Nothing but a verified file is ever left under the final name.
+    then fails; a local write failure (directory, temporary file, disk) fails at once with
+    advice about the cache. Nothing but a verified file is ever left under the final name.
     """
     mirrors = list(mirrors or _mirrors())
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    directory.mkdir(parents=True, exist_ok=True)
+    with _writing(directory):
+        directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{name}.gz"
     failures, mismatches = [], 0
     for mirror in mirrors:
@@ -137,23 +140,16 @@ def download(name: str, directory: Path, mirrors=None, log=None, timeout: float 
         while True:
             log(f"downloading {url}")
             try:
-                with atomic_path(final) as tmp:
-                    _fetch(url, tmp, timeout)
-                    try:
-                        got = md5(read_bytes(tmp))
-                    except DataError as e:  # not gzip, or a truncated one
-                        got = f"unreadable ({e})"
-                    if got != MNIST_FILES[name]:
-                        raise _Mismatch(got)
+                _fetch_verified(url, final, name, timeout)
                 return final
             except _Mismatch as e:
                 mismatches += 1
                 if mismatches >= 2:
                     raise _DownloadFailed(name, f"{url} failed its MD5 check twice (got {e})",
                                           "the mirror may be corrupt: try again later or pass --data-dir") from None
-            except (OSError, urllib.error.URLError, ValueError) as e:  # HTTP errors, drops, timeouts
-                failures.append(f"{url}: {getattr(e, 'reason', None) or e}")
-                log(f"  failed ({failures[-1].split(': ', 1)[1]}); trying the next mirror")
+            except _NetworkError as e:
+                failures.append(f"{url}: {e}")
+                log(f"  failed ({e}); trying the next mirror")
                 break
     raise _DownloadFailed(name, "; ".join(failures),
                           "check your connection, or put the four MNIST files in a directory and pass --data-dir")
@@ -163,15 +159,55 @@ class _Mismatch(Exception):
     """A download that arrived whole but is not the file we asked for."""
 
 
+class _NetworkError(Exception):
+    """A mirror that failed to serve the file. Deliberately not an OSError, so that every OSError
+    escaping a download is a local one (directory, temporary file, disk)."""
+
+
+def _fetch_verified(url: str, final: Path, name: str, timeout: float) -> None:
+    """Download into a temporary file beside ``final``, renamed over it only if its MD5 matches."""
+    with _writing(final.parent), atomic_path(final) as tmp:
+        _fetch(url, tmp, timeout)
+        try:
+            got = md5(read_bytes(tmp))
+        except DataError as e:  # not gzip, or a truncated one
+            got = f"unreadable ({e})"
+        if got != MNIST_FILES[name]:
+            raise _Mismatch(got)
+
+
 def _fetch(url: str, dest: Path, timeout: float) -> None:
     """Stream ``url`` into ``dest``; a connection that drops before Content-Length is an error."""
-    with open(dest, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+    with open(dest, "wb") as out, _from_network(urllib.request.urlopen, url, timeout=timeout) as resp:
         size, total = resp.headers.get("Content-Length"), 0
-        while chunk := resp.read(1 << 20):
+        while chunk := _from_network(resp.read, 1 << 20):
             out.write(chunk)
             total += len(chunk)
-        if size is not None and total != int(size):
-            raise ConnectionError(f"connection dropped after {total} of {size} bytes")
+        if size is not None and size.isdigit() and total != int(size):
+            raise _NetworkError(f"connection dropped after {total} of {size} bytes")
+
+
+def _from_network(call, *args, **kwargs):
+    """call(*args, **kwargs), its failures re-raised as _NetworkError: URLError, HTTPError, timeouts
+    and resets are OSErrors, a bad status line an HTTPException, a malformed URL a ValueError."""
+    try:
+        return call(*args, **kwargs)
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        raise _NetworkError(getattr(e, "reason", None) or e) from None
+
+
+@contextmanager
+def _writing(directory: Path):
+    """An OSError inside is the local file system's (network errors arrive as _NetworkError)."""
+    try:
+        yield
+    except OSError as e:
+        reason = e.strerror or str(e)
+        if isinstance(e, FileExistsError) or (directory.exists() and not directory.is_dir()):
+            reason = f"{directory} is a file, not a directory"
+        raise DataError(f"the download cache {directory} cannot be written ({reason}): set XDG_CACHE_HOME "
+                        f"to a writable directory, or pass --data-dir with a directory holding the four "
+                        f"MNIST files") from None
 
 
 def _mirrors():

@@ -1,9 +1,12 @@
 """IDX parsing, MD5 verification, the download path against a local server, and the Nielsen split."""
 
+import errno
 import gzip
+import os
 import hashlib
 import http.server
 import re
+import socket
 import struct
 import threading
 from pathlib import Path
@@ -14,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpubp import data as D
+from gpubp import fileio
 from gpubp.errors import DataError
 
 
@@ -355,3 +359,113 @@ def test_wrong_file_in_a_user_directory_names_it_and_both_ways_out(tiny, tmp_pat
     bad.write_bytes(gzip.compress(tiny[NAME][:-1] + b"\x05"))
     with pytest.raises(DataError, match=re.escape(str(bad)) + ".*MD5.*replace it.*--no-verify"):
         D.load_mnist(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# A cache that cannot be written is the local disk's fault, not the network's
+# ---------------------------------------------------------------------------------------------
+
+def assert_unwritable(e, directory, reason):
+    msg = str(e.value)
+    assert f"{directory} cannot be written ({reason})" in msg and "\n" not in msg
+    assert "XDG_CACHE_HOME" in msg and "--data-dir" in msg and "connection" not in msg
+
+
+@pytest.fixture
+def mirrored(tiny, cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPUBP_MNIST_MIRRORS", file_mirror(tiny, tmp_path / "mirror"))
+    return cache
+
+
+def _raise(err):
+    def fail(*a, **k):
+        raise OSError(err, os.strerror(err))
+    return fail
+
+
+class _FullDisk:
+    """What open(..., "wb") returns on a disk that fills up at the first write."""
+
+    def __init__(self, *a, **k):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def write(self, chunk):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("where", ["mkdir", "mkstemp", "write", "replace"])
+def test_injected_write_failure_is_a_cache_error_not_a_network_one(mirrored, monkeypatch, where):
+    err = errno.ENOSPC if where == "write" else errno.EROFS
+    if where == "mkdir":
+        monkeypatch.setattr(Path, "mkdir", _raise(err))
+    elif where == "mkstemp":
+        monkeypatch.setattr(fileio.tempfile, "mkstemp", _raise(err))
+    elif where == "write":
+        monkeypatch.setattr(D, "open", _FullDisk, raising=False)  # data.py's open() only
+    else:
+        mirrored.mkdir(parents=True)
+        monkeypatch.setattr(fileio.os, "replace", _raise(err))
+    with pytest.raises(DataError) as e:
+        D.load_mnist(log=lambda m: None)
+    monkeypatch.undo()
+    assert_unwritable(e, mirrored, os.strerror(err))
+    assert [p for p in leftovers(mirrored) if p.endswith(".part")] == []
+
+
+def test_cache_under_a_regular_file_is_a_clear_error(mirrored, tmp_path, monkeypatch):
+    (tmp_path / "not-a-dir").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-dir"))
+    with pytest.raises(DataError) as e:
+        D.load_mnist(log=lambda m: None)
+    assert_unwritable(e, tmp_path / "not-a-dir" / "gpubp" / "mnist", "Not a directory")
+
+
+def test_cache_directory_that_is_a_file_is_a_clear_error(mirrored):
+    mirrored.parent.mkdir(parents=True)
+    mirrored.write_text("")
+    with pytest.raises(DataError) as e:
+        D.load_mnist(log=lambda m: None)
+    assert_unwritable(e, mirrored, f"{mirrored} is a file, not a directory")
+
+
+def test_read_only_existing_cache_is_not_blamed_on_the_network(mirrored, monkeypatch):
+    mirrored.mkdir(parents=True)
+    mirrored.chmod(0o555)
+    try:
+        (mirrored / "probe").touch()  # root ignores the mode bits: simulate what the mode would do
+        (mirrored / "probe").unlink()
+        monkeypatch.setattr(fileio.tempfile, "mkstemp", _raise(errno.EACCES))
+    except PermissionError:
+        pass
+    try:
+        with pytest.raises(DataError) as e:
+            D.load_mnist(log=lambda m: None)
+    finally:
+        mirrored.chmod(0o755)
+    assert_unwritable(e, mirrored, "Permission denied")
+
+
+def test_garbled_http_reply_is_a_network_failure(tiny, tmp_path):
+    # http.client raises BadStatusLine (an HTTPException, not an OSError) for a reply like this one
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def answer():
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    url = f"http://127.0.0.1:{srv.getsockname()[1]}/"
+    with Server(tiny) as good:
+        D.download(NAME, tmp_path, mirrors=[url, good.url], log=lambda m: None)
+    t.join(5)
+    srv.close()
+    assert leftovers(tmp_path) == [f"{NAME}.gz"]
