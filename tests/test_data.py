@@ -2,9 +2,9 @@
 
 import errno
 import gzip
-import os
 import hashlib
 import http.server
+import os
 import re
 import socket
 import struct
