@@ -40,6 +40,7 @@ MIRRORS = (
     "https://yann.lecun.com/exdb/mnist/",
 )
 VALIDATION_ROWS = 10_000  # the last 10k training images are Nielsen's validation set
+N_CLASSES = 10  # digits 0-9; the MNIST-format sets --no-verify is for (Fashion-MNIST, KMNIST) also have 10
 
 class _Damaged(DataError):
     """A file that cannot be parsed whole (truncated, not gzip, not IDX), as opposed to an unreadable one."""
@@ -217,28 +218,50 @@ def _mirrors():
 
 def resolve_dir(data_dir=None) -> tuple[Path, bool]:
     """(directory, may_download): --data-dir, then $GPUBP_DATA_DIR, then the download cache."""
+    directory, origin = _resolve(data_dir)
+    return directory, origin is None
+
+
+def _resolve(data_dir) -> tuple[Path, str | None]:
+    """(directory, where it came from: "--data-dir", "$GPUBP_DATA_DIR", or None for the cache)."""
     if data_dir:
-        return Path(data_dir).expanduser(), False
+        return Path(data_dir).expanduser(), "--data-dir"
     if os.environ.get("GPUBP_DATA_DIR"):
-        return Path(os.environ["GPUBP_DATA_DIR"]).expanduser(), False
-    return cache_root() / "mnist", True
+        return Path(os.environ["GPUBP_DATA_DIR"]).expanduser(), "$GPUBP_DATA_DIR"
+    return cache_root() / "mnist", None
+
+
+def _check_user_dir(directory: Path, origin: str) -> None:
+    """A user-given directory must exist and be one; the advice names the way it was given."""
+    if directory.is_dir():
+        return
+    what = "is a file, not a directory" if directory.exists() else "does not exist"
+    fix = ("pass --data-dir the directory that holds the four MNIST files" if origin == "--data-dir" else
+           "set GPUBP_DATA_DIR to the directory that holds the four MNIST files, or unset it to download them")
+    raise DataError(f"data directory {directory} (from {origin}) {what}: {fix}")
 
 
 def load_idx_files(data_dir=None, verify=True, log=None) -> dict[str, np.ndarray]:
     """{name: array} for the four MNIST IDX files, verified by MD5 unless verify=False."""
-    directory, may_download = resolve_dir(data_dir)
-    if not may_download and not directory.is_dir():
-        raise DataError(f"data directory {directory} does not exist: pass --data-dir with the MNIST files")
-    arrays = {}
+    return {name: array for name, (_, array) in _load_files(data_dir, verify, log).items()}
+
+
+def _load_files(data_dir, verify, log) -> dict[str, tuple[Path, np.ndarray]]:
+    """{name: (path, array)}: the paths are kept so that later checks can name the file."""
+    directory, origin = _resolve(data_dir)
+    if origin is not None:
+        _check_user_dir(directory, origin)
+    files = {}
     for name in MNIST_FILES:
         path = _find(directory, name)
-        if may_download:
-            arrays[name] = _load_cached(path, name, directory, verify, log)
+        if origin is None:
+            path, array = _load_cached(path, name, directory, verify, log)
         elif path is None:
-            raise DataError(f"{name}(.gz) not found in {directory}: put the four MNIST files there")
+            raise DataError(f"{name}(.gz) not found in {directory} (from {origin}): put the four MNIST files there")
         else:
-            arrays[name] = _load_user_file(path, verify)
-    return arrays
+            array = _load_user_file(path, verify)
+        files[name] = (path, array)
+    return files
 
 
 def _read_checked(path: Path, name: str, verify: bool) -> np.ndarray:
@@ -263,11 +286,12 @@ def _load_user_file(path: Path, verify: bool) -> np.ndarray:
                         f"MNIST-format data sets") from None
 
 
-def _load_cached(path: Path | None, name: str, directory: Path, verify: bool, log) -> np.ndarray:
-    """A cached file; a missing, unreadable, damaged or wrong one is replaced by a verified download."""
+def _load_cached(path: Path | None, name: str, directory: Path, verify: bool, log) -> tuple[Path, np.ndarray]:
+    """(path, array) of a cached file; a missing, unreadable, damaged or wrong one is replaced by a
+    verified download."""
     if path is not None:
         try:
-            return _read_checked(path, name, verify)
+            return path, _read_checked(path, name, verify)
         except DataError as e:
             problem = f"{e}: the cached file is damaged or truncated" if isinstance(e, _Damaged) else str(e)
     try:
@@ -277,7 +301,7 @@ def _load_cached(path: Path | None, name: str, directory: Path, verify: bool, lo
             raise
         raise DataError(f"{problem}, and a fresh copy could not be downloaded ({e.reason}): delete it and "
                         f"run again when a mirror is reachable, or pass --data-dir with the four MNIST files") from None
-    return _read_checked(fresh, name, verify)
+    return fresh, _read_checked(fresh, name, verify)
 
 
 def load_mnist(data_dir=None, verify=True, log=None) -> dict:
@@ -286,18 +310,53 @@ def load_mnist(data_dir=None, verify=True, log=None) -> dict:
     X is float32 in [0, 1], shape (m, rows*cols) (784 for MNIST); y is int64 labels.
     verify=False accepts any directory with the same four IDX names (e.g. Fashion-MNIST).
     """
-    a = load_idx_files(data_dir, verify=verify, log=log)
-    sets = {}
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        images, labels = a[f"{prefix}-images-idx3-ubyte"], a[f"{prefix}-labels-idx1-ubyte"]
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise DataError(f"{prefix} files do not pair up: images {images.shape}, labels {labels.shape}")
-        X = images.reshape(len(images), -1).astype(np.float32)
-        X /= np.float32(255.0)
-        sets[split] = (X, labels.astype(np.int64))
+    files = _load_files(data_dir, verify, log)
+    _check_same_image_shape(files["train-images-idx3-ubyte"], files["t10k-images-idx3-ubyte"])
+    sets = {split: _pair(files[f"{prefix}-images-idx3-ubyte"], files[f"{prefix}-labels-idx1-ubyte"])
+            for split, prefix in (("train", "train"), ("test", "t10k"))}
     X, y = sets["train"]
     if len(X) <= VALIDATION_ROWS:
-        raise DataError(f"the training file has {len(X)} images: at least {VALIDATION_ROWS + 1} are needed "
-                        f"to hold out a {VALIDATION_ROWS}-image validation set")
+        raise DataError(f"{files['train-images-idx3-ubyte'][0]} has {len(X)} images: at least {VALIDATION_ROWS + 1} "
+                        f"are needed to hold out a {VALIDATION_ROWS}-image validation set")
     cut = len(X) - VALIDATION_ROWS
     return {"train": (X[:cut], y[:cut]), "validation": (X[cut:], y[cut:]), "test": sets["test"]}
+
+
+# Checks that matter under verify=False, where any MNIST-format file is accepted: each error names
+# the file, since by the time training runs nobody remembers which file a shape came from.
+
+def _pair(image_file: tuple[Path, np.ndarray], label_file: tuple[Path, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(X float32 (m, pixels) in [0, 1], y int64 (m,)) from one images file and its labels file."""
+    (ipath, images), (lpath, labels) = image_file, label_file
+    _check_images(ipath, images)
+    _check_labels(lpath, labels)
+    if len(images) != len(labels):
+        raise DataError(f"{ipath} has {len(images)} images but {lpath} has {len(labels)} labels: "
+                        f"they must pair up one to one")
+    X = images.reshape(len(images), -1).astype(np.float32)
+    X /= np.float32(255.0)
+    return X, labels.astype(np.int64)
+
+
+def _check_images(path: Path, images: np.ndarray) -> None:
+    if images.ndim != 3:
+        raise DataError(f"{path} holds an array of shape {images.shape}: "
+                        f"MNIST-format images are (count, rows, columns)")
+
+
+def _check_labels(path: Path, labels: np.ndarray) -> None:
+    if labels.ndim != 1:
+        raise DataError(f"{path} holds an array of shape {labels.shape}: MNIST-format labels are one-dimensional")
+    bad = np.flatnonzero((labels < 0) | (labels >= N_CLASSES))
+    if bad.size:
+        raise DataError(f"{path} has label {labels[bad[0]]} at index {bad[0]} ({bad.size} out of range in all): "
+                        f"MNIST-format labels are 0 to {N_CLASSES - 1} ({N_CLASSES} classes)")
+
+
+def _check_same_image_shape(train: tuple[Path, np.ndarray], test: tuple[Path, np.ndarray]) -> None:
+    """The network's input width comes from the training images; test images of another shape
+    would otherwise be found only after training, by a failed product."""
+    (tr_path, tr), (te_path, te) = train, test
+    if tr.ndim == te.ndim == 3 and tr.shape[1:] != te.shape[1:]:
+        raise DataError(f"{tr_path} holds {tr.shape[1]}x{tr.shape[2]} images but {te_path} holds "
+                        f"{te.shape[1]}x{te.shape[2]}: the training and test images must have the same shape")

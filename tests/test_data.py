@@ -469,3 +469,86 @@ def test_garbled_http_reply_is_a_network_failure(tiny, tmp_path):
     t.join(5)
     srv.close()
     assert leftovers(tmp_path) == [f"{NAME}.gz"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages that say where the directory came from, and name the file that is wrong
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def user_dir(tiny, tmp_path, monkeypatch):
+    """A --no-verify style directory holding the tiny set; no $GPUBP_DATA_DIR, no mirror."""
+    monkeypatch.delenv("GPUBP_DATA_DIR", raising=False)
+    monkeypatch.setenv("GPUBP_MNIST_MIRRORS", "http://127.0.0.1:9/")
+    d = tmp_path / "user"
+    fill(d, tiny, gz=False)
+    return d
+
+
+def test_data_dir_that_is_a_file_says_so_and_names_the_flag(user_dir):
+    f = user_dir / NAME
+    with pytest.raises(DataError, match=re.escape(f"{f} (from --data-dir) is a file, not a directory")):
+        D.load_mnist(f)
+
+
+def test_gpubp_data_dir_that_is_a_file_names_the_variable(user_dir, monkeypatch):
+    f = user_dir / NAME
+    monkeypatch.setenv("GPUBP_DATA_DIR", str(f))
+    with pytest.raises(DataError) as e:
+        D.load_mnist()
+    msg = str(e.value)
+    assert f"{f} (from $GPUBP_DATA_DIR) is a file, not a directory" in msg and "--data-dir" not in msg
+
+
+def test_missing_gpubp_data_dir_names_the_variable_not_the_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPUBP_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError) as e:
+        D.load_mnist()
+    msg = str(e.value)
+    assert f"{tmp_path / 'nowhere'} (from $GPUBP_DATA_DIR) does not exist" in msg
+    assert "GPUBP_DATA_DIR" in msg.split(":", 1)[1] and "--data-dir" not in msg
+
+
+def test_missing_data_dir_names_the_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPUBP_DATA_DIR", str(tmp_path))  # --data-dir wins over the variable
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'nowhere'} (from --data-dir) does not exist")):
+        D.load_mnist(tmp_path / "nowhere")
+
+
+def test_missing_file_names_the_directory_and_where_it_came_from(user_dir, monkeypatch):
+    (user_dir / NAME).unlink()
+    monkeypatch.setenv("GPUBP_DATA_DIR", str(user_dir))
+    with pytest.raises(DataError, match=re.escape(f"{NAME}(.gz) not found in {user_dir} (from $GPUBP_DATA_DIR)")):
+        D.load_mnist()
+
+
+def write_idx(path: Path, arr, code=0x08):
+    path.write_bytes(idx_bytes(np.asarray(arr), code))
+
+
+def test_label_out_of_range_names_the_file(user_dir, tiny):
+    labels = D.parse_idx(tiny[NAME]).copy()
+    labels[5] = 11
+    write_idx(user_dir / NAME, labels)
+    with pytest.raises(DataError) as e:
+        D.load_mnist(user_dir, verify=False)
+    msg = str(e.value)
+    assert str(user_dir / NAME) in msg and "11" in msg and "index 5" in msg and "0 to 9" in msg
+
+
+def test_images_and_labels_that_do_not_pair_up_name_both_files(user_dir, tiny):
+    write_idx(user_dir / NAME, D.parse_idx(tiny[NAME])[:-1])
+    with pytest.raises(DataError) as e:
+        D.load_mnist(user_dir, verify=False)
+    msg = str(e.value)
+    assert str(user_dir / "t10k-images-idx3-ubyte") in msg and str(user_dir / NAME) in msg
+    assert "30 images" in msg and "29 labels" in msg
+
+
+def test_test_images_of_another_shape_are_caught_at_load_time(user_dir):
+    write_idx(user_dir / "t10k-images-idx3-ubyte", np.zeros((30, 2, 4), np.uint8))
+    with pytest.raises(DataError) as e:
+        D.load_mnist(user_dir, verify=False)
+    msg = str(e.value)
+    assert str(user_dir / "t10k-images-idx3-ubyte") in msg and str(user_dir / TRAIN_IMAGES) in msg
+    assert "2x3" in msg and "2x4" in msg
