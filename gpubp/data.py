@@ -212,8 +212,9 @@ def _writing(directory: Path):
 
 
 def _mirrors():
-    env = os.environ.get("GPUBP_MNIST_MIRRORS")
-    return [m for m in env.split(",") if m.strip()] if env else MIRRORS
+    """$GPUBP_MNIST_MIRRORS (comma-separated; spaces around the commas allowed), else MIRRORS."""
+    env = [m.strip() for m in os.environ.get("GPUBP_MNIST_MIRRORS", "").split(",")]
+    return [m for m in env if m] or MIRRORS
 
 
 def resolve_dir(data_dir=None) -> tuple[Path, bool]:
@@ -339,14 +340,23 @@ def _pair(image_file: tuple[Path, np.ndarray], label_file: tuple[Path, np.ndarra
 
 
 def _check_images(path: Path, images: np.ndarray) -> None:
+    """load_mnist promises X in [0, 1], so pixels must be bytes; an empty set would fail later, far away."""
     if images.ndim != 3:
         raise DataError(f"{path} holds an array of shape {images.shape}: "
                         f"MNIST-format images are (count, rows, columns)")
+    if images.dtype != np.uint8:
+        raise DataError(f"{path} holds {images.dtype} pixels: MNIST-format images are unsigned bytes (IDX type 0x08)")
+    if len(images) == 0:
+        raise DataError(f"{path} holds no images: it needs at least one")
+    if images.shape[1] * images.shape[2] == 0:
+        raise DataError(f"{path} holds images of {images.shape[1]}x{images.shape[2]} pixels: they need at least one")
 
 
 def _check_labels(path: Path, labels: np.ndarray) -> None:
     if labels.ndim != 1:
         raise DataError(f"{path} holds an array of shape {labels.shape}: MNIST-format labels are one-dimensional")
+    if labels.dtype.kind not in "iu":  # a float label would be truncated (3.7 -> 3) or, if NaN, garbage
+        raise DataError(f"{path} holds {labels.dtype} labels: MNIST-format labels are integers (IDX type 0x08)")
     bad = np.flatnonzero((labels < 0) | (labels >= N_CLASSES))
     if bad.size:
         raise DataError(f"{path} has label {labels[bad[0]]} at index {bad[0]} ({bad.size} out of range in all): "

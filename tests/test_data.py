@@ -552,3 +552,35 @@ def test_test_images_of_another_shape_are_caught_at_load_time(user_dir):
     msg = str(e.value)
     assert str(user_dir / "t10k-images-idx3-ubyte") in msg and str(user_dir / TRAIN_IMAGES) in msg
     assert "2x3" in msg and "2x4" in msg
+
+
+# ---------------------------------------------------------------------------------------------
+# Under --no-verify any MNIST-format file is accepted: what load_mnist must still refuse
+# ---------------------------------------------------------------------------------------------
+
+T10K_IMAGES = "t10k-images-idx3-ubyte"
+
+
+@pytest.mark.parametrize("files,match", [
+    ({T10K_IMAGES: (np.zeros((0, 2, 3)), 0x08), NAME: (np.zeros(0), 0x08)}, "holds no images"),
+    ({TRAIN_IMAGES: (np.zeros((10_050, 0, 3)), 0x08), T10K_IMAGES: (np.zeros((30, 0, 3)), 0x08)}, "0x3 pixels"),
+    ({NAME: (np.full(30, 3.5), 0x0D)}, "float32 labels: MNIST-format labels are integers"),
+    ({T10K_IMAGES: (np.full((30, 2, 3), 0.5), 0x0D)}, "float32 pixels: MNIST-format images are unsigned bytes"),
+    ({T10K_IMAGES: (np.full((30, 2, 3), 300), 0x0C)}, "int32 pixels: MNIST-format images are unsigned bytes"),
+])
+def test_inconsistent_no_verify_files_are_refused_naming_the_file(user_dir, files, match):
+    for name, (arr, code) in files.items():
+        write_idx(user_dir / name, arr, code)
+    with pytest.raises(DataError, match=match) as e:
+        D.load_mnist(user_dir, verify=False)
+    assert str(user_dir / next(iter(files))) in str(e.value)
+
+
+def test_mirror_list_tolerates_spaces_and_empty_entries(tiny, tmp_path, monkeypatch):
+    good = file_mirror(tiny, tmp_path / "mirror")
+    monkeypatch.setenv("GPUBP_MNIST_MIRRORS", f" {(tmp_path / 'none').as_uri()}/ , , {good} ")
+    D.download(NAME, tmp_path / "a", log=lambda m: None)
+    monkeypatch.setenv("GPUBP_MNIST_MIRRORS", " , ")  # names no mirror: the built-in list is used
+    monkeypatch.setattr(D, "MIRRORS", (good,))
+    D.download(NAME, tmp_path / "b", log=lambda m: None)
+    assert D.read_bytes(tmp_path / "a" / f"{NAME}.gz") == D.read_bytes(tmp_path / "b" / f"{NAME}.gz") == tiny[NAME]
