@@ -15,6 +15,7 @@ import hashlib
 import http.client
 import math
 import os
+import stat
 import sys
 import urllib.request
 import zlib
@@ -41,6 +42,7 @@ MIRRORS = (
 )
 VALIDATION_ROWS = 10_000  # the last 10k training images are Nielsen's validation set
 N_CLASSES = 10  # digits 0-9; the MNIST-format sets --no-verify is for (Fashion-MNIST, KMNIST) also have 10
+
 
 class _Damaged(DataError):
     """A file that cannot be parsed whole (truncated, not gzip, not IDX), as opposed to an unreadable one."""
@@ -117,10 +119,11 @@ def md5(data: bytes) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def _find(directory: Path, name: str) -> Path | None:
-    for cand in (directory / f"{name}.gz", directory / name):
-        if cand.is_file():
-            return cand
-    return None
+    """``name``.gz or ``name`` in ``directory``. Path.is_file raises on EACCES (before Python 3.14)."""
+    try:
+        return next((c for c in (directory / f"{name}.gz", directory / name) if c.is_file()), None)
+    except OSError as e:
+        raise DataError(f"cannot look for {name} in {directory} ({e.strerror or e}): check its permissions") from None
 
 
 def download(name: str, directory: Path, mirrors=None, log=None, timeout: float = 60.0) -> Path:
@@ -204,7 +207,7 @@ def _writing(directory: Path):
         yield
     except OSError as e:
         reason = e.strerror or str(e)
-        if isinstance(e, FileExistsError) or (directory.exists() and not directory.is_dir()):
+        if isinstance(e, FileExistsError) or (os.path.exists(directory) and not os.path.isdir(directory)):
             reason = f"{directory} is a file, not a directory"
         raise DataError(f"the download cache {directory} cannot be written ({reason}): set XDG_CACHE_HOME "
                         f"to a writable directory, or pass --data-dir with a directory holding the four "
@@ -234,11 +237,16 @@ def _resolve(data_dir) -> tuple[Path, str | None]:
 
 def _check_user_dir(directory: Path, origin: str) -> None:
     """A user-given directory must exist and be one; the advice names the way it was given."""
-    if directory.is_dir():
-        return
-    what = "is a file, not a directory" if directory.exists() else "does not exist"
     fix = ("pass --data-dir the directory that holds the four MNIST files" if origin == "--data-dir" else
            "set GPUBP_DATA_DIR to the directory that holds the four MNIST files, or unset it to download them")
+    try:
+        if stat.S_ISDIR(directory.stat().st_mode):
+            return
+        what = "is a file, not a directory"
+    except (FileNotFoundError, NotADirectoryError):
+        what = "does not exist"
+    except OSError as e:  # EACCES on a parent: Path.is_dir would raise it, os.path.isdir would say "missing"
+        what, fix = f"cannot be read ({e.strerror or e})", "check the permissions of it and its parents"
     raise DataError(f"data directory {directory} (from {origin}) {what}: {fix}")
 
 

@@ -584,3 +584,23 @@ def test_mirror_list_tolerates_spaces_and_empty_entries(tiny, tmp_path, monkeypa
     monkeypatch.setattr(D, "MIRRORS", (good,))
     D.download(NAME, tmp_path / "b", log=lambda m: None)
     assert D.read_bytes(tmp_path / "a" / f"{NAME}.gz") == D.read_bytes(tmp_path / "b" / f"{NAME}.gz") == tiny[NAME]
+
+
+def _stat_denied(monkeypatch, under: str):
+    """os.stat as a non-root user sees it for paths starting with ``under`` (root ignores modes)."""
+    real = os.stat
+
+    def stat(p, *a, **k):
+        if str(p).startswith(under):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(p))
+        return real(p, *a, **k)
+    monkeypatch.setattr(os, "stat", stat)
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_data_dir_that_cannot_be_searched_is_a_one_line_error(user_dir, monkeypatch, inside):
+    _stat_denied(monkeypatch, f"{user_dir}{os.sep}" if inside else str(user_dir))  # its files, or itself too
+    with pytest.raises(DataError) as e:
+        D.load_mnist(user_dir, verify=False)
+    monkeypatch.undo()
+    assert str(user_dir) in str(e.value) and "Permission denied" in str(e.value)
