@@ -13,12 +13,11 @@ from pathlib import Path
 from .activations import ACTIVATIONS
 from .backends import BACKEND_NAMES
 from .costs import COSTS
+from .data import N_CLASSES
 from .errors import GpubpError
 from .fileio import write_json
 from .network import INIT_CHOICES
 from .optimizers import OPTIMIZERS
-
-N_CLASSES = 10
 
 
 class _Parser(argparse.ArgumentParser):

@@ -89,11 +89,15 @@ def test_random_corruption_raises_only_the_documented_error(data):
 @given(st.binary(max_size=64))
 def test_corrupt_gzip_files_raise_data_error(tmp_path_factory, junk):
     p = tmp_path_factory.mktemp("gz") / "x.gz"
-    p.write_bytes(gzip.compress(GOOD)[: len(junk) % 40] + junk)
+    p.write_bytes(gzip.compress(GOOD)[: len(junk) % 40] + junk)  # a cut gzip stream, then junk
+    data = p.read_bytes()
     try:
-        D.parse_idx(D.read_bytes(p), str(p))
-    except DataError:
-        pass
+        arr = D.parse_idx(D.read_bytes(p), str(p))
+    except DataError as e:
+        assert str(p) in str(e)  # the one-line error names the file
+        return
+    # accepted only when the bytes are no gzip at all and happen to be a whole, consistent IDX file
+    assert data[:2] != b"\x1f\x8b" and arr.size * arr.dtype.itemsize + 4 + 4 * arr.ndim == len(data)
 
 
 # ---------------------------------------------------------------------------------------------
