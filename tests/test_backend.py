@@ -137,10 +137,18 @@ def test_counters_count_what_a_block_asks():
                            "graph_launches": 0}
 
 
+@pytest.mark.parametrize("blas", ["numpy's own", "scipy"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layout", ["C", "F"])
-def test_host_gemm_writes_alpha_ab_plus_beta_out_in_place(dtype, layout):
-    """The fused update's product: out <- alpha a b + beta out, for transposed views and both layouts."""
+def test_host_gemm_writes_alpha_ab_plus_beta_out_in_place(dtype, layout, blas, monkeypatch):
+    """The fused update's product: out <- alpha a b + beta out, for transposed views and both layouts,
+    through NumPy's own CBLAS and through SciPy's BLAS where that cannot be found."""
+    from gpubp.backends import hostblas
+
+    if blas == "scipy":
+        monkeypatch.setattr(hostblas, "numpy_cblas", lambda: None)
+    else:
+        assert hostblas.uses_numpy_pool(), "NumPy's CBLAS was not found in this process"
     rng = np.random.default_rng(3)
     a, b = rng.standard_normal((7, 5)), rng.standard_normal((9, 7))
     out0 = rng.standard_normal((5, 9))

@@ -10,13 +10,12 @@ of that name (gpubp.reference); the CuPy and emulated backends launch our CUDA k
 
 from __future__ import annotations
 
-import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import numpy as np
 
-from ..errors import GpubpError
+from . import hostblas
 
 
 @dataclass
@@ -39,7 +38,10 @@ class Backend:
     """What every backend shares: the counters, and the array plumbing over ``xp``.
 
     Capabilities are class attributes, so callers ask rather than probe for methods:
-    ``compiles_kernels`` (our CUDA runs here: CuPy and the emulator).
+    ``compiles_kernels`` (our CUDA runs here: CuPy and the emulator), and
+    ``fused_update_min_weights``: networks with at least this many weights get plain SGD's update
+    folded into the BP4 product (0: always, as on a GPU, where it saves a pass over the parameters
+    and costs nothing; the NumPy backend sets its own threshold).
     """
 
     name = "?"
@@ -47,6 +49,7 @@ class Backend:
     reason = ""  # why this backend was chosen (for "auto")
     device = "CPU"
     compiles_kernels = False
+    fused_update_min_weights = 0
     counts_own_allocs = True  # the CuPy backend counts real pool allocations instead
 
     def __init__(self) -> None:
@@ -103,52 +106,14 @@ class Backend:
     def matmul(self, a, b, out):
         """out <- a @ b (a or b may be transposed views; out is written in place)."""
         self._count("gemms")
+        if self.xp is np and not hostblas.uses_numpy_pool():  # keep every product on one BLAS (hostblas)
+            return hostblas.gemm(a, b, out, 1.0, 0.0)
         return self.xp.matmul(a, b, out=out)
 
     def gemm(self, a, b, out, alpha: float, beta: float) -> None:
         """out <- alpha * (a @ b) + beta * out, in one BLAS call (2-D; a or b may be transposed views)."""
         self._count("gemms")
-        host_gemm(a, b, out, alpha, beta)
+        hostblas.gemm(a, b, out, alpha, beta)
 
     def __repr__(self) -> str:
         return f"<gpubp backend {self.name} on {self.device}>"
-
-
-# ---------------------------------------------------------------------------------------------
-# GEMM with alpha and beta on the host BLAS (SciPy's wrappers: NumPy's matmul has neither)
-# ---------------------------------------------------------------------------------------------
-
-def _fortran(x) -> tuple[object, int]:
-    """(x as a Fortran-ordered operand, transpose flag): an F-contiguous x as it is, a C-contiguous
-    one through its transpose, which is F-contiguous; BLAS reads both without a copy."""
-    if x.flags.f_contiguous:
-        return x, 0
-    if x.flags.c_contiguous:
-        return x.T, 1
-    raise GpubpError(f"gemm operands must be C- or F-contiguous (got strides {x.strides})")
-
-
-def host_gemm(a, b, out, alpha, beta) -> None:
-    """out <- alpha * a @ b + beta * out with SciPy's BLAS, writing ``out`` in place.
-
-    Fortran BLAS computes C <- alpha op(A) op(B) + beta C on column-major arrays; a C-ordered
-    ``out`` is the column-major out^T = alpha b^T a^T + beta out^T, so the operands swap.
-    """
-    if out.flags.c_contiguous:
-        c, x, y = out.T, b.T, a.T
-    elif out.flags.f_contiguous:
-        c, x, y = out, a, b
-    else:
-        raise GpubpError(f"gemm output must be contiguous (got strides {out.strides})")
-    fx, tx = _fortran(x)
-    fy, ty = _fortran(y)
-    r = _blas_gemm(out.dtype)(alpha, fx, fy, beta=beta, c=c, trans_a=tx, trans_b=ty, overwrite_c=1)
-    if r.ctypes.data != c.ctypes.data:  # SciPy copied c (a wrong dtype or layout): the result is not in out
-        raise GpubpError(f"gemm could not write its {out.dtype} output in place")
-
-
-@functools.cache
-def _blas_gemm(dtype):
-    from scipy.linalg import blas
-
-    return blas.sgemm if np.dtype(dtype) == np.float32 else blas.dgemm
