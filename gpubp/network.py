@@ -23,7 +23,13 @@ All weights and biases live in ONE contiguous buffer ``params`` (every W first, 
 ``weights[l]`` and ``biases[l]`` are writable views into it, and the gradients likewise live in
 ``grads``, so an optimizer updates every parameter in one kernel. Plain SGD does not even need
 ``grads``: BP3 and BP4 write the update straight into ``params`` (W <- decay*W - eta*D^T A, one
-GEMM with alpha and beta). Workspaces are made the first time a batch size is seen, so after the
+GEMM with alpha and beta).
+
+Two routes run these equations (``gemm=``): "blas" does every product in the BLAS (cuBLAS on the
+GPU) followed by one fused elementwise kernel; "own" runs our layer kernels (kernels/layer.cuh),
+which do each product with the layer's elementwise work in its epilogue: a forward layer, BP2
+of a layer, BP3+BP4 (+ SGD's update) of a layer, and the output layer's forward with BP1 are one
+launch each, 3L - 1 per step, and nothing from cuBLAS. Workspaces are made the first time a batch size is seen, so after the
 first step a training step allocates nothing, copies nothing and waits for nothing.
 """
 
@@ -34,6 +40,7 @@ import numpy as np
 from . import checkpoint
 from .activations import INITS, get_activation
 from .backends import get_backend
+from .backends.kernel import LAYER_TILES, layer_launch, layer_tile, tiles
 from .costs import get_cost
 from .errors import GpubpError, ModelFileError
 from .optimizers import SGD, Optimizer, make_optimizer
@@ -41,6 +48,7 @@ from .optimizers import SGD, Optimizer, make_optimizer
 EVAL_ROWS = 10_000  # rows per forward pass when evaluating a whole data set
 MAX_PARAMETERS = 1_000_000_000  # 4 GB of float32 for the weights alone; larger is a typo, not a model
 INIT_CHOICES = ("default", *INITS)
+GEMM_ROUTES = ("blas", "own")
 
 
 def count_parameters(sizes) -> int:
@@ -93,10 +101,13 @@ class Network:
         init: "default" (the activation's: network2's N(0, 1/n_in) for sigmoid and tanh, He's
             N(0, 2/n_in) with zero biases for relu), or one of "network2", "large" (network.py's
             N(0, 1)), "he". Biases are N(0, 1) except under "he".
+        gemm: "blas" (default: BLAS products, then fused elementwise kernels) or "own" (our layer
+            kernels, 3L - 1 launches a step; needs the cupy or emulated backend). Training steps
+            take the route; evaluation always runs the forward pass through the BLAS.
     """
 
     def __init__(self, sizes, cost="quadratic", activation="sigmoid", backend=None, dtype="float32",
-                 seed=None, init="default"):
+                 seed=None, init="default", gemm="blas"):
         self.sizes = check_sizes(sizes)
         if init not in INIT_CHOICES:
             raise GpubpError(f"unknown init {init!r}: choose one of {', '.join(INIT_CHOICES)}")
@@ -108,6 +119,7 @@ class Network:
             raise GpubpError(f"dtype {dtype} is not supported: use float32 or float64")
         self.be = get_backend(backend)
         self.xp = self.be.xp
+        self.gemm = self._check_route(gemm)
         self.seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else int(seed)
         if self.seed < 0:
             raise GpubpError(f"seed must be a non-negative integer, got {seed}")
@@ -136,6 +148,17 @@ class Network:
         self._cost_delta = self.be.kernel(self.cost.delta_kernel, self.dtype)
         self.set_params(self._initial_params())
         self._ws: dict[tuple[int, bool], Workspace] = {}
+
+    def _check_route(self, gemm) -> str:
+        if gemm not in GEMM_ROUTES:
+            raise GpubpError(f"unknown gemm route {gemm!r}: choose blas or own")
+        if gemm == "own" and not self.be.compiles_kernels:
+            raise GpubpError(f"gemm='own' runs our CUDA layer kernels, which the {self.be.name} backend does not "
+                             "run: use the cupy or emulated backend, or gemm='blas'")
+        if gemm == "own" and self.cost.output.row_wise and self.sizes[-1] > tiles()["TileOutput"]["BN"]:
+            raise GpubpError(f"gemm='own' fuses softmax into the output layer for up to {tiles()['TileOutput']['BN']} "
+                             f"outputs, not {self.sizes[-1]}: use gemm='blas'")
+        return gemm
 
     def _views(self, flat):
         """Lists of W[l] (n_out, n_in) and b[l] (n_out,) views into one flat buffer."""
@@ -220,11 +243,33 @@ class Network:
         return Y
 
     def workspace(self, m: int, backward: bool = True) -> Workspace:
-        """The workspace for batches of m rows (made on first use)."""
+        """The workspace for batches of m rows (made on first use), with the own route's launches."""
         key = (m, backward)
         if key not in self._ws:
-            self._ws[key] = Workspace(self.be, self.sizes, m, self.dtype, backward)
+            ws = self._ws[key] = Workspace(self.be, self.sizes, m, self.dtype, backward)
+            if backward and self.gemm == "own":
+                ws.own = self._own_launches(m)
         return self._ws[key]
+
+    def _own_launches(self, m: int) -> dict:
+        """The own route's kernels for batches of m rows, each bound to its grid: forward[l] and
+        delta[l] for the hidden layers, update[l] for every layer, and the output layer's."""
+        be, dt = self.be, self.dtype
+
+        def bound(stem, M, N, tile):
+            grid, block = layer_launch(M, N, tile)
+            name = stem + be.kernel_suffix(dt)
+            return lambda *args: be.launch_grid(name, grid, block, 0, *args)
+
+        def tiled(stem, M, N):
+            t = layer_tile(M, N, be.sm_count)
+            return bound(f"{stem}_{t}", M, N, LAYER_TILES[t])
+
+        act, L = self.activation.name, self.L
+        return {"forward": [tiled(f"layer_forward_{act}", m, o) for o, _ in self.shapes[:-1]],
+                "output": bound(f"layer_output_{self.cost.name}", m, self.sizes[-1], "TileOutput"),
+                "delta": [tiled(f"layer_delta_{act}", m, self.sizes[l]) for l in range(1, L)],
+                "update": [tiled("layer_update", o, i) for o, i in self.shapes]}
 
     # -----------------------------------------------------------------------------------------
     # Forward and backward
@@ -248,7 +293,7 @@ class Network:
         be, A, D, m = self.be, ws.A, ws.D, ws.m
         n_out = D[-1].size
         self._cost_delta(n_out, D[-1], A[-1], Y, n_out, 1.0 / m)  # BP1, over m: the mean cost
-        fused = optimizer is not None and optimizer.fused
+        fused = self._fuses(optimizer)
         for l in range(self.L - 1, -1, -1):
             if l > 0:  # BP2 before this layer's update, which changes W[l]
                 be.matmul(D[l], self.weights[l], out=D[l - 1])  # delta W ...
@@ -262,13 +307,49 @@ class Network:
         if optimizer is not None and not fused:
             optimizer.update()
 
+    def _own_pass(self, X, Y, ws, optimizer=None) -> None:
+        """The own route: the same equations in our layer kernels, 3L - 1 launches (+1 for an
+        optimizer with state), no cuBLAS: forward layers, then the output layer's forward with BP1,
+        then per layer from the top BP2 (before this layer's update changes W[l]) and BP3+BP4,
+        into ``grads`` or, for plain SGD, as the update itself."""
+        k, A, D, m = ws.own, ws.A, ws.D, ws.m
+        A[0] = X
+        for l in range(self.L - 1):
+            k["forward"][l](A[l + 1], A[l], self.weights[l], self.biases[l], m, self.sizes[l], self.sizes[l + 1])
+        L = self.L
+        k["output"](A[L], D[L - 1], A[L - 1], self.weights[L - 1], self.biases[L - 1], Y, m, self.sizes[L - 1],
+                    self.sizes[L], 1.0 / m)
+        fused = self._fuses(optimizer)
+        for l in range(L - 1, -1, -1):
+            n_out, n_in = self.shapes[l]
+            if l > 0:
+                k["delta"][l - 1](D[l - 1], D[l], self.weights[l], A[l], m, n_out, n_in)
+            if fused:
+                k["update"][l](self.weights[l], self.biases[l], D[l], A[l], m, n_out, n_in,
+                               -optimizer.eta, optimizer.decay, 1.0)
+            else:
+                k["update"][l](self.grad_weights[l], self.grad_biases[l], D[l], A[l], m, n_out, n_in, 1.0, 0.0, 0.0)
+        if optimizer is not None and not fused:
+            optimizer.update()
+
+    def _train_pass(self, X, Y, optimizer=None) -> None:
+        """Forward and BP1-BP4 (and the update, given an optimizer) on the network's route."""
+        ws = self.workspace(X.shape[0])
+        if self.gemm == "own":
+            self._own_pass(X, Y, ws, optimizer)
+        else:
+            self._forward(X, ws)
+            self._backward(Y, ws, optimizer)
+
+    def _fuses(self, optimizer) -> bool:
+        """Whether this step folds the optimizer's update into BP3/BP4 (plain SGD, where it pays)."""
+        return optimizer is not None and optimizer.fused and self.n_weights >= self.be.fused_update_min_weights
+
     def step(self, X, Y, optimizer: Optimizer) -> None:
         """One training step on device arrays X (m, n_0) and one-hot Y (m, n_L): forward, BP1-BP4 and
         the optimizer's update of every parameter. After a batch size's first step, nothing is
         allocated, copied or synchronized (gpubp.training gives it slices of the device data)."""
-        ws = self.workspace(X.shape[0])
-        self._forward(X, ws)
-        self._backward(Y, ws, optimizer.bind(self))
+        self._train_pass(X, Y, optimizer.bind(self))
 
     def feedforward(self, X):
         """The network's output for X (m, n_0): a new device array (m, n_L)."""
@@ -283,9 +364,7 @@ class Network:
         """
         X = self.to_device(X)
         Y = self.targets(Y, X.shape[0])
-        ws = self.workspace(X.shape[0])
-        self._forward(X, ws)
-        self._backward(Y, ws)
+        self._train_pass(X, Y)
         return [g.copy() for g in self.grad_biases], [g.copy() for g in self.grad_weights]
 
     def update_mini_batch(self, X, Y, eta, lmbda=0.0, n=None) -> None:
@@ -353,7 +432,7 @@ class Network:
     def config(self) -> dict:
         """What rebuilds this network (with ``Network(**config)``), as JSON-ready values."""
         return {"sizes": list(self.sizes), "cost": self.cost.name, "activation": self.activation.name,
-                "dtype": self.dtype.name, "seed": self.seed, "init": self.init}
+                "dtype": self.dtype.name, "seed": self.seed, "init": self.init, "gemm": self.gemm}
 
     def save(self, path) -> None:
         """Write the model, its optimizer's state and its training progress to ``path`` (.npz, no
@@ -397,4 +476,4 @@ class Network:
 
     def __repr__(self) -> str:
         return (f"Network({self.sizes}, cost={self.cost.name!r}, activation={self.activation.name!r}, "
-                f"dtype={self.dtype.name!r}, backend={self.be.name!r})")
+                f"dtype={self.dtype.name!r}, backend={self.be.name!r}, gemm={self.gemm!r})")

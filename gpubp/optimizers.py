@@ -159,14 +159,14 @@ class Adam(Optimizer):
     def bind(self, net) -> Optimizer:
         fresh = self.net is None
         super().bind(net)
-        if fresh:  # t: steps taken so far; done: the kernel's count of finished blocks (0 between launches)
-            self.state["t"] = net.be.zeros((1,), np.int64)
+        if fresh:  # steps taken so far (on the device), and the kernel's count of finished blocks
+            self.state["steps"] = net.be.zeros((1,), np.int64)
             self.done = net.be.zeros((1,), np.uint32)
         return self
 
     def update(self) -> None:
         net, s = self.net, self.state
-        self._kernel(net.n_params, net.params, net.grads, s["m"], s["v"], s["t"], self.done, net.n_params,
+        self._kernel(net.n_params, net.params, net.grads, s["m"], s["v"], s["steps"], self.done, net.n_params,
                      net.n_weights, self.eta, self.beta1, self.beta2, self.eps, self.decay)
 
 

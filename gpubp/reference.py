@@ -102,6 +102,72 @@ relu_delta = _delta_kernel(relu_prime_from_output, "relu")
 
 
 # ---------------------------------------------------------------------------------------------
+# The own route's layer kernels: a product with the layer's elementwise work after it
+# (kernels: layer.cuh via activation.cuh, quadratic.cu, difference_delta.cu, layer_update.cu).
+# The tile (_s, _l) changes how a GPU computes the product, not what it is.
+# ---------------------------------------------------------------------------------------------
+
+def _layer_forward_kernel(f, name, tile):
+    def layer_forward(A_out, A_in, W, b, m, n_in, n_out):
+        np.matmul(A_in, W.T, out=A_out)
+        np.add(A_out, b, out=A_out)
+        f(A_out, out=A_out)
+
+    layer_forward.__name__ = layer_forward.__qualname__ = f"layer_forward_{name}_{tile}"
+    layer_forward.__doc__ = f"A_out (m, n_out) <- {name}(A_in (m, n_in) W^T + b)."
+    return layer_forward
+
+
+def _layer_delta_kernel(prime, name, tile):
+    def layer_delta(D_prev, D, W, A_prev, m, n_out, n_in, *, scratch=None):
+        np.matmul(D, W, out=D_prev)
+        D_prev *= prime(A_prev, out=_buffer(scratch, A_prev))
+
+    layer_delta.__name__ = layer_delta.__qualname__ = f"layer_delta_{name}_{tile}"
+    layer_delta.__doc__ = f"D_prev (m, n_in) <- (D (m, n_out) W) * {name}'(z) from A_prev (BP2)."
+    return layer_delta
+
+
+for _name, _f, _prime in (("sigmoid", sigmoid, sigmoid_prime_from_output), ("tanh", tanh, tanh_prime_from_output),
+                          ("relu", relu, relu_prime_from_output)):
+    for _tile in ("s", "l"):
+        globals()[f"layer_forward_{_name}_{_tile}"] = _layer_forward_kernel(_f, _name, _tile)
+        globals()[f"layer_delta_{_name}_{_tile}"] = _layer_delta_kernel(_prime, _name, _tile)
+
+
+def layer_update_s(W, b, D, A_in, m, n_out, n_in, alpha, beta, beta_b):
+    """W (n_out, n_in) <- beta W + alpha D^T A_in;  b <- beta_b b + alpha sum_rows D. beta = 0 does not
+    read the old W (nor beta_b = 0 the old b), so poisoned buffers are overwritten."""
+    product = D.T @ A_in
+    if beta == 0:
+        np.multiply(product, alpha, out=W)
+    else:
+        W *= beta
+        W += alpha * product
+    column_sums = D.sum(axis=0)
+    if beta_b == 0:
+        np.multiply(column_sums, alpha, out=b)
+    else:
+        b *= beta_b
+        b += alpha * column_sums
+
+
+layer_update_l = layer_update_s
+
+
+def _layer_output_kernel(f, delta, name):
+    def layer_output(A_out, D, A_in, W, b, Y, m, n_in, n_out, scale):
+        np.matmul(A_in, W.T, out=A_out)
+        np.add(A_out, b, out=A_out)
+        f(A_out, out=A_out)
+        delta(D, A_out, Y, A_out.size, scale)
+
+    layer_output.__name__ = layer_output.__qualname__ = f"layer_output_{name}"
+    layer_output.__doc__ = f"The {name} output layer: A_out <- f(A_in W^T + b), then D <- scale * delta^L(A_out, Y)."
+    return layer_output
+
+
+# ---------------------------------------------------------------------------------------------
 # Output errors delta^L (BP1), times scale = 1/m  (kernels: quadratic.cu, difference_delta.cu)
 # ---------------------------------------------------------------------------------------------
 
@@ -116,6 +182,11 @@ def difference_delta(D, A, Y, n, scale):
     """D <- scale * (A - Y): cross-entropy with sigmoid outputs, log-likelihood with softmax outputs."""
     np.subtract(A, Y, out=D)
     D *= scale
+
+
+layer_output_quadratic = _layer_output_kernel(sigmoid, quadratic_delta, "quadratic")
+layer_output_cross_entropy = _layer_output_kernel(sigmoid, difference_delta, "cross_entropy")
+layer_output_log_likelihood = _layer_output_kernel(softmax, difference_delta, "log_likelihood")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,12 +211,12 @@ def momentum_update(p, g, v, n, n_weights, eta, mu, l2, *, scratch=None):
     p += v
 
 
-def adam_update(p, g, m, v, t, done, n, n_weights, eta, beta1, beta2, eps, decay, *, scratch=None):
-    """Adam with decoupled weight decay, step number t[0] + 1 (t then counts it; ``done`` is the
-    kernel's block counter and stays 0):  m <- b1*m + (1-b1)*g;  v <- b2*v + (1-b2)*g^2;
+def adam_update(p, g, m, v, steps, done, n, n_weights, eta, beta1, beta2, eps, decay, *, scratch=None):
+    """Adam with decoupled weight decay, step number t = steps[0] + 1 (steps then counts it; ``done``
+    is the kernel's block counter and stays 0):  m <- b1*m + (1-b1)*g;  v <- b2*v + (1-b2)*g^2;
     p[:nw] <- decay*p[:nw];  p <- p - eta * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps).
     One work buffer, so a step makes no parameter-sized temporary."""
-    step = int(t[0]) + 1
+    step = int(steps[0]) + 1
     w = np.empty_like(g) if scratch is None else scratch(g.shape, g.dtype)
     m *= beta1
     m += np.multiply(g, 1 - beta1, out=w)
@@ -162,7 +233,7 @@ def adam_update(p, g, m, v, t, done, n, n_weights, eta, beta1, beta2, eps, decay
     if decay != 1:
         p[:n_weights] *= decay
     p -= w
-    t[0] = step
+    steps[0] = step
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,10 +4,12 @@
 // says GPUBP_ACTIVATION(name, Functor), which exports:
 //   bias_<name>:   Z[r, j] <- f(Z[r, j] + b[j])     Z: (rows, cols) = A W^T from the GEMM, b: (cols,)
 //   <name>_delta:  G[i] <- G[i] * f'(z_i) from a_i  G = delta W from the GEMM (BP2), A = a^l
-// Launch (both): 1-D grid-stride over rows*cols (or n), block 256.
+//   layer_forward_<name>_{s,l}, layer_delta_<name>_{s,l}: the own route's forward and BP2 (layer.cuh).
+// Launch (bias_, _delta): 1-D grid-stride over rows*cols (or n), block 256.
 #ifndef GPUBP_ACTIVATION_CUH
 #define GPUBP_ACTIVATION_CUH
 #include "gpubp.cuh"
+#include "layer.cuh"
 
 template <typename Act, typename T>
 __device__ __forceinline__ void bias_act(T* __restrict__ Z, const T* __restrict__ b, long long rows,
@@ -25,6 +27,7 @@ __device__ __forceinline__ void act_delta(T* __restrict__ G, const T* __restrict
                  (T* __restrict__ Z, const T* __restrict__ b, long long rows, long long cols),   \
                  (Z, b, rows, cols))                                                              \
     GPUBP_EXPORT(NAME##_delta, (act_delta<ACT, T>),                                               \
-                 (T* __restrict__ G, const T* __restrict__ A, long long n), (G, A, n))
+                 (T* __restrict__ G, const T* __restrict__ A, long long n), (G, A, n))          \
+    GPUBP_LAYER_KERNELS(NAME, ACT)
 
 #endif  // GPUBP_ACTIVATION_CUH

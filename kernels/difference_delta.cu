@@ -3,10 +3,17 @@
 //   cross-entropy with sigmoid outputs (Nielsen ch. 3, eq. 66), and
 //   log-likelihood with softmax outputs (Nielsen ch. 3, eq. 84).
 //   D[i] <- scale * (A[i] - Y[i])        A, Y, D: (rows, n_out) C-contiguous, n = rows*n_out.
-// NumPy reference: gpubp.reference.difference_delta.
-// Launch: 1-D grid-stride over n, block 256.
+//   layer_output_cross_entropy, layer_output_log_likelihood: the own route's output layers, the
+//   forward (sigmoid, or softmax from the row held in shared memory) and D in one launch (layer.cuh).
+// NumPy reference: gpubp.reference.difference_delta, gpubp.reference.layer_output_cross_entropy,
+// gpubp.reference.layer_output_log_likelihood.
+// Launch: the delta 1-D grid-stride over n, block 256; layer_output_ a 2-D grid of 256-thread blocks, one per
+// TileOutput tile (layer.cuh).
 // Tolerance vs float64, |x - ref| <= atol + rtol*|ref|: float32 atol=1e-12 rtol=1e-6; float64 atol=1e-30 rtol=1e-14
+// Tolerance layer_output_*: A_out and D/scale vs float64, |x - ref| <= atol + rtol*S with S = sum_k |a_k w_k| + |b|
+// (sigma' and the softmax's derivative are at most 1/2): float32 atol=1e-6 rtol=1e-5; float64 atol=1e-15 rtol=2e-14
 #include "gpubp.cuh"
+#include "layer.cuh"
 
 template <typename T>
 __device__ __forceinline__ void difference_delta(T* __restrict__ D, const T* __restrict__ A,
@@ -17,3 +24,6 @@ __device__ __forceinline__ void difference_delta(T* __restrict__ D, const T* __r
 GPUBP_EXPORT(difference_delta, difference_delta,
              (T* __restrict__ D, const T* __restrict__ A, const T* __restrict__ Y, long long n, T scale),
              (D, A, Y, n, scale))
+
+GPUBP_OUTPUT_KERNEL(cross_entropy, Sigmoid, DifferenceDelta)
+GPUBP_OUTPUT_KERNEL(log_likelihood, Softmax, DifferenceDelta)

@@ -28,6 +28,16 @@ __host__ __device__ __forceinline__ T gpubp_sigmoid_prime_from_a(T a) {
     return a * (T(1) - a);
 }
 
+// The sigmoid activation as a functor (activation.cuh, layer.cuh): every hidden-layer
+// activation and the output layers' have f(z) and f'(z) from the stored output a = f(z).
+struct Sigmoid {
+    static constexpr bool row_wise = false;
+    template <typename T>
+    __host__ __device__ static T f(T z) { return gpubp_sigmoid(z); }
+    template <typename T>
+    __host__ __device__ static T prime_from_output(T a) { return gpubp_sigmoid_prime_from_a(a); }
+};
+
 // 64-bit grid-stride loop: any grid covers any n, and n may exceed 2^31.
 #define GPUBP_GRID_STRIDE(i, n)                                                  \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \

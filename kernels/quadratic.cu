@@ -2,10 +2,16 @@
 // outputs (BP1), times `scale` (= 1/m, so every gradient built from it is that of the MEAN cost).
 //   D[i] <- scale * (A[i] - Y[i]) * A[i] * (1 - A[i])      (a - y) (.) sigma'(z^L), sigma' from a
 // A, Y, D: (rows, n_out) C-contiguous, n = rows*n_out elements. D may not alias A or Y.
-// NumPy reference: gpubp.reference.quadratic_delta.
-// Launch: 1-D grid-stride over n, block 256.
+//   layer_output_quadratic: the own route's output layer, A = sigma(A_in W^T + b) and D as above,
+//   in one launch (layer.cuh, TileOutput).
+// NumPy reference: gpubp.reference.quadratic_delta, gpubp.reference.layer_output_quadratic.
+// Launch: the delta 1-D grid-stride over n, block 256; layer_output_ a 2-D grid of 256-thread blocks, one per
+// TileOutput tile (layer.cuh).
 // Tolerance vs float64, |x - ref| <= atol + rtol*|ref|: float32 atol=1e-12 rtol=1e-6; float64 atol=1e-30 rtol=1e-14
+// Tolerance layer_output_*: A_out and D/scale vs float64, |x - ref| <= atol + rtol*S with S = sum_k |a_k w_k| + |b|
+// (sigma' and the softmax's derivative are at most 1/2): float32 atol=1e-6 rtol=1e-5; float64 atol=1e-15 rtol=2e-14
 #include "gpubp.cuh"
+#include "layer.cuh"
 
 template <typename T>
 __device__ __forceinline__ void quadratic_delta(T* __restrict__ D, const T* __restrict__ A,
@@ -16,3 +22,5 @@ __device__ __forceinline__ void quadratic_delta(T* __restrict__ D, const T* __re
 GPUBP_EXPORT(quadratic_delta, quadratic_delta,
              (T* __restrict__ D, const T* __restrict__ A, const T* __restrict__ Y, long long n, T scale),
              (D, A, Y, n, scale))
+
+GPUBP_OUTPUT_KERNEL(quadratic, Sigmoid, QuadraticDelta)

@@ -1,11 +1,15 @@
 // relu: the rectified linear activation for hidden layers (He initialisation by default).
 //   bias_relu:   Z <- max(Z + b, 0)             a NaN stays NaN, so divergence is still seen
 //   relu_delta:  G <- G * (a > 0 ? 1 : 0)      relu'(z) from the stored a = max(z, 0); 0 at z = 0
-// NumPy reference: gpubp.reference.bias_relu, gpubp.reference.relu_delta.
-// Launch: 1-D grid-stride, block 256 (activation.cuh).
+// NumPy reference: gpubp.reference.layer_forward_*, gpubp.reference.layer_delta_*, gpubp.reference.bias_relu, gpubp.reference.relu_delta.
+// Launch: bias_ and _delta 1-D grid-stride, block 256; layer_forward_/layer_delta_ _s and _l a 2-D grid of
+// 256-thread blocks, one per TileSmall or TileLarge tile (layer.cuh).
 // Tolerance bias_relu vs a float64 max(Z+b, 0), |x - ref| <= atol + rtol*|ref|: float32 atol=1e-30 rtol=6e-8; float64 atol=1e-300 rtol=1.2e-16
 // (one rounding, of the sum).
 // Tolerance relu_delta: float32 atol=0 rtol=0; float64 atol=0 rtol=0 (a product by 1 or 0 is exact)
+// Tolerance layer_*: vs float64, |x - ref| <= atol + rtol*S with S = sum_k |a_k w_k| + |b| of the element's
+// product (the accumulation error grows with it; the activation adds atol): float32 atol=1e-6 rtol=1e-5;
+// float64 atol=1e-15 rtol=2e-14
 #include "activation.cuh"
 
 struct Relu {

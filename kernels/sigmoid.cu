@@ -2,18 +2,16 @@
 // output layer of the quadratic and cross-entropy costs).
 //   bias_sigmoid:   Z <- sigma(Z + b)          sigma(z) = 0.5 + 0.5*tanh(z/2) (gpubp.cuh)
 //   sigmoid_delta:  G <- G * a*(1-a)           sigma'(z) from the stored a = sigma(z)
-// NumPy reference: gpubp.reference.bias_sigmoid, gpubp.reference.sigmoid_delta.
-// Launch: 1-D grid-stride, block 256 (activation.cuh).
+// NumPy reference: gpubp.reference.layer_forward_*, gpubp.reference.layer_delta_*, gpubp.reference.bias_sigmoid, gpubp.reference.sigmoid_delta.
+// Launch: bias_ and _delta 1-D grid-stride, block 256; layer_forward_/layer_delta_ _s and _l a 2-D grid of
+// 256-thread blocks, one per TileSmall or TileLarge tile (layer.cuh).
 // Tolerance bias_sigmoid vs a float64 1/(1+exp(-(Z+b))): float32 atol=1e-6 rtol=0; float64 atol=1e-15 rtol=0
 // (sigma is bounded, so its error is absolute).
 // Tolerance sigmoid_delta vs float64, |x - ref| <= atol + rtol*|ref|: float32 atol=1e-12 rtol=1e-6; float64 atol=1e-30 rtol=1e-14
+// Tolerance layer_*: vs float64, |x - ref| <= atol + rtol*S with S = sum_k |a_k w_k| + |b| of the element's
+// product (the accumulation error grows with it; the activation adds atol): float32 atol=1e-6 rtol=1e-5;
+// float64 atol=1e-15 rtol=2e-14
 #include "activation.cuh"
 
-struct Sigmoid {
-    template <typename T>
-    __host__ __device__ static T f(T z) { return gpubp_sigmoid(z); }
-    template <typename T>
-    __host__ __device__ static T prime_from_output(T a) { return gpubp_sigmoid_prime_from_a(a); }
-};
-
+// The functor Sigmoid is in gpubp.cuh: the output layers of two costs use it too.
 GPUBP_ACTIVATION(sigmoid, Sigmoid)

@@ -2,10 +2,14 @@
 //   bias_tanh:   Z <- tanh(Z + b)
 //   tanh_delta:  G <- G * (1 - a)*(1 + a)      tanh'(z) = 1 - tanh(z)^2, from the stored a = tanh(z);
 //                written as a product, which does not cancel near |a| = 1 as 1 - a*a would
-// NumPy reference: gpubp.reference.bias_tanh, gpubp.reference.tanh_delta.
-// Launch: 1-D grid-stride, block 256 (activation.cuh).
+// NumPy reference: gpubp.reference.layer_forward_*, gpubp.reference.layer_delta_*, gpubp.reference.bias_tanh, gpubp.reference.tanh_delta.
+// Launch: bias_ and _delta 1-D grid-stride, block 256; layer_forward_/layer_delta_ _s and _l a 2-D grid of
+// 256-thread blocks, one per TileSmall or TileLarge tile (layer.cuh).
 // Tolerance bias_tanh vs a float64 tanh(Z+b): float32 atol=2e-6 rtol=0; float64 atol=1e-15 rtol=0 (bounded by 1).
 // Tolerance tanh_delta vs float64, |x - ref| <= atol + rtol*|ref|: float32 atol=1e-12 rtol=1e-6; float64 atol=1e-30 rtol=1e-14
+// Tolerance layer_*: vs float64, |x - ref| <= atol + rtol*S with S = sum_k |a_k w_k| + |b| of the element's
+// product (the accumulation error grows with it; the activation adds atol): float32 atol=1e-6 rtol=1e-5;
+// float64 atol=1e-15 rtol=2e-14
 #include "activation.cuh"
 
 struct Tanh {

@@ -15,6 +15,7 @@ The NumPy reference of every kernel is in gpubp.reference, under the kernel's na
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import re
 import time
@@ -176,12 +177,19 @@ def signatures() -> dict[str, tuple[str, tuple[Param, ...]]]:
 
 def tolerance(file: str, dtype, kernel: str | None = None) -> tuple[float, float]:
     """(atol, rtol) that ``file``'s header promises for ``dtype`` against a float64 reference: the
-    line ``Tolerance <kernel> ...`` when the file states one per kernel, else its ``Tolerance`` line."""
+    statement ``Tolerance <kernel or pattern> ...`` that names the kernel (``layer_*`` names a
+    family), else the file's unnamed ``Tolerance ...`` statement."""
     name = np.dtype(dtype).name
     header = (kernel_dir() / file).read_text().split("#include")[0]
-    statements = re.split(r"(?m)^// Tolerance", header)[1:]  # each runs on until the next one
-    own = [s for s in statements if kernel and s.startswith(f" {kernel} ")]
-    for s in own or statements:
+    named, unnamed = [], []
+    for s in re.split(r"(?m)^// Tolerance", header)[1:]:  # each statement runs on until the next one
+        m = re.match(r" ([\w*]+)[ :]", s)
+        if m and m.group(1) != "vs":
+            if kernel and fnmatch.fnmatchcase(kernel, m.group(1)):
+                named.append(s)
+        else:
+            unnamed.append(s)
+    for s in named or unnamed:
         m = re.search(rf"{name} atol=(\S+?) rtol=(\S+?)(?:[;\s]|$)", s)
         if m:
             return float(m.group(1)), float(m.group(2))
@@ -199,6 +207,35 @@ def suffix(dtype) -> str:
 def grid_size(n: int, sm_count: int) -> int:
     """Blocks for n threads: ceil(n / BLOCK), capped at BLOCKS_PER_SM * sm_count (grid-stride loops)."""
     return max(1, min(-(-n // BLOCK), BLOCKS_PER_SM * sm_count))
+
+
+@functools.cache
+def tiles() -> dict[str, dict[str, int]]:
+    """The layer kernels' tile shapes, read from kernels/layer.cuh: {"TileSmall": {"BM": 16, ...}, ...}."""
+    text = (kernel_dir() / "layer.cuh").read_text()
+    found = {name: dict((k, int(v)) for k, v in re.findall(r"(\w+) = (\d+)", body))
+             for name, body in re.findall(r"struct (Tile\w+) \{\s*static constexpr int ([^;]+);", text)}
+    if not {"TileSmall", "TileLarge", "TileOutput"} <= found.keys():
+        raise GpubpError("kernels/layer.cuh does not define TileSmall, TileLarge and TileOutput")
+    return found
+
+
+def layer_launch(M: int, N: int, tile: str) -> tuple[tuple, tuple]:
+    """(grid, block) of a layer kernel computing an M x N product with ``tile``: a block per tile."""
+    t = tiles()[tile]
+    threads = (t["BM"] // t["TM"]) * (t["BN"] // t["TN"])
+    return (-(-N // t["BN"]), -(-M // t["BM"]), 1), (threads, 1, 1)
+
+
+LAYER_TILES = {"s": "TileSmall", "l": "TileLarge"}  # the kernels' name suffix -> the tile in layer.cuh
+
+
+def layer_tile(M: int, N: int, sm_count: int) -> str:
+    """"l" (TileLarge) when its tiles still give every SM two blocks, else "s" (TileSmall): a wide
+    product wants big tiles for reuse, a skinny one wants many blocks."""
+    big = tiles()["TileLarge"]
+    blocks = -(-M // big["BM"]) * -(-N // big["BN"])
+    return "l" if blocks >= 2 * sm_count else "s"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +264,10 @@ class KernelBackend(Backend):
             self.load_kernel(file, name)
         self.synchronize()
         return time.perf_counter() - t0
+
+    @staticmethod
+    def kernel_suffix(dtype) -> str:
+        return suffix(dtype)
 
     def kernel(self, stem: str, dtype):
         """The launcher of kernel ``stem`` for ``dtype``: ``k(n, *args)`` runs it over n work items."""
