@@ -56,8 +56,8 @@ class CupyBackend(K.KernelBackend, Backend):
             fn = self._functions[name] = mod.get_function(name)
         return fn
 
-    def _run(self, file, name, grid, block, args) -> None:
-        self._function(file, name)((grid,), (block,), args)
+    def _run(self, file, name, grid, block, args, shared_mem=0) -> None:
+        self._function(file, name)(grid, block, args, shared_mem=shared_mem)
 
 
 class _PoolAllocations:

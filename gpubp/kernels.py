@@ -75,6 +75,11 @@ _KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)
 _PARAM_RE = re.compile(r"^(?:const\s+)?(float|double|int|long long)\s*(\*)?\s*(?:__restrict__\s+)?(\w+)$")
 
 
+def kernel_names(code: str) -> list[str]:
+    """The names of the ``extern "C" __global__`` functions in ``code``, in order."""
+    return [name for name, _ in _KERNEL_RE.findall(code)]
+
+
 def parse_signatures(code: str) -> dict[str, tuple[Param, ...]]:
     """{kernel name: parameters} for every ``extern "C" __global__`` function in ``code``."""
     out = {}
@@ -195,8 +200,9 @@ class KernelBackend:
     """Mixin for backends that run our kernels. Subclasses set ``xp``, ``sm_count`` and ``_run``.
 
     ``_function(file, name)`` compiles or loads one kernel and ``_run(file, name, grid, block,
-    args)`` executes one launch: CuPy through RawModule, the emulator through the host-compiled
-    source. Everything before them is shared.
+    args, shared_mem)`` executes one launch (grid and block are (x, y, z) tuples, shared_mem the
+    dynamic shared-memory bytes per block): CuPy through RawModule, the emulator through the
+    host-compiled source. Everything before them is shared.
     """
 
     sm_count = 1
@@ -211,16 +217,20 @@ class KernelBackend:
 
     def launch(self, name: str, n: int, *args) -> None:
         """Launch kernel ``name`` over ``n`` threads' worth of work, after checking ``args``."""
+        file, packed = self._checked(name, args)
+        if n <= 0:
+            return
+        self._count("launches")
+        self._run(file, name, (grid_size(n, self.sm_count), 1, 1), (BLOCK, 1, 1), packed)
+
+    def _checked(self, name: str, args) -> tuple[str, tuple]:
+        """(file, args packed as the signature says) for kernel ``name``, or GpubpError."""
         if name not in signatures():
             raise GpubpError(f"no kernel named {name!r} in {kernel_dir()}")
         file, params = signatures()[name]
         if len(args) != len(params):
             raise GpubpError(f"kernel {name} takes {len(params)} arguments, got {len(args)}")
-        packed = tuple(self._check(name, p, a) for p, a in zip(params, args))
-        if n <= 0:
-            return
-        self._count("launches")
-        self._run(file, name, grid_size(n, self.sm_count), BLOCK, packed)
+        return file, tuple(self._check(name, p, a) for p, a in zip(params, args))
 
     def _check(self, name: str, p: Param, a):
         if p.pointer:

@@ -2,8 +2,8 @@
 conventions and executes kernels on the emulator.
 
 What is checked: RawModule(code=..., options=...) receives exactly one kernel file's code and the
-NVRTC options; get_function by entry name; launches as kernel(grid_tuple, block_tuple, args_tuple)
-with NumPy scalars of the signature's types; synchronize through the current stream; device->host
+NVRTC options; get_function by entry name; launches as kernel(grid_tuple, block_tuple, args_tuple,
+shared_mem=bytes) with NumPy scalars of the signature's types; synchronize through the current stream; device->host
 through asnumpy; allocations counted through a registered cupy.cuda.MemoryHook; and a whole
 training step giving NumPy's weights. (Real CuPy needs a GPU for all of these; the gpu-marked
 tests run them for real.)
@@ -22,10 +22,14 @@ from gpubp import kernels as K
 from gpubp.emulator import EmulatedBackend
 
 
+def pad3(dims):
+    return dims + (1,) * (3 - len(dims))
+
+
 class FakeCupy(types.ModuleType):
     def __init__(self):
         super().__init__("cupy")
-        self.calls = {"modules": [], "launches": [], "syncs": 0, "asnumpy": 0}
+        self.calls = {"modules": [], "launches": [], "geometry": [], "syncs": 0, "asnumpy": 0}
         self._emu = EmulatedBackend()
         self._hooks = {}
         fake = self
@@ -52,13 +56,17 @@ class FakeCupy(types.ModuleType):
             def __init__(self, file, name):
                 self.file, self.name = file, name
 
-            def __call__(self, grid, block, args, **kw):
+            def __call__(self, grid, block, args, *, shared_mem=0):
+                """RawKernel.__call__(grid, block, args, *, shared_mem=0): 1-3 sizes each."""
                 assert type(grid) is tuple and type(block) is tuple and type(args) is tuple
+                assert 1 <= len(grid) <= 3 and 1 <= len(block) <= 3
                 assert all(isinstance(g, int) and g > 0 for g in grid + block)
+                assert isinstance(shared_mem, int) and shared_mem >= 0
                 for a in args:  # device arrays or NumPy scalars, never Python numbers
                     assert isinstance(a, np.ndarray) or type(a) in (np.float32, np.float64, np.int32, np.int64), a
                 fake.calls["launches"].append(self.name)
-                fake._emu._run(self.file, self.name, grid[0], block[0], args)
+                fake.calls["geometry"].append((grid, block, shared_mem))
+                fake._emu._run(self.file, self.name, pad3(grid), pad3(block), args, shared_mem=shared_mem)
 
         class RawModule:
             def __init__(self, code=None, *, options=(), **kw):
@@ -157,3 +165,4 @@ def test_device_arrays_are_cast_on_the_device_not_round_tripped(cupy_be):
     with be.counters() as c:
         out = be.to_device(a.T, np.float32)
     assert out.flags.c_contiguous and out.dtype == np.float32 and c.h2d == 0
+
