@@ -196,6 +196,25 @@ def grid_size(n: int, sm_count: int) -> int:
     return max(1, min(-(-n // BLOCK), BLOCKS_PER_SM * sm_count))
 
 
+# CUDA's launch limits (every GPU since sm_30): threads per block, block and grid dimensions, and
+# dynamic shared memory without opting in through cudaFuncSetAttribute (which we never do).
+MAX_BLOCK_THREADS = 1024
+MAX_BLOCK = (1024, 1024, 64)
+MAX_GRID = (2**31 - 1, 65535, 65535)
+MAX_DYNAMIC_SHARED = 48 * 1024
+
+
+def launch_dims(what: str, dims, limits) -> tuple[int, int, int]:
+    """``dims`` (1 to 3 positive ints) as an (x, y, z) tuple within ``limits``, else GpubpError."""
+    dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+    if not 1 <= len(dims) <= 3 or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
+        raise GpubpError(f"{what} must be 1 to 3 integers (x, y, z), got {dims!r}")
+    dims = tuple(int(d) for d in dims) + (1,) * (3 - len(dims))
+    if not all(1 <= d <= lim for d, lim in zip(dims, limits)):
+        raise GpubpError(f"{what} {dims} is outside CUDA's limits: each of (x, y, z) from 1 to {limits}")
+    return dims
+
+
 class KernelBackend:
     """Mixin for backends that run our kernels. Subclasses set ``xp``, ``sm_count`` and ``_run``.
 
@@ -222,6 +241,20 @@ class KernelBackend:
             return
         self._count("launches")
         self._run(file, name, (grid_size(n, self.sm_count), 1, 1), (BLOCK, 1, 1), packed)
+
+    def launch_grid(self, name: str, grid, block, shared_mem: int, *args) -> None:
+        """Launch kernel ``name`` on an explicit ``grid`` of ``block``s, each (x, y, z) (missing
+        trailing sizes are 1), with ``shared_mem`` bytes of dynamic shared memory per block, after
+        checking ``args`` and the geometry against CUDA's limits."""
+        file, packed = self._checked(name, args)
+        grid, block = launch_dims("grid", grid, MAX_GRID), launch_dims("block", block, MAX_BLOCK)
+        if block[0] * block[1] * block[2] > MAX_BLOCK_THREADS:
+            raise GpubpError(f"block {block} has more than {MAX_BLOCK_THREADS} threads")
+        if isinstance(shared_mem, bool) or not isinstance(shared_mem, (int, np.integer)) \
+                or not 0 <= shared_mem <= MAX_DYNAMIC_SHARED:
+            raise GpubpError(f"shared_mem must be 0 to {MAX_DYNAMIC_SHARED} bytes, got {shared_mem!r}")
+        self._count("launches")
+        self._run(file, name, grid, block, packed, shared_mem=int(shared_mem))
 
     def _checked(self, name: str, args) -> tuple[str, tuple]:
         """(file, args packed as the signature says) for kernel ``name``, or GpubpError."""

@@ -166,3 +166,11 @@ def test_device_arrays_are_cast_on_the_device_not_round_tripped(cupy_be):
         out = be.to_device(a.T, np.float32)
     assert out.flags.c_contiguous and out.dtype == np.float32 and c.h2d == 0
 
+
+def test_launch_grid_hands_cupy_the_geometry_and_dynamic_shared_memory(cupy_be):
+    be, fake = cupy_be
+    Z, b = np.zeros((5, 7), np.float32), np.zeros(7, np.float32)
+    be.launch_grid("bias_sigmoid_f32", (3, 1), (8,), 256, Z, b, 5, 7)  # a 1-D kernel: sizes padded with 1
+    be.bias_sigmoid(Z, b)
+    assert fake.calls["geometry"] == [((3, 1, 1), (8, 1, 1), 256), ((1, 1, 1), (256, 1, 1), 0)]
+    assert_close(Z, np.full((5, 7), 1 / (1 + np.exp(-0.5))), atol=1e-6, what="sigma(sigma(0)) in place")
