@@ -19,3 +19,8 @@ class ModelFileError(GpubpError):
 
 class TrainingDiverged(GpubpError):
     """The cost became NaN or infinite during training."""
+
+
+class EmulatorError(GpubpError):
+    """A kernel broke a CUDA rule on the emulated backend (shared index out of bounds, a barrier
+    or warp call that not every thread reaches); the message names the kernel and the block."""

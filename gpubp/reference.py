@@ -217,14 +217,19 @@ def adam_update(p, g, m, v, steps, done, n, n_weights, eta, beta1, beta2, eps, d
     p[:nw] <- decay*p[:nw];  p <- p - eta * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps).
     One work buffer, so a step makes no parameter-sized temporary."""
     step = int(steps[0]) + 1
+    dt = p.dtype.type
+    b1, b2 = dt(beta1), dt(beta2)
     w = np.empty_like(g) if scratch is None else scratch(g.shape, g.dtype)
-    m *= beta1
-    m += np.multiply(g, 1 - beta1, out=w)
-    v *= beta2
+    m *= b1
+    m += np.multiply(g, dt(1) - b1, out=w)
+    v *= b2
     np.multiply(g, g, out=w)
-    w *= 1 - beta2
+    w *= dt(1) - b2
     v += w
-    c1, c2 = 1 / (1 - beta1 ** step), 1 / (1 - beta2 ** step)
+    # the bias corrections 1/(1 - beta^t) in the parameters' precision, written as the kernel writes
+    # them: 1 - beta^t = -expm1(t log1p(-(1 - beta))), which does not cancel as 1 - beta**t would
+    c1 = dt(-1) / np.expm1(dt(step) * np.log1p(-(dt(1) - b1)))
+    c2 = dt(-1) / np.expm1(dt(step) * np.log1p(-(dt(1) - b2)))
     np.multiply(v, c2, out=w)  # w: the denominator sqrt(v_hat) + eps ...
     np.sqrt(w, out=w)
     w += eps

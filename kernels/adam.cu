@@ -18,8 +18,10 @@ __device__ __forceinline__ void adam_update(T* __restrict__ p, const T* __restri
                                             T* __restrict__ v, long long* steps, unsigned int* done, long long n,
                                             long long n_weights, T eta, T beta1, T beta2, T eps, T decay) {
     const long long t = *steps + 1;
-    const T c1 = T(1) / (T(1) - gpubp_pow(beta1, T(t)));
-    const T c2 = T(1) / (T(1) - gpubp_pow(beta2, T(t)));
+    // 1 - beta^t as -expm1(t log(beta)): 1 - 0.999^t cancels (1 - powf would lose ~150 ulps at t = 7);
+    // log(beta) = log1p(-(1 - beta)), where 1 - beta is exact.
+    const T c1 = T(-1) / gpubp_expm1(T(t) * gpubp_log1p(-(T(1) - beta1)));
+    const T c2 = T(-1) / gpubp_expm1(T(t) * gpubp_log1p(-(T(1) - beta2)));
     GPUBP_GRID_STRIDE(i, n) {
         const T gi = g[i];
         const T mi = beta1 * m[i] + (T(1) - beta1) * gi;

@@ -15,8 +15,10 @@ __host__ __device__ __forceinline__ float gpubp_exp(float x) { return expf(x); }
 __host__ __device__ __forceinline__ double gpubp_exp(double x) { return exp(x); }
 __host__ __device__ __forceinline__ float gpubp_sqrt(float x) { return sqrtf(x); }
 __host__ __device__ __forceinline__ double gpubp_sqrt(double x) { return sqrt(x); }
-__host__ __device__ __forceinline__ float gpubp_pow(float x, float y) { return powf(x, y); }
-__host__ __device__ __forceinline__ double gpubp_pow(double x, double y) { return pow(x, y); }
+__host__ __device__ __forceinline__ float gpubp_expm1(float x) { return expm1f(x); }
+__host__ __device__ __forceinline__ double gpubp_expm1(double x) { return expm1(x); }
+__host__ __device__ __forceinline__ float gpubp_log1p(float x) { return log1pf(x); }
+__host__ __device__ __forceinline__ double gpubp_log1p(double x) { return log1p(x); }
 
 template <typename T>
 __host__ __device__ __forceinline__ T gpubp_sigmoid(T z) {

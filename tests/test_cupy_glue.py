@@ -2,8 +2,8 @@
 conventions and executes kernels on the emulator.
 
 What is checked: RawModule(code=..., options=...) receives exactly one kernel file's code and the
-NVRTC options; get_function by entry name; launches as kernel(grid_tuple, block_tuple, args_tuple)
-with NumPy scalars of the signature's types; synchronize through the current stream; device->host
+NVRTC options; get_function by entry name; launches as kernel(grid_tuple, block_tuple, args_tuple,
+shared_mem=bytes) with NumPy scalars of the signature's types; synchronize through the current stream; device->host
 through asnumpy; allocations counted through a registered cupy.cuda.MemoryHook; and a whole
 training step giving NumPy's weights. (Real CuPy needs a GPU for all of these; the gpu-marked
 tests run them for real.)
@@ -23,10 +23,14 @@ from gpubp.backends.emulated import EmulatedBackend
 from gpubp.optimizers import SGD, Momentum
 
 
+def pad3(dims):
+    return dims + (1,) * (3 - len(dims))
+
+
 class FakeCupy(types.ModuleType):
     def __init__(self):
         super().__init__("cupy")
-        self.calls = {"modules": [], "launches": [], "syncs": 0, "asnumpy": 0}
+        self.calls = {"modules": [], "launches": [], "geometry": [], "syncs": 0, "asnumpy": 0}
         self._emu = EmulatedBackend()
         self._hooks = {}
         fake = self
@@ -54,14 +58,17 @@ class FakeCupy(types.ModuleType):
                 self.file, self.name = file, name
 
             def __call__(self, grid, block, args, *, shared_mem=0):
+                """RawKernel.__call__(grid, block, args, *, shared_mem=0): 1-3 sizes each."""
                 assert type(grid) is tuple and type(block) is tuple and type(args) is tuple
-                assert len(grid) == len(block) == 3 and all(isinstance(g, int) and g > 0 for g in grid + block)
+                assert 1 <= len(grid) <= 3 and 1 <= len(block) <= 3
+                assert all(isinstance(g, int) and g > 0 for g in grid + block)
                 assert isinstance(shared_mem, int) and shared_mem >= 0
                 for a in args:  # device arrays or NumPy scalars, never Python numbers
                     assert isinstance(a, np.ndarray) or type(a) in (np.float32, np.float64, np.int32, np.int64,
                                                                    np.uint32), a
                 fake.calls["launches"].append(self.name)
-                fake._emu.execute(self.file, self.name, grid, block, args, shared_mem=shared_mem)
+                fake.calls["geometry"].append((grid, block, shared_mem))
+                fake._emu.execute(self.file, self.name, pad3(grid), pad3(block), args, shared_mem=shared_mem)
 
         class RawModule:
             def __init__(self, code=None, *, options=(), **kw):
@@ -193,3 +200,12 @@ def test_a_stateful_optimizer_on_the_cupy_path_matches_numpy(cupy_be):
         params.append(net.get_params())
     assert_close(params[0], params[1], rtol=1e-12, atol=1e-14, what="momentum on the cupy path vs numpy")
     assert "momentum_update_f64" in fake.calls["launches"] and "bias_softmax_f64" in fake.calls["launches"]
+
+
+def test_launch_grid_hands_cupy_the_geometry_and_dynamic_shared_memory(cupy_be):
+    be, fake = cupy_be
+    Z, b = np.zeros((5, 7), np.float32), np.zeros(7, np.float32)
+    be.launch_grid("bias_sigmoid_f32", (3, 1), (8,), 256, Z, b, 5, 7)  # a 1-D kernel: sizes padded with 1
+    be.kernel("bias_sigmoid", np.float32)(Z.size, Z, b, 5, 7)
+    assert fake.calls["geometry"] == [((3, 1, 1), (8, 1, 1), 256), ((1, 1, 1), (256, 1, 1), 0)]
+    assert_close(Z, np.full((5, 7), 1 / (1 + np.exp(-0.5))), atol=1e-6, what="sigma(sigma(0)) in place")

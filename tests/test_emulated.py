@@ -42,7 +42,7 @@ def test_update_mini_batch_matches_numpy(backend, dtype, cost):
 
 
 OPTIMIZER_ETA = {"sgd": 0.5, "momentum": 0.1, "adam": 0.01}
-COMBOS = [(a, c, o) for a in ACTIVATIONS for c in COSTS for o in OPTIMIZER_ETA if o != "adam"]  # adam: kernel pending
+COMBOS = [(a, c, o) for a in ACTIVATIONS for c in COSTS for o in OPTIMIZER_ETA]
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
@@ -117,7 +117,7 @@ def test_nothing_returns_to_the_host_inside_an_epoch(backend):
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-@pytest.mark.parametrize("optimizer", ["momentum"])
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
 def test_a_step_with_a_stateful_optimizer_adds_one_launch(backend, optimizer):
     be = get_backend(backend)
     net = Network([784, 30, 10], backend=be, seed=1)

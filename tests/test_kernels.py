@@ -254,6 +254,31 @@ def case_momentum_update(be, rng, n, dtype):
     return P, p64 + vel, np.abs(p64) + np.abs(mu_ * v64) + np.abs(eta_ * grad)
 
 
+def case_adam_update(be, rng, n, dtype):
+    """Two launches: the step count on the device goes 6 -> 7 -> 8 and each uses its own t; the
+    block counter is back at 0 after each (the last block resets it)."""
+    p, g, m = (edges(rng.standard_normal(n), rng) for _ in range(3))
+    v = np.abs(edges(rng.standard_normal(n), rng))
+    nw, eta, b1, b2, eps, decay = n - n // 3, 0.01, 0.9, 0.999, 1e-8, 1 - 0.01 * 5.0 / 50_000
+    P, G, Mm, V = (be.to_device(a, dtype) for a in (p, g, m, v))
+    steps, done = be.to_device(np.array([6]), np.int64), be.to_device(np.zeros(1), np.uint32)
+    p64, g64, m64, v64 = (cast(a, dtype) for a in (p, g, m, v))
+    eta_, b1_, b2_, eps_, dec_ = (float(np.asarray(x, dtype)) for x in (eta, b1, b2, eps, decay))
+    keep = np.where(np.arange(n) < nw, dec_, 1.0)
+    for t in (7, 8):
+        run(be, "adam_update", dtype, n, P, G, Mm, V, steps, done, n, nw, eta, b1, b2, eps, decay)
+        m64 = b1_ * m64 + (1 - b1_) * g64
+        v64 = b2_ * v64 + (1 - b2_) * g64 * g64
+        # 1 - b^t as (1 - b)(1 + b + ... + b^(t-1)): 1 - b**t cancels, even in float64
+        c1, c2 = ((1 - b) * sum(b ** k for k in range(t)) for b in (b1_, b2_))
+        stepped = eta_ * (m64 / c1) / (np.sqrt(v64 / c2) + eps_)
+        p64 = keep * p64 - stepped
+        assert int(be.to_host(steps)[0]) == t and int(be.to_host(done)[0]) == 0
+    atol, rtol = K.tolerance("adam.cu", dtype)
+    assert_close(be.to_host(Mm), m64, atol=1e-30, rtol=4 * rtol, scale=np.abs(m64) + np.abs(g64), what="adam m")
+    return P, p64, np.abs(keep * p64) + np.abs(stepped)
+
+
 def case_one_hot(be, rng, n, dtype):
     labels = rng.integers(0, 10, n)
     expected = np.zeros((n, 10))
@@ -286,15 +311,21 @@ CASES = {
     "sgd_update": ("sgd.cu", "sgd_update", case_sgd_update(0.37)),
     "sgd_update_unit_step": ("sgd.cu", "sgd_update", case_sgd_update(1.0)),
     "momentum_update": ("momentum.cu", "momentum_update", case_momentum_update),
+    "adam_update": ("adam.cu", "adam_update", case_adam_update),
     "one_hot": ("one_hot.cu", "one_hot", case_one_hot),
     "argmax_hits": ("argmax_hits.cu", "argmax_hits", case_argmax_hits),
 }
 
 
+# The own route's layer kernels, tested in tests/test_layer_kernels.py.
+LAYER_STEMS = ({f"layer_{k}_{a}_{t}" for k in ("forward", "delta") for a in ACTIVATIONS for t in "sl"}
+               | {f"layer_output_{c}" for c in COSTS} | {"layer_update_s", "layer_update_l"})
+
+
 def test_every_kernel_has_a_case_here():
-    """A kernel added without a test here fails this test."""
+    """A kernel added without a test here (or, for the layer kernels, in test_layer_kernels.py) fails this."""
     stems = {n[:-4] for n in K.signatures()}
-    assert stems == {stem for _, stem, _ in CASES.values()}
+    assert stems == {stem for _, stem, _ in CASES.values()} | LAYER_STEMS
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -341,7 +372,7 @@ def test_every_registered_concept_has_its_kernels():
     stems = [a.forward_kernel for a in (*ACTIVATIONS.values(), SOFTMAX)]
     stems += [a.delta_kernel for a in ACTIVATIONS.values()]
     stems += [c.delta_kernel for c in COSTS.values()]
-    stems += [o.kernel_name for o in OPTIMIZERS.values() if o.kernel_name != "adam_update"]
+    stems += [o.kernel_name for o in OPTIMIZERS.values()]
     for stem in stems:
         for sfx in ("_f32", "_f64"):
             assert stem + sfx in K.signatures(), f"no kernel {stem + sfx}"
@@ -396,7 +427,7 @@ def test_signature_parser_reads_what_the_sources_declare():
 def test_macro_expansion_reads_exported_templates():
     """GPUBP_EXPORT and macros built on it (## pasting, nesting) expand to f32/f64 entry points whose
     T parameters read as float and double; a macro named in a comment is not expanded."""
-    code = K.source("sigmoid.cu").split("struct Sigmoid")[0] + """
+    code = K.source("one_hot.cu") + """
 // GPUBP_TWICE(never, called) in a comment
 #define GPUBP_TWICE(NAME, ACT) GPUBP_EXPORT(NAME##_x, (f<ACT, T>), (T* __restrict__ a, long long n), (a, n))
 GPUBP_TWICE(demo, Act)

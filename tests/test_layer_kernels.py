@@ -44,11 +44,10 @@ def cast(a, dtype):
 def launch(be, stem, dtype, M, N, tile, *args):
     """Run layer kernel ``stem`` on ``be`` with host ``args`` (arrays go up as ``dtype``), and its NumPy
     reference on copies of the same inputs; returns (device args, reference args) for the outputs."""
-    dev = [be.to_device(a, a.dtype if a.dtype.kind in "iu" else dtype) if isinstance(a, np.ndarray) else a
-           for a in args]
+    ref = [np.array(a, dtype=dtype) if isinstance(a, np.ndarray) else a for a in args]  # copies, made first
+    dev = [be.to_device(np.array(a, dtype=dtype)) if isinstance(a, np.ndarray) else a for a in args]
     grid, block = K.layer_launch(M, N, tile)
     be.launch_grid(stem + K.suffix(dtype), grid, block, 0, *dev)
-    ref = [np.array(a, dtype=dtype) if isinstance(a, np.ndarray) else a for a in args]
     get_backend("numpy").kernel(stem, dtype)(0, *ref)
     return dev, ref
 
@@ -214,3 +213,31 @@ def test_own_route_on_mnist_matches_numpy(mnist):
         net.sgd((X, y), epochs=1, mini_batch_size=10, eta=3.0, lmbda=1.0, seed=3, monitor_training_cost=False)
         out[b] = net.get_params()
     assert rel(out["emulated"], out["numpy"]) <= 1e-4
+
+
+@pytest.mark.parametrize("barrier", ["the slice is whole before anyone reads it",
+                                     "everyone is done with the slice before the next one overwrites it"])
+def test_the_emulator_catches_a_missing_barrier_in_our_layer_kernel(barrier):
+    """layer_update.cu with one of the tiled product's two __syncthreads planted out gives wrong
+    numbers on the emulator (threads run in a shuffled order between barriers); the real source
+    gives the right ones through the same build path."""
+    from gpubp.backends import emulated
+
+    source = K.source("layer_update.cu")
+    planted = source.replace(f"__syncthreads();  // {barrier}", "", 1)
+    assert planted != source
+    be = get_backend("emulated")
+    rng = np.random.default_rng(5)
+    m, n_out, n_in = 37, 70, 90
+    D, A = rng.standard_normal((m, n_out)), rng.standard_normal((m, n_in))
+    expected = D.T @ A
+    results = {}
+    for label, code in (("real", source), ("planted", planted)):
+        kernel = emulated.Kernel(emulated.build_code(code, be.compiler, f"layer_update_{label}"), "layer_update_l_f64")
+        W, b = np.full((n_out, n_in), np.nan), np.full(n_out, np.nan)
+        grid, block = K.layer_launch(n_out, n_in, "TileLarge")
+        kernel(grid, block, (W, b, D, A, np.int64(m), np.int64(n_out), np.int64(n_in), np.float64(1.0),
+                             np.float64(0.0), np.float64(0.0)), seed=11)
+        results[label] = W
+    assert_close(results["real"], expected, rtol=1e-12, atol=1e-12, what="the real kernel")
+    assert not np.allclose(results["planted"], expected, equal_nan=False)

@@ -129,7 +129,7 @@ def expand_macros(code: str) -> str:
 
 class Param(NamedTuple):
     name: str
-    ctype: str  # "float", "double", "int", "unsigned int", "long long"
+    ctype: str  # "float", "double", "int", "unsigned int", "unsigned", "long long", "unsigned long long"
     pointer: bool
 
     @property
@@ -138,10 +138,10 @@ class Param(NamedTuple):
 
 
 _CTYPE_DTYPE = {"float": np.float32, "double": np.float64, "int": np.int32, "unsigned int": np.uint32,
-                "long long": np.int64}
+                "unsigned": np.uint32, "long long": np.int64, "unsigned long long": np.uint64}
 _KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
-_PARAM_RE = re.compile(r"^(?:const\s+)?(float|double|int|unsigned int|long long|T)\s*(\*)?\s*"
-                       r"(?:__restrict__\s+)?(\w+)$")
+_PARAM_RE = re.compile(r"^(?:const\s+)?(float|double|int|unsigned int|unsigned long long|unsigned|long long|T)"
+                       r"\s*(\*)?\s*(?:__restrict__\s+)?(\w+)$")
 _SUFFIX_TYPE = {"_f32": "float", "_f64": "double"}
 
 
@@ -238,6 +238,25 @@ def layer_tile(M: int, N: int, sm_count: int) -> str:
     return "l" if blocks >= 2 * sm_count else "s"
 
 
+# CUDA's launch limits (every GPU since sm_30): threads per block, block and grid dimensions, and
+# dynamic shared memory without opting in through cudaFuncSetAttribute (which we never do).
+MAX_BLOCK_THREADS = 1024
+MAX_BLOCK = (1024, 1024, 64)
+MAX_GRID = (2**31 - 1, 65535, 65535)
+MAX_DYNAMIC_SHARED = 48 * 1024
+
+
+def launch_dims(what: str, dims, limits) -> tuple[int, int, int]:
+    """``dims`` (1 to 3 positive ints) as an (x, y, z) tuple within ``limits``, else GpubpError."""
+    dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+    if not 1 <= len(dims) <= 3 or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
+        raise GpubpError(f"{what} must be 1 to 3 integers (x, y, z), got {dims!r}")
+    dims = tuple(int(d) for d in dims) + (1,) * (3 - len(dims))
+    if not all(1 <= d <= lim for d, lim in zip(dims, limits)):
+        raise GpubpError(f"{what} {dims} is outside CUDA's limits: each of (x, y, z) from 1 to {limits}")
+    return dims
+
+
 # ---------------------------------------------------------------------------------------------
 # The launch path shared by the CuPy and emulated backends
 # ---------------------------------------------------------------------------------------------
@@ -284,13 +303,17 @@ class KernelBackend(Backend):
         self._count("launches")
         self.execute(file, name, (grid_size(n, self.sm_count), 1, 1), (BLOCK, 1, 1), packed)
 
-    def launch_grid(self, name: str, grid: tuple, block: tuple, shared_mem: int, *args) -> None:
-        """Launch kernel ``name`` on an explicit 3-D grid and block with ``shared_mem`` bytes of
-        dynamic shared memory, after checking ``args``."""
+    def launch_grid(self, name: str, grid, block, shared_mem: int, *args) -> None:
+        """Launch kernel ``name`` on an explicit ``grid`` of ``block``s, each (x, y, z) (missing
+        trailing sizes are 1), with ``shared_mem`` bytes of dynamic shared memory per block, after
+        checking ``args`` and the geometry against CUDA's limits."""
         file, packed = self._checked(name, args)
-        grid, block = tuple(int(g) for g in grid), tuple(int(b) for b in block)
-        if len(grid) != 3 or len(block) != 3 or min(grid + block) < 1:
-            raise GpubpError(f"kernel {name}: grid and block must be three positive sizes, got {grid}, {block}")
+        grid, block = launch_dims("grid", grid, MAX_GRID), launch_dims("block", block, MAX_BLOCK)
+        if block[0] * block[1] * block[2] > MAX_BLOCK_THREADS:
+            raise GpubpError(f"block {block} has more than {MAX_BLOCK_THREADS} threads")
+        if isinstance(shared_mem, bool) or not isinstance(shared_mem, (int, np.integer)) \
+                or not 0 <= shared_mem <= MAX_DYNAMIC_SHARED:
+            raise GpubpError(f"shared_mem must be 0 to {MAX_DYNAMIC_SHARED} bytes, got {shared_mem!r}")
         self._count("launches")
         self.execute(file, name, grid, block, packed, shared_mem=int(shared_mem))
 
