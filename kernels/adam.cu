@@ -11,6 +11,9 @@
 // Launch: 1-D grid-stride over n, block 256.
 // Tolerance vs float64, |x - ref| <= atol + rtol*(|keep*p| + |eta*m_hat/(sqrt(v_hat)+eps)|):
 // float32 atol=1e-30 rtol=2e-6; float64 atol=1e-300 rtol=4e-15
+// sm_90 (nvcc -Xptxas -v, 256-thread blocks): registers, shared memory, occupancy
+//   adam_update_f32                   45 regs      0 B smem  62% occupancy (registers)
+//   adam_update_f64                   48 regs      0 B smem  62% occupancy (registers)
 #include "gpubp.cuh"
 
 template <typename T>

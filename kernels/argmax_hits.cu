@@ -5,6 +5,9 @@
 // NumPy reference: gpubp.reference.argmax_hits.
 // Launch: 1-D grid-stride over rows (one thread walks one row), block 256.
 // Tolerance: float32 atol=0 rtol=0; float64 atol=0 rtol=0 (exact)
+// sm_90 (nvcc -Xptxas -v, 256-thread blocks): registers, shared memory, occupancy
+//   argmax_hits_f32                   32 regs      0 B smem 100% occupancy (threads)
+//   argmax_hits_f64                   36 regs      0 B smem  75% occupancy (registers)
 #include "gpubp.cuh"
 
 template <typename T>

@@ -4,6 +4,9 @@
 // NumPy reference: gpubp.reference.one_hot.
 // Launch: 1-D grid-stride over rows*classes, block 256.
 // Tolerance: float32 atol=0 rtol=0; float64 atol=0 rtol=0 (exact)
+// sm_90 (nvcc -Xptxas -v, 256-thread blocks): registers, shared memory, occupancy
+//   one_hot_f32                       26 regs      0 B smem 100% occupancy (threads)
+//   one_hot_f64                       26 regs      0 B smem 100% occupancy (threads)
 #include "gpubp.cuh"
 
 template <typename T>

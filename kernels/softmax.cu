@@ -8,6 +8,9 @@
 // Tolerance vs a float64 softmax, |x - ref| <= atol + rtol*max_j |z_j + b_j| of the row (the sum z + b is
 // rounded before the exp, and exp(z_j - max) passes that rounding on scaled by |z|):
 // float32 atol=1e-6 rtol=1.2e-7; float64 atol=1e-15 rtol=2.3e-16
+// sm_90 (nvcc -Xptxas -v, 256-thread blocks): registers, shared memory, occupancy
+//   bias_softmax_f32                  32 regs      0 B smem 100% occupancy (threads)
+//   bias_softmax_f64                  56 regs      0 B smem  50% occupancy (registers)
 #include "gpubp.cuh"
 
 template <typename T>
