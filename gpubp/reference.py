@@ -18,6 +18,18 @@ def _buffer(scratch, like):
     return None if scratch is None else scratch(like.shape, like.dtype)
 
 
+def _model_rows(b, models, cols, b_stride):
+    """The (models, 1, cols) view of model k's bias at b[k * b_stride:][:cols], as a _models kernel reads
+    it (b: 1-D, starting at model 0's bias; the biases are strided views of the (K, P) parameters)."""
+    return np.lib.stride_tricks.as_strided(b, (models, 1, cols), (b_stride * b.itemsize, 0, b.itemsize),
+                                           writeable=False)
+
+
+def _per_model(x):
+    """A per-model hyperparameter array (K,) as a (K, 1) column that broadcasts over a model's parameters."""
+    return np.asarray(x)[:, None]
+
+
 # ---------------------------------------------------------------------------------------------
 # Activation formulas: f(z) and f'(z) from a = f(z)  (kernels: gpubp.cuh, tanh.cu, relu.cu)
 # ---------------------------------------------------------------------------------------------
@@ -83,6 +95,20 @@ def _bias_kernel(f, name):
     return bias_act
 
 
+def _bias_models_kernel(f, name):
+    def bias_act_models(Z, b, rows, cols, rows_per_model, b_stride):
+        models = rows // rows_per_model
+        Zm = Z.reshape(models, rows_per_model, cols)
+        np.add(Zm, _model_rows(b, models, cols, b_stride), out=Zm)
+        Z2 = Z.reshape(rows, cols)  # a row-wise f (softmax) sees rows
+        f(Z2, out=Z2)
+
+    bias_act_models.__name__ = bias_act_models.__qualname__ = f"bias_{name}_models"
+    bias_act_models.__doc__ = (f"Z (rows, cols) <- {name}(Z + b of the row's model): rows in blocks of rows_per_model, "
+                               f"one per model; model k's bias at b[k*b_stride:][:cols]. In place.")
+    return bias_act_models
+
+
 def _delta_kernel(prime, name):
     def act_delta(G, A, n, *, scratch=None):
         G *= prime(A, out=_buffer(scratch, A))
@@ -96,6 +122,10 @@ bias_sigmoid = _bias_kernel(sigmoid, "sigmoid")
 bias_tanh = _bias_kernel(tanh, "tanh")
 bias_relu = _bias_kernel(relu, "relu")
 bias_softmax = _bias_kernel(softmax, "softmax")
+bias_sigmoid_models = _bias_models_kernel(sigmoid, "sigmoid")
+bias_tanh_models = _bias_models_kernel(tanh, "tanh")
+bias_relu_models = _bias_models_kernel(relu, "relu")
+bias_softmax_models = _bias_models_kernel(softmax, "softmax")
 sigmoid_delta = _delta_kernel(sigmoid_prime_from_output, "sigmoid")
 tanh_delta = _delta_kernel(tanh_prime_from_output, "tanh")
 relu_delta = _delta_kernel(relu_prime_from_output, "relu")
@@ -193,22 +223,78 @@ layer_output_log_likelihood = _layer_output_kernel(softmax, difference_delta, "l
 # Optimizers over the flat buffer: every weight first, then every bias  (kernels: sgd.cu, momentum.cu, adam.cu)
 # ---------------------------------------------------------------------------------------------
 
+# Each rule is written once over P (..., n_params) with hyperparameters that broadcast against it:
+# scalars for one network, (K, 1) columns for the K models of a stack (the _models kernels).
+
+def _decays(decay) -> bool:
+    """Whether a weight decay (a scalar, or one per model) changes anything; skipped, it costs no pass."""
+    return decay != 1 if isinstance(decay, (int, float)) else bool(np.any(decay != 1))
+
+
+def _sgd(P, G, n_weights, decay, step, scratch):
+    if _decays(decay):
+        P[..., :n_weights] *= decay
+    P -= np.multiply(G, step, out=_buffer(scratch, G))
+
+
 def sgd_update(p, g, n, n_weights, decay, step, *, scratch=None):
     """p[:nw] <- decay*p[:nw] - step*g[:nw]; p[nw:] <- p[nw:] - step*g[nw:]."""
-    if decay != 1:
-        p[:n_weights] *= decay
-    p -= np.multiply(g, step, out=_buffer(scratch, g))
+    _sgd(p, g, n_weights, decay, step, scratch)
+
+
+def sgd_update_models(p, g, n, n_params, n_weights, decay, step, *, scratch=None):
+    """sgd_update for each model k of p, g (K, n_params) with its own decay[k] and step[k]."""
+    K = n // n_params
+    _sgd(p.reshape(K, n_params), g.reshape(K, n_params), n_weights, _per_model(decay), _per_model(step), scratch)
+
+
+def _momentum(P, G, V, n_weights, eta, mu, l2, scratch):
+    grad = np.multiply(P, l2, out=_buffer(scratch, G))
+    grad[..., n_weights:] = 0
+    grad += G
+    grad *= eta
+    V *= mu
+    V -= grad
+    P += V
 
 
 def momentum_update(p, g, v, n, n_weights, eta, mu, l2, *, scratch=None):
     """v <- mu*v - eta*(g + l2*p on the weights, g on the biases); p <- p + v."""
-    grad = np.multiply(p, l2, out=_buffer(scratch, g))
-    grad[n_weights:] = 0
-    grad += g
-    grad *= eta
-    v *= mu
-    v -= grad
-    p += v
+    _momentum(p, g, v, n_weights, eta, mu, l2, scratch)
+
+
+def momentum_update_models(p, g, v, n, n_params, n_weights, eta, mu, l2, *, scratch=None):
+    """momentum_update for each model k of p, g, v (K, n_params) with its own eta[k] and l2[k]."""
+    K = n // n_params
+    shape = (K, n_params)
+    _momentum(p.reshape(shape), g.reshape(shape), v.reshape(shape), n_weights, _per_model(eta), mu,
+              _per_model(l2), scratch)
+
+
+def _adam(P, G, M, V, steps, n_weights, eta, beta1, beta2, eps, decay, scratch):
+    step = int(steps[0]) + 1
+    dt = P.dtype.type
+    b1, b2 = dt(beta1), dt(beta2)
+    w = np.empty_like(G) if scratch is None else scratch(G.shape, G.dtype)
+    M *= b1
+    M += np.multiply(G, dt(1) - b1, out=w)
+    V *= b2
+    np.multiply(G, G, out=w)
+    w *= dt(1) - b2
+    V += w
+    # the bias corrections 1/(1 - beta^t) in the parameters' precision, written as the kernel writes
+    # them: 1 - beta^t = -expm1(t log1p(-(1 - beta))), which does not cancel as 1 - beta**t would
+    c1 = dt(-1) / np.expm1(dt(step) * np.log1p(-(dt(1) - b1)))
+    c2 = dt(-1) / np.expm1(dt(step) * np.log1p(-(dt(1) - b2)))
+    np.multiply(V, c2, out=w)  # w: the denominator sqrt(v_hat) + eps ...
+    np.sqrt(w, out=w)
+    w += eps
+    np.divide(M, w, out=w)  # ... then the step eta * m_hat / it
+    w *= eta * c1
+    if _decays(decay):
+        P[..., :n_weights] *= decay
+    P -= w
+    steps[0] = step
 
 
 def adam_update(p, g, m, v, steps, done, n, n_weights, eta, beta1, beta2, eps, decay, *, scratch=None):
@@ -216,29 +302,16 @@ def adam_update(p, g, m, v, steps, done, n, n_weights, eta, beta1, beta2, eps, d
     is the kernel's block counter and stays 0):  m <- b1*m + (1-b1)*g;  v <- b2*v + (1-b2)*g^2;
     p[:nw] <- decay*p[:nw];  p <- p - eta * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps).
     One work buffer, so a step makes no parameter-sized temporary."""
-    step = int(steps[0]) + 1
-    dt = p.dtype.type
-    b1, b2 = dt(beta1), dt(beta2)
-    w = np.empty_like(g) if scratch is None else scratch(g.shape, g.dtype)
-    m *= b1
-    m += np.multiply(g, dt(1) - b1, out=w)
-    v *= b2
-    np.multiply(g, g, out=w)
-    w *= dt(1) - b2
-    v += w
-    # the bias corrections 1/(1 - beta^t) in the parameters' precision, written as the kernel writes
-    # them: 1 - beta^t = -expm1(t log1p(-(1 - beta))), which does not cancel as 1 - beta**t would
-    c1 = dt(-1) / np.expm1(dt(step) * np.log1p(-(dt(1) - b1)))
-    c2 = dt(-1) / np.expm1(dt(step) * np.log1p(-(dt(1) - b2)))
-    np.multiply(v, c2, out=w)  # w: the denominator sqrt(v_hat) + eps ...
-    np.sqrt(w, out=w)
-    w += eps
-    np.divide(m, w, out=w)  # ... then the step eta * m_hat / it
-    w *= eta * c1
-    if decay != 1:
-        p[:n_weights] *= decay
-    p -= w
-    steps[0] = step
+    _adam(p, g, m, v, steps, n_weights, eta, beta1, beta2, eps, decay, scratch)
+
+
+def adam_update_models(p, g, m, v, steps, done, n, n_params, n_weights, eta, beta1, beta2, eps, decay, *,
+                       scratch=None):
+    """adam_update for each model k of p, g, m, v (K, n_params), all at step t, with its own eta[k] and decay[k]."""
+    K = n // n_params
+    shape = (K, n_params)
+    _adam(p.reshape(shape), g.reshape(shape), m.reshape(shape), v.reshape(shape), steps, n_weights,
+          _per_model(eta), beta1, beta2, eps, _per_model(decay), scratch)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 // sigmoid: the logistic activation of Nielsen's networks (the default for hidden layers, and the
 // output layer of the quadratic and cross-entropy costs).
 //   bias_sigmoid:   Z <- sigma(Z + b)          sigma(z) = 0.5 + 0.5*tanh(z/2) (gpubp.cuh)
+//   bias_sigmoid_models: the same for K stacked models, each row block with its model's b (activation.cuh)
 //   sigmoid_delta:  G <- G * a*(1-a)           sigma'(z) from the stored a = sigma(z)
-// NumPy reference: gpubp.reference.layer_forward_*, gpubp.reference.layer_delta_*, gpubp.reference.bias_sigmoid, gpubp.reference.sigmoid_delta.
-// Launch: bias_ and _delta 1-D grid-stride, block 256; layer_forward_/layer_delta_ _s and _l a 2-D grid of
+// NumPy reference: gpubp.reference.layer_forward_*, gpubp.reference.layer_delta_*, gpubp.reference.bias_sigmoid, gpubp.reference.bias_sigmoid_models, gpubp.reference.sigmoid_delta.
+// Launch: bias_, bias_..._models and _delta 1-D grid-stride, block 256; layer_forward_/layer_delta_ _s and _l a 2-D grid of
 // 256-thread blocks, one per TileSmall or TileLarge tile (layer.cuh).
-// Tolerance bias_sigmoid vs a float64 1/(1+exp(-(Z+b))): float32 atol=1e-6 rtol=0; float64 atol=1e-15 rtol=0
+// Tolerance bias_sigmoid* vs a float64 1/(1+exp(-(Z+b))): float32 atol=1e-6 rtol=0; float64 atol=1e-15 rtol=0
 // (sigma is bounded, so its error is absolute).
 // Tolerance sigmoid_delta vs float64, |x - ref| <= atol + rtol*|ref|: float32 atol=1e-12 rtol=1e-6; float64 atol=1e-30 rtol=1e-14
 // Tolerance layer_*: vs float64, |x - ref| <= atol + rtol*S with S = sum_k |a_k w_k| + |b| of the element's
@@ -14,6 +15,8 @@
 // sm_90 (nvcc -Xptxas -v, 256-thread blocks): registers, shared memory, occupancy
 //   bias_sigmoid_f32                  24 regs      0 B smem 100% occupancy (threads)
 //   bias_sigmoid_f64                  28 regs      0 B smem 100% occupancy (threads)
+//   bias_sigmoid_models_f32           44 regs      0 B smem  62% occupancy (registers)
+//   bias_sigmoid_models_f64           34 regs      0 B smem  75% occupancy (registers)
 //   layer_delta_sigmoid_l_f32         56 regs   8320 B smem  50% occupancy (registers)
 //   layer_delta_sigmoid_l_f64         80 regs  16640 B smem  38% occupancy (registers)
 //   layer_delta_sigmoid_s_f32         55 regs   6400 B smem  50% occupancy (registers)

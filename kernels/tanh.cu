@@ -1,11 +1,12 @@
 // tanh: the hyperbolic tangent activation for hidden layers.
 //   bias_tanh:   Z <- tanh(Z + b)
+//   bias_tanh_models: the same for K stacked models, each row block with its model's b (activation.cuh)
 //   tanh_delta:  G <- G * (1 - a)*(1 + a)      tanh'(z) = 1 - tanh(z)^2, from the stored a = tanh(z);
 //                written as a product, which does not cancel near |a| = 1 as 1 - a*a would
-// NumPy reference: gpubp.reference.layer_forward_*, gpubp.reference.layer_delta_*, gpubp.reference.bias_tanh, gpubp.reference.tanh_delta.
-// Launch: bias_ and _delta 1-D grid-stride, block 256; layer_forward_/layer_delta_ _s and _l a 2-D grid of
+// NumPy reference: gpubp.reference.layer_forward_*, gpubp.reference.layer_delta_*, gpubp.reference.bias_tanh, gpubp.reference.bias_tanh_models, gpubp.reference.tanh_delta.
+// Launch: bias_, bias_..._models and _delta 1-D grid-stride, block 256; layer_forward_/layer_delta_ _s and _l a 2-D grid of
 // 256-thread blocks, one per TileSmall or TileLarge tile (layer.cuh).
-// Tolerance bias_tanh vs a float64 tanh(Z+b): float32 atol=2e-6 rtol=0; float64 atol=1e-15 rtol=0 (bounded by 1).
+// Tolerance bias_tanh* vs a float64 tanh(Z+b): float32 atol=2e-6 rtol=0; float64 atol=1e-15 rtol=0 (bounded by 1).
 // Tolerance tanh_delta vs float64, |x - ref| <= atol + rtol*|ref|: float32 atol=1e-12 rtol=1e-6; float64 atol=1e-30 rtol=1e-14
 // Tolerance layer_*: vs float64, |x - ref| <= atol + rtol*S with S = sum_k |a_k w_k| + |b| of the element's
 // product (the accumulation error grows with it; the activation adds atol): float32 atol=1e-6 rtol=1e-5;
@@ -13,6 +14,8 @@
 // sm_90 (nvcc -Xptxas -v, 256-thread blocks): registers, shared memory, occupancy
 //   bias_tanh_f32                     24 regs      0 B smem 100% occupancy (threads)
 //   bias_tanh_f64                     28 regs      0 B smem 100% occupancy (threads)
+//   bias_tanh_models_f32              44 regs      0 B smem  62% occupancy (registers)
+//   bias_tanh_models_f64              34 regs      0 B smem  75% occupancy (registers)
 //   layer_delta_tanh_l_f32            56 regs   8320 B smem  50% occupancy (registers)
 //   layer_delta_tanh_l_f64            80 regs  16640 B smem  38% occupancy (registers)
 //   layer_delta_tanh_s_f32            55 regs   6400 B smem  50% occupancy (registers)

@@ -30,6 +30,10 @@ DTYPES = [np.float32, np.float64]
 BACKENDS = ["numpy", "emulated", pytest.param("cupy", marks=pytest.mark.gpu)]
 # 2-D kernels: (rows, cols) with rows*cols = n, so the bias/row structure is exercised too
 SHAPES = {1: (1, 1), 255: (17, 15), 257: (1, 257), 10_007: (10_007, 1)}
+# The _models kernels of K stacked networks: (models, rows per model, cols) for the bias kernels and
+# (models, parameters per model) for the optimizers; about n elements, none a multiple of a block.
+MODEL_SHAPES = {1: (1, 1, 1), 255: (3, 5, 17), 257: (257, 1, 1), 10_007: (7, 11, 130)}
+MODEL_PARAMS = {1: (1, 1), 255: (5, 51), 257: (257, 1), 10_007: (7, 1431)}
 
 
 def need_nvrtc():
@@ -204,13 +208,39 @@ def case_bias_softmax(be, rng, n, dtype):
     rows, cols = (n, 10) if n > 1 else (1, 1)
     Z, b = edges(rng.standard_normal((rows, cols)) * 6, rng), rng.standard_normal(cols) * 6
     z = cast(Z, dtype) + cast(b, dtype)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    expected = e / e.sum(axis=1, keepdims=True)
+    expected = softmax64(z)
     Zd, bd = be.to_device(Z, dtype), be.to_device(b, dtype)
     run(be, "bias_softmax", dtype, rows, Zd, bd, rows, cols)
     out = be.to_host(Zd)
     assert np.isfinite(out).all()  # rows holding +-1000 stay finite
     return Zd, expected, np.broadcast_to(np.abs(z).max(axis=1, keepdims=True), z.shape)
+
+
+def softmax64(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def case_bias_models(act):
+    """K models' row blocks, each with its own bias; the biases sit b_stride apart with NaN between
+    them (as in the (K, P) parameters, where weights lie between), so a misread bias shows."""
+    def case(be, rng, n, dtype):
+        models, rpm, cols = MODEL_SHAPES[n]
+        if act == "softmax" and n > 1:
+            cols = 10
+        rows, stride = models * rpm, cols + 3
+        Z = edges(rng.standard_normal((rows, cols)) * 6, rng)
+        bias = rng.standard_normal((models, cols)) * 6
+        buf = np.full((models, stride), np.nan)
+        buf[:, :cols] = bias
+        z = cast(Z, dtype) + np.repeat(cast(bias, dtype), rpm, axis=0)  # row r gets model r // rpm's bias
+        Zd = be.to_device(Z, dtype)
+        work = rows if act == "softmax" else Z.size
+        run(be, f"bias_{act}_models", dtype, work, Zd, be.to_device(buf.reshape(-1), dtype), rows, cols, rpm, stride)
+        if act == "softmax":
+            return Zd, softmax64(z), np.broadcast_to(np.abs(z).max(axis=1, keepdims=True), z.shape)
+        return Zd, FORWARD64[act](z), None
+    return case
 
 
 def activations(rng, shape, act="sigmoid"):
@@ -247,57 +277,102 @@ def case_output_delta(stem):
     return case
 
 
-def case_sgd_update(step):
+def optimizer_layout(rng, n, models):
+    """(models, P, n_weights, per-model hyperparameter factors) for an optimizer case: one network of n
+    parameters, or K models (MODEL_PARAMS) each with its own hyperparameters (factors around 1, one
+    model at exactly 1, so a decay of 1 is covered too)."""
+    nm, P = MODEL_PARAMS[n] if models else (1, n)
+    spread = rng.uniform(0.5, 2.0, nm) if models else np.ones(1)
+    spread[0] = 1.0
+    return nm, P, P - P // 3, spread
+
+
+def by_parameter(values, P):
+    """Per-model values (K,) repeated over each model's P parameters: (K*P,)."""
+    return np.repeat(values, P)
+
+
+def hyper(be, values, dtype, models):
+    """A hyperparameter as its kernel takes it: a device array of per-model values, or one number."""
+    return be.to_device(values, dtype) if models else float(values[0])
+
+
+def case_sgd_update(step, models=False):
     def case(be, rng, n, dtype):
-        p, g = edges(rng.standard_normal(n), rng), edges(rng.standard_normal(n), rng)
-        nw, decay = n - n // 3, 1 - 0.5 * 5.0 / 50_000
+        nm, P, nw, spread = optimizer_layout(rng, n, models)
+        p, g = edges(rng.standard_normal(nm * P), rng), edges(rng.standard_normal(nm * P), rng)
+        decay, steps = 1 - (0.5 * 5.0 / 50_000) * spread, step * spread
+        if models:
+            decay[-1] = 1.0  # no L2 for the last model
         pd_, gd = cast(p, dtype), cast(g, dtype)
-        dec, stp = float(np.asarray(decay, dtype)), float(np.asarray(step, dtype))
-        keep = np.where(np.arange(n) < nw, dec, 1.0)
+        dec, stp = cast(decay, dtype), by_parameter(cast(steps, dtype), P)
+        keep = np.where(np.tile(np.arange(P), nm) < nw, by_parameter(dec, P), 1.0)
         expected = keep * pd_ - stp * gd
-        P = be.to_device(p, dtype)
-        run(be, "sgd_update", dtype, n, P, be.to_device(g, dtype), n, nw, decay, step)
-        return P, expected, np.abs(keep * pd_) + np.abs(stp * gd)
+        Pd, Gd = be.to_device(p, dtype), be.to_device(g, dtype)
+        dh, sh = hyper(be, decay, dtype, models), hyper(be, steps, dtype, models)
+        if models:
+            run(be, "sgd_update_models", dtype, nm * P, Pd, Gd, nm * P, P, nw, dh, sh)
+        else:
+            run(be, "sgd_update", dtype, n, Pd, Gd, n, nw, dh, sh)
+        return Pd, expected, np.abs(keep * pd_) + np.abs(stp * gd)
     return case
 
 
-def case_momentum_update(be, rng, n, dtype):
-    p, g, v = (edges(rng.standard_normal(n), rng) for _ in range(3))
-    nw, eta, mu, l2 = n - n // 3, 0.37, 0.9, 5.0 / 50_000
-    p64, g64, v64 = cast(p, dtype), cast(g, dtype), cast(v, dtype)
-    eta_, mu_, l2_ = (float(np.asarray(x, dtype)) for x in (eta, mu, l2))
-    grad = g64 + np.where(np.arange(n) < nw, l2_, 0.0) * p64
-    vel = mu_ * v64 - eta_ * grad
-    P, V = be.to_device(p, dtype), be.to_device(v, dtype)
-    run(be, "momentum_update", dtype, n, P, be.to_device(g, dtype), V, n, nw, eta, mu, l2)
-    assert_close(be.to_host(V), vel, atol=1e-30, rtol=1e-5 if dtype == np.float32 else 1e-13,
-                 scale=np.abs(mu_ * v64) + np.abs(eta_ * grad), what="momentum velocity")
-    return P, p64 + vel, np.abs(p64) + np.abs(mu_ * v64) + np.abs(eta_ * grad)
+def case_momentum_update(models=False):
+    def case(be, rng, n, dtype):
+        nm, P, nw, spread = optimizer_layout(rng, n, models)
+        p, g, v = (edges(rng.standard_normal(nm * P), rng) for _ in range(3))
+        eta, mu, l2 = 0.37 * spread, 0.9, (5.0 / 50_000) * spread
+        p64, g64, v64 = cast(p, dtype), cast(g, dtype), cast(v, dtype)
+        mu_ = float(np.asarray(mu, dtype))
+        eta_, l2_ = by_parameter(cast(eta, dtype), P), by_parameter(cast(l2, dtype), P)
+        grad = g64 + np.where(np.tile(np.arange(P), nm) < nw, l2_, 0.0) * p64
+        vel = mu_ * v64 - eta_ * grad
+        Pd, V = be.to_device(p, dtype), be.to_device(v, dtype)
+        eh, lh = hyper(be, eta, dtype, models), hyper(be, l2, dtype, models)
+        if models:
+            run(be, "momentum_update_models", dtype, nm * P, Pd, be.to_device(g, dtype), V, nm * P, P, nw, eh, mu, lh)
+        else:
+            run(be, "momentum_update", dtype, n, Pd, be.to_device(g, dtype), V, n, nw, eh, mu, lh)
+        assert_close(be.to_host(V), vel, atol=1e-30, rtol=1e-5 if dtype == np.float32 else 1e-13,
+                     scale=np.abs(mu_ * v64) + np.abs(eta_ * grad), what="momentum velocity")
+        return Pd, p64 + vel, np.abs(p64) + np.abs(mu_ * v64) + np.abs(eta_ * grad)
+    return case
 
 
-def case_adam_update(be, rng, n, dtype):
-    """Two launches: the step count on the device goes 6 -> 7 -> 8 and each uses its own t; the
-    block counter is back at 0 after each (the last block resets it)."""
-    p, g, m = (edges(rng.standard_normal(n), rng) for _ in range(3))
-    v = np.abs(edges(rng.standard_normal(n), rng))
-    nw, eta, b1, b2, eps, decay = n - n // 3, 0.01, 0.9, 0.999, 1e-8, 1 - 0.01 * 5.0 / 50_000
-    P, G, Mm, V = (be.to_device(a, dtype) for a in (p, g, m, v))
-    steps, done = be.to_device(np.array([6]), np.int64), be.to_device(np.zeros(1), np.uint32)
-    p64, g64, m64, v64 = (cast(a, dtype) for a in (p, g, m, v))
-    eta_, b1_, b2_, eps_, dec_ = (float(np.asarray(x, dtype)) for x in (eta, b1, b2, eps, decay))
-    keep = np.where(np.arange(n) < nw, dec_, 1.0)
-    for t in (7, 8):
-        run(be, "adam_update", dtype, n, P, G, Mm, V, steps, done, n, nw, eta, b1, b2, eps, decay)
-        m64 = b1_ * m64 + (1 - b1_) * g64
-        v64 = b2_ * v64 + (1 - b2_) * g64 * g64
-        # 1 - b^t as (1 - b)(1 + b + ... + b^(t-1)): 1 - b**t cancels, even in float64
-        c1, c2 = ((1 - b) * sum(b ** k for k in range(t)) for b in (b1_, b2_))
-        stepped = eta_ * (m64 / c1) / (np.sqrt(v64 / c2) + eps_)
-        p64 = keep * p64 - stepped
-        assert int(be.to_host(steps)[0]) == t and int(be.to_host(done)[0]) == 0
-    atol, rtol = K.tolerance("adam.cu", dtype)
-    assert_close(be.to_host(Mm), m64, atol=1e-30, rtol=4 * rtol, scale=np.abs(m64) + np.abs(g64), what="adam m")
-    return P, p64, np.abs(keep * p64) + np.abs(stepped)
+def case_adam_update(models=False):
+    def case(be, rng, n, dtype):
+        """Two launches: the step count on the device goes 6 -> 7 -> 8 and each uses its own t; the
+        block counter is back at 0 after each (the last block resets it)."""
+        nm, P, nw, spread = optimizer_layout(rng, n, models)
+        p, g, m = (edges(rng.standard_normal(nm * P), rng) for _ in range(3))
+        v = np.abs(edges(rng.standard_normal(nm * P), rng))
+        eta, b1, b2, eps = 0.01 * spread, 0.9, 0.999, 1e-8
+        decay = 1 - eta * 5.0 / 50_000
+        Pd, G, Mm, V = (be.to_device(a, dtype) for a in (p, g, m, v))
+        steps, done = be.to_device(np.array([6]), np.int64), be.to_device(np.zeros(1), np.uint32)
+        p64, g64, m64, v64 = (cast(a, dtype) for a in (p, g, m, v))
+        b1_, b2_, eps_ = (float(np.asarray(x, dtype)) for x in (b1, b2, eps))
+        eta_ = by_parameter(cast(eta, dtype), P)
+        keep = np.where(np.tile(np.arange(P), nm) < nw, by_parameter(cast(decay, dtype), P), 1.0)
+        eh, dh = hyper(be, eta, dtype, models), hyper(be, decay, dtype, models)
+        for t in (7, 8):
+            if models:
+                run(be, "adam_update_models", dtype, nm * P, Pd, G, Mm, V, steps, done, nm * P, P, nw, eh, b1, b2, eps,
+                    dh)
+            else:
+                run(be, "adam_update", dtype, n, Pd, G, Mm, V, steps, done, n, nw, eh, b1, b2, eps, dh)
+            m64 = b1_ * m64 + (1 - b1_) * g64
+            v64 = b2_ * v64 + (1 - b2_) * g64 * g64
+            # 1 - b^t as (1 - b)(1 + b + ... + b^(t-1)): 1 - b**t cancels, even in float64
+            c1, c2 = ((1 - b) * sum(b ** k for k in range(t)) for b in (b1_, b2_))
+            stepped = eta_ * (m64 / c1) / (np.sqrt(v64 / c2) + eps_)
+            p64 = keep * p64 - stepped
+            assert int(be.to_host(steps)[0]) == t and int(be.to_host(done)[0]) == 0
+        atol, rtol = K.tolerance("adam.cu", dtype)
+        assert_close(be.to_host(Mm), m64, atol=1e-30, rtol=4 * rtol, scale=np.abs(m64) + np.abs(g64), what="adam m")
+        return Pd, p64, np.abs(keep * p64) + np.abs(stepped)
+    return case
 
 
 def case_one_hot(be, rng, n, dtype):
@@ -331,8 +406,14 @@ CASES = {
     "difference_delta": ("difference_delta.cu", "difference_delta", case_output_delta("difference_delta")),
     "sgd_update": ("sgd.cu", "sgd_update", case_sgd_update(0.37)),
     "sgd_update_unit_step": ("sgd.cu", "sgd_update", case_sgd_update(1.0)),
-    "momentum_update": ("momentum.cu", "momentum_update", case_momentum_update),
-    "adam_update": ("adam.cu", "adam_update", case_adam_update),
+    "momentum_update": ("momentum.cu", "momentum_update", case_momentum_update()),
+    "adam_update": ("adam.cu", "adam_update", case_adam_update()),
+    # the K-model variants (gpubp.stack)
+    **{f"bias_{a}_models": (f"{a}.cu", f"bias_{a}_models", case_bias_models(a)) for a in ("sigmoid", "tanh", "relu")},
+    "bias_softmax_models": ("softmax.cu", "bias_softmax_models", case_bias_models("softmax")),
+    "sgd_update_models": ("sgd.cu", "sgd_update_models", case_sgd_update(0.37, models=True)),
+    "momentum_update_models": ("momentum.cu", "momentum_update_models", case_momentum_update(models=True)),
+    "adam_update_models": ("adam.cu", "adam_update_models", case_adam_update(models=True)),
     "one_hot": ("one_hot.cu", "one_hot", case_one_hot),
     "argmax_hits": ("argmax_hits.cu", "argmax_hits", case_argmax_hits),
 }
