@@ -4,7 +4,8 @@ from .backends import get_backend
 from .data import load_mnist
 from .errors import GpubpError
 from .network import Network
+from .sweeping import sweep
 from .training import train
 from .version import __version__
 
-__all__ = ["Network", "get_backend", "load_mnist", "train", "GpubpError", "__version__"]
+__all__ = ["Network", "get_backend", "load_mnist", "train", "sweep", "GpubpError", "__version__"]

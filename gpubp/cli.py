@@ -1,4 +1,4 @@
-"""The command line: gpubp train | evaluate | bench | info.
+"""The command line: gpubp train | evaluate | bench | sweep | info.
 
 Every error (bad argument, file, model or data) is one line on stderr and exit status 2.
 """
@@ -107,6 +107,31 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", type=Path, metavar="OUT.png", help="plot GPU/CPU speed-up vs batch size")
     b.add_argument("--data-dir", metavar="DIR", help="MNIST directory (default $GPUBP_DATA_DIR or the cache)")
     b.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("sweep", help="train a grid of runs (seeds x eta x lambda), K models at once per group")
+    s.add_argument("--sizes", type=_sizes, default=[784, 30, 10], help="layer widths (default 784,30,10)")
+    s.add_argument("--cost", choices=list(COSTS), default="quadratic", help="output cost (default quadratic)")
+    s.add_argument("--activation", choices=list(ACTIVATIONS), default="sigmoid", help="hidden layers' activation")
+    s.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd", help="update rule (default sgd)")
+    s.add_argument("--momentum", type=_number(float, 0, True), default=0.9, metavar="MU",
+                   help="mu for --optimizer momentum (default 0.9)")
+    s.add_argument("--seeds", default="1", help="seeds, e.g. 1-8 or 1,3,5 (default 1)")
+    s.add_argument("--eta", type=_list(float), default=[None], help="learning rates, e.g. 0.1,0.5 (default: the optimizer's)")
+    s.add_argument("--lmbda", type=_list(float), default=[0.0], help="L2 strengths, e.g. 0,5 (default 0)")
+    s.add_argument("--batch-size", type=_number(int, 1, True), default=10, help="mini-batch size (default 10)")
+    s.add_argument("--epochs", type=_number(int, 1, True), default=30, help="epochs (default 30)")
+    s.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    s.add_argument("--init", choices=list(INIT_CHOICES), default="default", help="weight initialisation (as train's)")
+    s.add_argument("--group-size", type=_number(int, 1, True), default=None, metavar="K",
+                   help="models trained at once per group (default 16)")
+    s.add_argument("--train-cost", action="store_true", help="also record each epoch's training cost (a forward pass)")
+    s.add_argument("--ray", metavar="auto|HOST:PORT", default=None,
+                   help="send the groups to a Ray cluster as tasks (needs the ray extra)")
+    _common(s)
+    s.add_argument("--json", type=Path, metavar="OUT.json", help="write every run's history, config and the machine")
+    s.add_argument("--plot", type=Path, metavar="OUT.png", help="plot test accuracy per config with the seed spread")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_sweep)
 
     i = sub.add_parser("info", help="backend, device, library versions, BLAS threads")
     i.add_argument("--backend", choices=list(BACKEND_NAMES), default=None)
@@ -222,6 +247,35 @@ def cmd_bench(args) -> int:
         write_json(args.json, result)
     if args.plot:
         plot(result, args.plot)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from . import sweeping as sweep
+    from .bench.plot import pyplot
+
+    _check_writable(args.json, "JSON file")
+    _check_writable(args.plot, "plot")
+    if args.plot:
+        pyplot()  # fail now, not after the sweep
+    runs = sweep.grid(sweep.parse_seeds(args.seeds), etas=args.eta or [None], lmbdas=args.lmbda or [0.0],
+                      sizes=args.sizes, cost=args.cost, activation=args.activation, optimizer=args.optimizer,
+                      momentum=args.momentum, dtype=args.dtype, init=args.init, batch_size=args.batch_size,
+                      epochs=args.epochs)
+    data = _load_data(args, args.sizes[0], args.sizes[-1])
+    plan = sweep.groups(runs, args.group_size)
+    where = f"on Ray ({args.ray})" if args.ray else f"on backend {args.backend or 'auto'}"
+    print(f"gpubp sweep: {len(runs)} runs in {len(plan)} group(s) of up to {max(map(len, plan))} models, {where}",
+          file=sys.stderr)
+    result = sweep.sweep(runs, data=data, backend=args.backend, group_size=args.group_size, ray=args.ray,
+                         progress=False if args.quiet else None, monitor_training_cost=args.train_cost)
+    print(sweep.table(result))
+    print()
+    print(sweep.summary(result))
+    if args.json:
+        write_json(args.json, result)
+    if args.plot:
+        sweep.plot(result, args.plot)
     return 0
 
 

@@ -31,6 +31,10 @@ which do each product with the layer's elementwise work in its epilogue: a forwa
 of a layer, BP3+BP4 (+ SGD's update) of a layer, and the output layer's forward with BP1 are one
 launch each, 3L - 1 per step, and nothing from cuBLAS. Workspaces are made the first time a batch size is seen, so after the
 first step a training step allocates nothing, copies nothing and waits for nothing.
+
+Every array above may carry leading model axes (``lead``): () for one network, (K,) for the K
+networks of a gpubp.stack.Stack, whose parameters are one (K, P) buffer, W[l] (K, n_out, n_in)
+and A[l] (K, m, n_l); the products are then batched and the same equations run unchanged.
 """
 
 from __future__ import annotations
@@ -74,13 +78,14 @@ def check_sizes(sizes) -> list[int]:
 
 class Workspace:
     """Activations A[1..L], errors D[0..L-1] (and their transposed views) and a row of ones, for
-    batches of m rows; made once per batch size, so a step allocates nothing."""
+    batches of m rows (each array with the leading model axes ``lead``); made once per batch size,
+    so a step allocates nothing."""
 
-    def __init__(self, be, sizes, m, dtype, backward):
+    def __init__(self, be, sizes, m, dtype, backward, lead=()):
         self.m = m
-        self.A = [None] + [be.empty((m, n), dtype) for n in sizes[1:]]
-        self.D = [be.empty((m, n), dtype) for n in sizes[1:]] if backward else None
-        self.DT = [d.T for d in self.D] if backward else None
+        self.A = [None] + [be.empty((*lead, m, n), dtype) for n in sizes[1:]]
+        self.D = [be.empty((*lead, m, n), dtype) for n in sizes[1:]] if backward else None
+        self.DT = [d.swapaxes(-1, -2) for d in self.D] if backward else None
         self.ones = None
         if backward:
             self.ones = be.empty((1, m), dtype)
@@ -105,6 +110,8 @@ class Network:
             kernels, 3L - 1 launches a step; needs the cupy or emulated backend). Training steps
             take the route; evaluation always runs the forward pass through the BLAS.
     """
+
+    lead: tuple = ()  # leading model axes of every parameter and activation array: (K,) in a Stack
 
     def __init__(self, sizes, cost="quadratic", activation="sigmoid", backend=None, dtype="float32",
                  seed=None, init="default", gemm="blas"):
@@ -132,16 +139,17 @@ class Network:
         self.n_weights = sum(o * i for o, i in self.shapes)
         self.n_params = count_parameters(self.sizes)
         try:
-            self.params = self.be.empty((self.n_params,), self.dtype)
-            self.grads = self.be.empty((self.n_params,), self.dtype)
+            self.params = self.be.empty((*self.lead, self.n_params), self.dtype)
+            self.grads = self.be.empty((*self.lead, self.n_params), self.dtype)
         except MemoryError:
-            raise GpubpError(f"not enough memory for {self.n_params:,} parameters of {self.dtype}") from None
+            raise GpubpError(f"not enough memory for {self.n_params:,} parameters of {self.dtype}"
+                             + (f" times {self.lead[0]} models" if self.lead else "")) from None
         self.weights, self.biases = self._views(self.params)
         self.grad_weights, self.grad_biases = self._views(self.grads)
         # Views made once, so a step makes none: W^T for the forward GEMM, b and dC/db as (1, n) rows.
-        self._weights_T = [w.T for w in self.weights]
-        self._bias_rows = [b.reshape(1, -1) for b in self.biases]
-        self._grad_bias_rows = [g.reshape(1, -1) for g in self.grad_biases]
+        self._weights_T = [w.swapaxes(-1, -2) for w in self.weights]
+        self._bias_rows = [b[..., None, :] for b in self.biases]
+        self._grad_bias_rows = [g[..., None, :] for g in self.grad_biases]
         self.layer_activations = [self.activation] * (self.L - 1) + [self.cost.output]
         self._bias_act = [self.be.kernel(a.forward_kernel, self.dtype) for a in self.layer_activations]
         self._act_delta = self.be.kernel(self.activation.delta_kernel, self.dtype)
@@ -160,21 +168,24 @@ class Network:
                              f"outputs, not {self.sizes[-1]}: use gemm='blas'")
         return gemm
 
+    def bias_offsets(self) -> list[int]:
+        """Where b[l] starts in a model's flat parameters (after every W)."""
+        return [self.n_weights + sum(o for o, _ in self.shapes[:l]) for l in range(self.L)]
+
     def _views(self, flat):
-        """Lists of W[l] (n_out, n_in) and b[l] (n_out,) views into one flat buffer."""
-        ws, bs, k = [], [], 0
+        """Lists of W[l] (*lead, n_out, n_in) and b[l] (*lead, n_out) views into one buffer (*lead, P)."""
+        lead, ws, k = flat.shape[:-1], [], 0
         for o, i in self.shapes:
-            ws.append(flat[k:k + o * i].reshape(o, i))
+            ws.append(flat[..., k:k + o * i].reshape(*lead, o, i))
             k += o * i
-        for o, _ in self.shapes:
-            bs.append(flat[k:k + o])
-            k += o
+        bs = [flat[..., k:k + o] for k, (o, _) in zip(self.bias_offsets(), self.shapes)]
         return ws, bs
 
-    def _initial_params(self) -> np.ndarray:
+    def _initial_params(self, seed=None) -> np.ndarray:
         """Weights N(0, std(n_in)^2) by ``init``, biases N(0, 1) (0 under "he"), drawn on the host in
-        float64 from the seed, so every backend and dtype starts from the same numbers."""
-        rng = np.random.default_rng(self.seed)
+        float64 from the seed (default: this network's), so every backend and dtype starts from the
+        same numbers."""
+        rng = np.random.default_rng(self.seed if seed is None else seed)
         flat = np.empty(self.n_params)
         ws, bs = self._views(flat)
         std = INITS[self.init]
@@ -185,10 +196,11 @@ class Network:
         return flat
 
     def set_params(self, flat) -> None:
-        """Copy a flat host vector (every W, then every b) into the parameter buffer."""
+        """Copy a flat host vector (every W, then every b; (*lead, P) for a stack) into the parameter buffer."""
         flat = np.asarray(flat)
-        if flat.shape != (self.n_params,):
-            raise GpubpError(f"expected {self.n_params} parameters for sizes {self.sizes}, got {flat.shape}")
+        if flat.shape != (*self.lead, self.n_params):
+            raise GpubpError(f"expected {(*self.lead, self.n_params)} parameters for sizes {self.sizes}, "
+                             f"got {flat.shape}")
         self.params[...] = self.be.to_device(flat, self.dtype)
 
     def get_params(self) -> np.ndarray:
@@ -246,7 +258,7 @@ class Network:
         """The workspace for batches of m rows (made on first use), with the own route's launches."""
         key = (m, backward)
         if key not in self._ws:
-            ws = self._ws[key] = Workspace(self.be, self.sizes, m, self.dtype, backward)
+            ws = self._ws[key] = Workspace(self.be, self.sizes, m, self.dtype, backward, self.lead)
             if backward and self.gemm == "own":
                 ws.own = self._own_launches(m)
         return self._ws[key]
@@ -276,15 +288,18 @@ class Network:
     # -----------------------------------------------------------------------------------------
 
     def _forward(self, X, ws):
-        """Fill ws.A with every layer's activations for X (m, n_0); returns A[L] (m, n_L)."""
-        A, m = ws.A, X.shape[0]
+        """Fill ws.A with every layer's activations for X (m, n_0) (or (*lead, m, n_0)); returns A[L]."""
+        A = ws.A
         A[0] = X
         for l in range(self.L):
             self.be.matmul(A[l], self._weights_T[l], out=A[l + 1])  # z = a W^T (+ b below)
-            n = self.sizes[l + 1]
-            work = m if self.layer_activations[l].row_wise else m * n
-            self._bias_act[l](work, A[l + 1], self.biases[l], m, n)  # a = f(z + b), fused
+            self._bias_activate(l, A[l + 1])  # a = f(z + b), fused
         return A[self.L]
+
+    def _bias_activate(self, l, Z) -> None:
+        """Z (m, n_{l+1}) <- f(Z + b[l]): layer l's bias and activation in one kernel."""
+        m, n = Z.shape
+        self._bias_act[l](m if self.layer_activations[l].row_wise else Z.size, Z, self.biases[l], m, n)
 
     def _backward(self, Y, ws, optimizer=None) -> None:
         """BP1-BP4 from the activations in ws.A. With no optimizer, or one that is not fused, the
@@ -334,7 +349,7 @@ class Network:
 
     def _train_pass(self, X, Y, optimizer=None) -> None:
         """Forward and BP1-BP4 (and the update, given an optimizer) on the network's route."""
-        ws = self.workspace(X.shape[0])
+        ws = self.workspace(X.shape[-2])
         if self.gemm == "own":
             self._own_pass(X, Y, ws, optimizer)
         else:
@@ -384,30 +399,40 @@ class Network:
     def measure(self, X, y, lmbda=0.0, cost=True, accuracy=True) -> dict:
         """Total cost (mean over rows, plus network2's L2 term 0.5*lmbda/n*sum w^2) and accuracy of
         (X (n, n_0), y (n,) labels), computed on the device and brought back in one copy."""
+        return self.measure_models(X, y, lmbda, cost, accuracy)[0]
+
+    def measure_models(self, X, y, lmbda=0.0, cost=True, accuracy=True) -> list[dict]:
+        """``measure`` of every model on the same (X, y): [one dict] for a network, K for a stack
+        (whose ``lmbda`` may be one value per model)."""
         X = self.to_device(X)
         n = X.shape[0]
         if n == 0:
             raise GpubpError("cannot evaluate on an empty data set")
         labels = self.labels(y, n)
         xp = self.xp
-        totals = xp.zeros(2, dtype=xp.float64)  # [summed cost, number correct]
+        models = list(np.ndindex(*self.lead))  # [()] for one network
+        totals = xp.zeros((2, *self.lead), dtype=xp.float64)  # [summed cost, number correct] per model
         argmax_hits = self.be.kernel("argmax_hits", self.dtype)
         for k in range(0, n, EVAL_ROWS):
             Xc, lc = X[k:k + EVAL_ROWS], labels[k:k + EVAL_ROWS]
             rows = Xc.shape[0]
             out = self._forward(Xc, self.workspace(rows, False))
-            if cost:
-                totals[0] += self.cost.fn(xp, out, self.one_hot(lc))
-            if accuracy:
-                hits = self.be.empty((rows,), np.int32)
-                argmax_hits(rows, hits, out, lc, rows, out.shape[1])
-                totals[1] += xp.sum(hits)
-        if cost and lmbda:
-            totals[0] += 0.5 * lmbda * sum(xp.sum(w.astype(xp.float64) ** 2) for w in self.weights)
-        total_cost, correct = self.be.to_host(totals)
-        return {"cost": float(total_cost) / n if cost else None,
-                "correct": int(correct) if accuracy else None,
-                "accuracy": float(correct) / n if accuracy else None, "n": n}
+            Y = self.one_hot(lc) if cost else None
+            hits = self.be.empty((rows,), np.int32) if accuracy else None
+            for i in models:
+                if cost:
+                    totals[(0, *i)] += self.cost.fn(xp, out[i], Y)
+                if accuracy:
+                    argmax_hits(rows, hits, out[i], lc, rows, out.shape[-1])
+                    totals[(1, *i)] += xp.sum(hits)
+        lmbdas = np.broadcast_to(np.asarray(lmbda, dtype=np.float64), self.lead)  # one per model, or shared
+        for i in models:
+            if cost and lmbdas[i]:
+                totals[(0, *i)] += 0.5 * lmbdas[i] * sum(xp.sum(w[i].astype(xp.float64) ** 2) for w in self.weights)
+        host = self.be.to_host(totals)
+        return [{"cost": float(host[(0, *i)]) / n if cost else None,
+                 "correct": int(host[(1, *i)]) if accuracy else None,
+                 "accuracy": float(host[(1, *i)]) / n if accuracy else None, "n": n} for i in models]
 
     def evaluate(self, X, y) -> float:
         """Fraction of rows of X (n, n_0) whose largest output is the label y (n,)."""

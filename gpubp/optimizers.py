@@ -16,8 +16,12 @@ Plain SGD needs no gradient buffer: its update rides in the BP3/BP4 products the
 (W <- decay*W - eta*delta^T a, one GEMM with alpha and beta), so ``fused`` tells the network to
 do that; the others read ``grads`` and launch their kernel.
 
-Adding an optimizer: a class here and an entry in OPTIMIZERS, its kernel in kernels/<name>.cu
-and its reference in gpubp/reference.py.
+The K networks of a gpubp.stack.Stack each have an optimizer of one kind, with its own eta and
+lmbda: ``ModelOptimizers`` holds them and updates the (K, P) buffers in one ``<kernel>_models``
+kernel, which reads each model's values (``per_model``) from device arrays.
+
+Adding an optimizer: a class here (``update`` and ``update_models``) and an entry in OPTIMIZERS,
+its two kernels in kernels/<name>.cu and their references in gpubp/reference.py.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class Optimizer:
     fused = False
     default_eta = 0.1
     state_names: tuple[str, ...] = ()
+    per_model: tuple[str, ...] = ("eta",)  # the values each model of a stack has its own of (see ModelOptimizers)
+    block_counter = False  # its kernel counts finished blocks in a device word (``done``)
 
     def __init__(self, eta=None, lmbda=0.0, n=None):
         self.eta = _number("eta", self.default_eta if eta is None else eta, lambda v: v > 0, "> 0")
@@ -80,12 +86,21 @@ class Optimizer:
             raise GpubpError(f"this {self.name} optimizer already belongs to another network")
         if self.net is None:
             self.net = net
-            self.state = {k: net.be.zeros((net.n_params,), net.dtype) for k in self.state_names}
+            self.state = self.new_state(net.be, net.params.shape, net.dtype)
             self._kernel = net.be.kernel(self.kernel_name, net.dtype) if self.kernel_name else None
+            self.done = net.be.zeros((1,), np.uint32) if self.block_counter else None
         return self
+
+    def new_state(self, be, shape, dtype) -> dict:
+        """Zeroed state beside parameters of ``shape``: one buffer per ``state_names``."""
+        return {k: be.zeros(shape, dtype) for k in self.state_names}
 
     def update(self) -> None:
         """One update of every parameter from ``net.grads`` (the mean gradient): one kernel."""
+        raise NotImplementedError
+
+    def update_models(self, group: ModelOptimizers) -> None:
+        """One update of every model of ``group``'s stack (this optimizer's kind), one kernel."""
         raise NotImplementedError
 
     def state_arrays(self) -> dict[str, np.ndarray]:
@@ -113,9 +128,15 @@ class SGD(Optimizer):
         super().__init__(eta, lmbda, n)
         self.fused = bool(fused)
 
+    per_model = ("decay", "eta")
+
     def update(self) -> None:
         net = self.net
         self._kernel(net.n_params, net.params, net.grads, net.n_params, net.n_weights, self.decay, self.eta)
+
+    def update_models(self, group) -> None:
+        s, v = group.net, group.values
+        group.kernel(s.params.size, s.params, s.grads, s.params.size, s.n_params, s.n_weights, v["decay"], v["eta"])
 
 
 class Momentum(Optimizer):
@@ -125,6 +146,7 @@ class Momentum(Optimizer):
     kernel_name = "momentum_update"
     default_eta = 0.3  # network.py's 3.0 times (1 - mu): the same step once v has built up
     state_names = ("velocity",)
+    per_model = ("eta", "l2")
 
     def __init__(self, eta=None, lmbda=0.0, n=None, momentum=0.9):
         super().__init__(eta, lmbda, n)
@@ -138,6 +160,11 @@ class Momentum(Optimizer):
         self._kernel(net.n_params, net.params, net.grads, self.state["velocity"], net.n_params, net.n_weights,
                      self.eta, self.mu, self.l2)
 
+    def update_models(self, group) -> None:
+        s, v = group.net, group.values
+        group.kernel(s.params.size, s.params, s.grads, group.state["velocity"], s.params.size, s.n_params,
+                     s.n_weights, v["eta"], self.mu, v["l2"])
+
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with lmbda as decoupled weight decay; the step count lives on the device."""
@@ -146,6 +173,8 @@ class Adam(Optimizer):
     kernel_name = "adam_update"
     default_eta = 0.001
     state_names = ("m", "v")
+    per_model = ("eta", "decay")
+    block_counter = True
 
     def __init__(self, eta=None, lmbda=0.0, n=None, beta1=0.9, beta2=0.999, eps=1e-8):
         super().__init__(eta, lmbda, n)
@@ -156,18 +185,69 @@ class Adam(Optimizer):
     def hyperparameters(self) -> dict:
         return {**super().hyperparameters(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
 
-    def bind(self, net) -> Optimizer:
-        fresh = self.net is None
-        super().bind(net)
-        if fresh:  # steps taken so far (on the device), and the kernel's count of finished blocks
-            self.state["steps"] = net.be.zeros((1,), np.int64)
-            self.done = net.be.zeros((1,), np.uint32)
-        return self
+    def new_state(self, be, shape, dtype) -> dict:
+        state = super().new_state(be, shape, dtype)
+        state["steps"] = be.zeros((1,), np.int64)  # steps taken so far, on the device
+        return state
 
     def update(self) -> None:
         net, s = self.net, self.state
         self._kernel(net.n_params, net.params, net.grads, s["m"], s["v"], s["steps"], self.done, net.n_params,
                      net.n_weights, self.eta, self.beta1, self.beta2, self.eps, self.decay)
+
+    def update_models(self, group) -> None:
+        net, s, v = group.net, group.state, group.values
+        group.kernel(net.params.size, net.params, net.grads, s["m"], s["v"], s["steps"], group.done,
+                     net.params.size, net.n_params, net.n_weights, v["eta"], self.beta1, self.beta2, self.eps,
+                     v["decay"])
+
+
+class ModelOptimizers:
+    """The optimizers of a stack's K models, one each and in model order: one kind, the same
+    hyperparameters but eta and lmbda (so each model has its own decay), updating the stack's
+    (K, P) parameters from its (K, P) gradients in one ``<kernel>_models`` launch. Each model's
+    values (its optimizer's ``per_model``: eta, decay, l2) live in device arrays of length K.
+
+    ``fused`` is False: a batched product has one alpha and one beta for all K models, so plain
+    SGD's update is not folded into BP4 here (the gradient goes to ``grads``, then the kernel)."""
+
+    fused = False
+
+    def __init__(self, optimizers):
+        self.optimizers = list(optimizers)
+        if not self.optimizers:
+            raise GpubpError("a stack needs one optimizer per model, got none")
+        first = self.optimizers[0]
+        shared = {k: v for k, v in first.hyperparameters().items() if k not in ("eta", "lmbda")}
+        for o in self.optimizers:
+            if type(o) is not type(first) or {k: v for k, v in o.hyperparameters().items()
+                                              if k not in ("eta", "lmbda")} != shared:
+                raise GpubpError(f"the models of a stack share one optimizer kind and its settings but eta and "
+                                 f"lmbda: got {first.config()} and {o.config()}")
+        self.kind = first
+        self.name = first.name
+        self.net = None
+        self.state: dict[str, object] = {}
+
+    def bind(self, stack) -> ModelOptimizers:
+        """Allocate the state (zeros, (K, P) like the stack's parameters) and upload each model's values."""
+        if self.net is not None and self.net is not stack:
+            raise GpubpError(f"these {self.name} optimizers already belong to another stack")
+        if self.net is None:
+            if stack.params.shape[:-1] != (len(self.optimizers),):
+                raise GpubpError(f"{len(self.optimizers)} optimizers for a stack of {stack.params.shape[:-1]} models")
+            be, kind = stack.be, self.kind
+            self.net = stack
+            self.state = kind.new_state(be, stack.params.shape, stack.dtype)
+            self.values = {name: be.to_device(np.array([getattr(o, name) for o in self.optimizers]), stack.dtype)
+                           for name in kind.per_model}
+            self.kernel = be.kernel(kind.kernel_name + "_models", stack.dtype)
+            self.done = be.zeros((1,), np.uint32) if kind.block_counter else None
+        return self
+
+    def update(self) -> None:
+        """One update of every model's parameters from the stack's gradients: one kernel."""
+        self.kind.update_models(self)
 
 
 OPTIMIZERS = {o.name: o for o in (SGD, Momentum, Adam)}

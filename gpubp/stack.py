@@ -1,0 +1,85 @@
+"""Stack: K networks of one shape trained at once, one model per seed (gpubp.sweep's engine).
+
+Shapes, in words (network.py's, with the model axis first):
+    K            models in the stack
+    params       (K, P)               each model's flat parameters, every W then every b
+    W[l], b[l]   (K, n_out, n_in), (K, n_out)   views into params (model stride P)
+    A[l], D[l]   (K, m, n_l)          every model's activations and errors for its own mini-batch
+
+The maths is Network's, run unchanged on these arrays: each product is ONE batched GEMM over the
+K models (numpy.matmul on stacked arrays; a strided-batched cuBLAS call on the GPU), the cost's and
+the activation's delta kernels work elementwise over all K models at once, and the two things that
+differ per model take the model's index: the bias (``bias_<act>_models``, whose row block k adds
+model k's b) and the update (``<optimizer>_update_models``, with model k's eta and lambda).
+Launches and GEMMs per step therefore do not grow with K.
+
+Model k starts from exactly Network(seed=seeds[k])'s parameters and shuffles with its own
+generator, seeded as Network(seed=seeds[k]) seeds its own, so it trains as that network would,
+step for step: on NumPy the same BLAS calls on the same numbers (bit for bit, as the tests check);
+on a GPU within rounding, since a stack never folds plain SGD's update into BP4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import GpubpError
+from .network import Network
+
+
+class Stack(Network):
+    """K networks of one shape, one per seed: ``step``, ``measure_models`` and ``network(k)``.
+
+    Args as Network's, but ``seeds`` (one per model; each seeds the model's weights and its
+    ``rngs[k]``, the shuffle's generator) instead of seed, and only the BLAS route.
+    """
+
+    def __init__(self, sizes, seeds, cost="quadratic", activation="sigmoid", backend=None, dtype="float32",
+                 init="default"):
+        try:
+            self.seeds = [int(s) for s in seeds]
+        except (TypeError, ValueError):
+            raise GpubpError(f"seeds must be integers, got {seeds!r}") from None
+        if not self.seeds or min(self.seeds) < 0:
+            raise GpubpError(f"a stack needs one or more non-negative seeds, got {self.seeds}")
+        self.lead = (len(self.seeds),)
+        super().__init__(sizes, cost=cost, activation=activation, backend=backend, dtype=dtype, seed=self.seeds[0],
+                         init=init)
+        self.K = len(self.seeds)
+        self.rngs = [np.random.default_rng(s) for s in self.seeds]  # as Network(seed=s).rng
+        self._bias_act_models = [self.be.kernel(a.forward_models_kernel, self.dtype) for a in self.layer_activations]
+        flat = self.params.reshape(-1)
+        # b[l] of model 0 onwards, as one contiguous 1-D view: the kernel steps P from model to model
+        self._bias_from = [flat[k:] for k in self.bias_offsets()]
+
+    def _initial_params(self, seed=None) -> np.ndarray:
+        """(K, P): model k's starting parameters are Network(seed=seeds[k])'s."""
+        return np.stack([super(Stack, self)._initial_params(s) for s in self.seeds])
+
+    def _bias_activate(self, l, Z) -> None:
+        """Z (K, m, n_{l+1}) <- f(Z + b[l] of each row block's model), one kernel for all K models."""
+        K, m, n = Z.shape
+        rows = K * m
+        work = rows if self.layer_activations[l].row_wise else Z.size
+        self._bias_act_models[l](work, Z, self._bias_from[l], rows, n, m, self.n_params)
+
+    def measure(self, X, y, lmbda=0.0, cost=True, accuracy=True) -> list[dict]:
+        """Network.measure for each model, on the same (X, y): a list of K dicts."""
+        return self.measure_models(X, y, lmbda, cost, accuracy)
+
+    def network(self, k: int) -> Network:
+        """Model k as a Network of its own (a copy of its parameters, its seed, its shuffle state)."""
+        net = Network(self.sizes, cost=self.cost, activation=self.activation, backend=self.be, dtype=self.dtype,
+                      seed=self.seeds[k], init=self.init)
+        net.set_params(self.be.to_host(self.params[k]))
+        net.rng.bit_generator.state = self.rngs[k].bit_generator.state
+        net.epochs_trained = self.epochs_trained
+        return net
+
+    def config(self) -> dict:
+        cfg = super().config()
+        del cfg["seed"]
+        return {**cfg, "seeds": list(self.seeds)}
+
+    def __repr__(self) -> str:
+        return f"Stack of {self.K} x " + super().__repr__()

@@ -1,0 +1,358 @@
+"""Sweeps: many training runs (seeds x eta x lambda) trained K at a time as one Stack, locally or on Ray.
+
+A run is one `gpubp train`: its settings are a dict of SHARED settings (the network and how it
+trains) and PER_RUN ones (seed, eta, lmbda). Runs that agree on every SHARED setting form groups
+of at most ``group_size``; a group trains as one gpubp.stack.Stack, so its K models cost one
+step's launches and batched products, and each model's weights equal those of its own
+``gpubp train --seed S --eta ETA --lmbda L`` (bit for bit on NumPy; the tests check it). Groups run
+one after another here, or as Ray tasks on a cluster (gpubp.ray_sweep, imported only then).
+(The module is sweeping.py, as training.py holds ``train``: a module named sweep would be shadowed
+by the function ``gpubp.sweep``.)
+
+Each run's result: its settings, its per-epoch history (the records `gpubp train` keeps), its best
+validation accuracy and that epoch, its test accuracy after the last epoch, and its seconds: the
+group's training time over K, the share the run cost. ``table`` and ``summary`` print them,
+``plot`` draws test accuracy per config with the spread over seeds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .errors import GpubpError
+from .network import check_sizes
+from .optimizers import ModelOptimizers, make_optimizer
+
+# What the runs of one group share, with gpubp train's defaults, and what each run has of its own.
+SHARED = {"sizes": [784, 30, 10], "cost": "quadratic", "activation": "sigmoid", "optimizer": "sgd", "momentum": 0.9,
+          "dtype": "float32", "init": "default", "batch_size": 10, "epochs": 30}
+PER_RUN = {"seed": None, "eta": None, "lmbda": 0.0}
+DEFAULT_GROUP_SIZE = 16
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'1-8' -> [1, ..., 8]; '1,3,5' and '1-4,9' work too; each seed once, in order."""
+    seeds = []
+    for part in str(text).split(","):
+        part = part.strip()
+        lo, dash, hi = part.partition("-")
+        try:
+            seeds += range(int(lo), int(hi) + 1) if dash else [int(part)]
+        except ValueError:
+            raise GpubpError(f"seeds must look like 1-8 or 1,3,5, got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise GpubpError(f"seeds must be distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+def grid(seeds, etas=(None,), lmbdas=(0.0,), **shared) -> list[dict]:
+    """One run per (eta, lmbda, seed), config after config; ``shared``: any SHARED setting."""
+    return [normalize({**shared, "seed": s, "eta": e, "lmbda": lm})
+            for e, lm, s in itertools.product(etas, lmbdas, seeds)]
+
+
+def normalize(run: dict) -> dict:
+    """A run's settings, complete and checked: defaults filled in, eta resolved to the optimizer's
+    default when None, sizes and hyperparameters validated (GpubpError before anything trains)."""
+    unknown = set(run) - set(SHARED) - set(PER_RUN)
+    if unknown:
+        raise GpubpError(f"unknown run settings {sorted(unknown)}: a run has {', '.join([*SHARED, *PER_RUN])}")
+    r = {**SHARED, **PER_RUN, **run}
+    r["sizes"] = check_sizes(r["sizes"])
+    if r["seed"] is None or int(r["seed"]) < 0:
+        raise GpubpError(f"every run needs a non-negative seed, got {r['seed']!r}")
+    r["seed"] = int(r["seed"])
+    opt = _optimizer(r, n=1)
+    r["eta"], r["lmbda"] = opt.eta, opt.lmbda
+    r["batch_size"], r["epochs"] = int(r["batch_size"]), int(r["epochs"])
+    if r["batch_size"] < 1 or r["epochs"] < 1:
+        raise GpubpError(f"batch_size and epochs must be >= 1, got {r['batch_size']} and {r['epochs']}")
+    return r
+
+
+def _optimizer(run: dict, n: int):
+    hyper = {"momentum": run["momentum"]} if run["optimizer"] == "momentum" else {}
+    return make_optimizer(run["optimizer"], eta=run["eta"], lmbda=run["lmbda"], n=n, **hyper)
+
+
+def shared_key(run: dict) -> tuple:
+    return tuple(tuple(v) if isinstance(v, list) else v for v in (run[k] for k in SHARED))
+
+
+def groups(runs, group_size=None) -> list[list[dict]]:
+    """The runs in groups that can train as one Stack: same SHARED settings, at most group_size each
+    (default DEFAULT_GROUP_SIZE), in the order the runs came."""
+    size = DEFAULT_GROUP_SIZE if group_size is None else int(group_size)
+    if size < 1:
+        raise GpubpError(f"group size must be >= 1, got {group_size}")
+    by_key: dict[tuple, list[dict]] = {}
+    for r in runs:
+        by_key.setdefault(shared_key(r), []).append(r)
+    return [rs[k:k + size] for rs in by_key.values() for k in range(0, len(rs), size)]
+
+
+# ---------------------------------------------------------------------------------------------
+# One group: K runs as one Stack
+# ---------------------------------------------------------------------------------------------
+
+def train_group(runs, data, backend=None, monitor_training_cost=False, on_epoch=None, keep_params=False) -> dict:
+    """Train runs that share their SHARED settings as one Stack on ``data`` ({"train", "validation",
+    "test"}: (X, y) pairs), epoch by epoch as gpubp.training trains one network (see _Group), with
+    the validation accuracy (and, if asked, the training cost) after each epoch and the test
+    accuracy after the last. ``on_epoch(epoch, epochs)`` after each epoch. Returns {"runs": one
+    result per run, "size", "seconds", "backend", "device"}; keep_params adds each run's trained
+    parameters (a host array, not JSON) to its result."""
+    group = _Group(runs, data, backend)
+    K, epochs = group.stack.K, runs[0]["epochs"]
+    histories, diverged = [[] for _ in runs], [None] * K
+    # A diverging model is reported by its finiteness check, not by NumPy warnings mid-epoch.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for epoch in range(1, epochs + 1):
+            seconds = group.epoch()
+            finite, records = group.evaluate(epoch, seconds, monitor_training_cost)
+            for i in range(K):
+                histories[i].append(records[i])
+                if not finite[i] and diverged[i] is None:
+                    diverged[i] = epoch
+            if on_epoch is not None:
+                on_epoch(epoch, epochs)
+        test = group.stack.measure(*data["test"], cost=False)
+    train_seconds = sum(h["seconds"] for h in histories[0])
+    params = group.stack.get_params() if keep_params else None
+    results = []
+    for i, (r, h, t, d) in enumerate(zip(runs, histories, test, diverged)):
+        best = max(range(len(h)), key=lambda e: h[e]["validation_accuracy"])  # the first of the best
+        results.append({"run": r, "history": h, "best_validation_accuracy": h[best]["validation_accuracy"],
+                        "best_epoch": h[best]["epoch"], "test_accuracy": t["accuracy"], "diverged_epoch": d,
+                        "seconds": train_seconds / K, **({"params": params[i]} if keep_params else {})})
+    be = group.stack.be
+    return {"runs": results, "size": K, "seconds": train_seconds, "backend": be.name, "device": be.device}
+
+
+class _Group:
+    """One group's Stack, its optimizers and its data on the device, and the gathered batches."""
+
+    def __init__(self, runs, data, backend):
+        from .stack import Stack
+
+        first = runs[0]
+        if any(shared_key(r) != shared_key(first) for r in runs):
+            raise GpubpError("the runs of a group must share " + ", ".join(SHARED))
+        (X, y), (Xv, yv) = data["train"], data["validation"]
+        self.stack = s = Stack(first["sizes"], [r["seed"] for r in runs], cost=first["cost"],
+                               activation=first["activation"], backend=backend, dtype=first["dtype"], init=first["init"])
+        self.n, self.bs = len(X), first["batch_size"]
+        self.opt = ModelOptimizers([_optimizer(r, self.n) for r in runs])
+        self.lmbdas = [r["lmbda"] for r in runs]
+        self.X, self.labels = s.to_device(X), s.labels(y, self.n)  # the training set goes up once
+        self.Y = s.one_hot(self.labels)
+        self.validation = (s.to_device(Xv), s.labels(yv, len(yv)))
+        self.batches: dict[int, tuple] = {}  # rows -> the gathered (K, rows, n_0) and (K, rows, n_L) batches
+
+    def epoch(self) -> float:
+        """One epoch of every model; its seconds, synchronized. Each model's permutation comes from its
+        own generator (as Network(seed=s).rng draws one per epoch) and all K go up at once; each step
+        gathers the K models' batches with one take per array, into the same buffers every time."""
+        s, n, xp = self.stack, self.n, self.stack.xp
+        perms = s.be.to_device(np.stack([rng.permutation(n) for rng in s.rngs]))  # (K, n)
+        s.be.synchronize()
+        t0 = time.perf_counter()
+        for k in range(0, n, self.bs):  # the last, partial batch is used too
+            m = min(self.bs, n - k)
+            if m not in self.batches:
+                self.batches[m] = tuple(s.be.empty((s.K, m, w), s.dtype) for w in (s.sizes[0], s.sizes[-1]))
+            Xb, Yb = self.batches[m]
+            idx = perms[:, k:k + m]
+            xp.take(self.X, idx, axis=0, out=Xb)
+            xp.take(self.Y, idx, axis=0, out=Yb)
+            s.step(Xb, Yb, self.opt)
+        s.be.synchronize()
+        s.epochs_trained += 1
+        return time.perf_counter() - t0
+
+    def evaluate(self, epoch, seconds, monitor_training_cost) -> tuple[np.ndarray, list[dict]]:
+        """(whether each model's parameters are finite, each model's record of this epoch)."""
+        s, xp = self.stack, self.stack.xp
+        t1 = time.perf_counter()
+        finite = s.be.to_host(xp.isfinite(xp.sum(s.params, axis=1)))
+        costs = (s.measure(self.X, self.labels, lmbda=self.lmbdas, accuracy=False) if monitor_training_cost
+                 else [{"cost": None}] * s.K)
+        accuracy = s.measure(*self.validation, cost=False)
+        eval_seconds = time.perf_counter() - t1
+        return finite, [{"epoch": epoch, "seconds": seconds, "eval_seconds": eval_seconds, "train_cost": c["cost"],
+                         "validation_accuracy": a["accuracy"]} for c, a in zip(costs, accuracy)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep: every group, here or on Ray
+# ---------------------------------------------------------------------------------------------
+
+def sweep(runs, data=None, data_dir=None, verify=True, backend=None, group_size=None, ray=None, progress=None,
+          monitor_training_cost=False, group_hook=None) -> dict:
+    """Train every run (dicts of SHARED and PER_RUN settings, e.g. from ``grid``) in groups of at
+    most ``group_size`` and return the whole result (see ``result``).
+
+    data: load_mnist()'s dict, or None to load it from ``data_dir`` (``verify`` as load_mnist's).
+    backend: each group's backend ("auto" | "numpy" | "cupy" | "emulated"; on Ray, chosen on each worker).
+    ray: None trains the groups here, one after another; "auto" or "HOST:PORT" sends each group to
+        that Ray cluster as a task (gpubp.ray_sweep), retried if its worker dies.
+    progress: a bar over runs on stderr; None shows it only when stderr is a terminal.
+    group_hook: called with each group's index before it trains, where it trains (tests use it).
+    """
+    runs = [normalize(r) for r in runs]
+    if not runs:
+        raise GpubpError("a sweep needs at least one run")
+    seen = [(shared_key(r), r["seed"], r["eta"], r["lmbda"]) for r in runs]
+    if len(set(seen)) != len(seen):
+        raise GpubpError("the sweep lists the same run twice")
+    if data is None:
+        from .data import load_mnist
+
+        data = load_mnist(data_dir, verify=verify)
+    _check_widths(runs, data)
+    plan = groups(runs, group_size)
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    bar = _bar(show, len(runs))
+    t0 = time.perf_counter()
+    try:
+        if ray is None:
+            done = []
+            for i, g in enumerate(plan):
+                if group_hook is not None:
+                    group_hook(i)
+                done.append(train_group(g, data, backend, monitor_training_cost,
+                                        on_epoch=_epoch_note(bar, i, len(plan))))
+                if bar is not None:
+                    bar.update(len(g))
+        else:
+            from .ray_sweep import run_groups
+
+            done = run_groups(plan, data, ray, backend=backend, monitor_training_cost=monitor_training_cost,
+                              on_group=(lambda g: bar.update(g["size"])) if bar is not None else None,
+                              group_hook=group_hook)
+    finally:
+        if bar is not None:
+            bar.close()
+    return result(done, backend=backend, ray=ray, seconds=time.perf_counter() - t0)
+
+
+def _check_widths(runs, data) -> None:
+    X, y = data["train"]
+    n_in, n_out = X.shape[1], int(np.max(y)) + 1
+    for r in runs:
+        if r["sizes"][0] != n_in or r["sizes"][-1] < n_out:
+            raise GpubpError(f"sizes must start with {n_in} (pixels per image) and end with {n_out} (classes), "
+                             f"got {r['sizes'][0]}...{r['sizes'][-1]}")
+
+
+def result(groups_done, backend=None, ray=None, seconds=None) -> dict:
+    """The sweep's JSON-ready record: every run (settings, history, results, its group), each
+    group's size, seconds and device, and what ran it (gpubp version, machine, time)."""
+    from . import sysinfo
+    from .version import __version__
+
+    runs, info = [], []
+    for i, g in enumerate(groups_done):
+        info.append({"group": i, "size": g["size"], "seconds": g["seconds"], "backend": g["backend"],
+                     "device": g["device"], **({"attempts": g["attempts"]} if "attempts" in g else {})})
+        runs += [{**r, "group": i} for r in g["runs"]]
+    return {"gpubp": __version__, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": sysinfo.machine(), "backend": backend or "auto", "ray": ray, "seconds": seconds,
+            "groups": info, "runs": runs}
+
+
+def _bar(show, total):
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="sweep", unit="run", file=sys.stderr)
+
+
+def _epoch_note(bar, i, n_groups):
+    if bar is None:
+        return None
+    return lambda epoch, epochs: bar.set_postfix_str(f"group {i + 1}/{n_groups}, epoch {epoch}/{epochs}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports: the table, the summary per config, the figure
+# ---------------------------------------------------------------------------------------------
+
+def config_of(run: dict, varying) -> str:
+    """A run's config in words: eta and lambda, then any other setting that varies in the sweep."""
+    words = [f"eta {run['eta']:g}", f"lambda {run['lmbda']:g}"]
+    words += [f"{k} {','.join(map(str, run[k])) if isinstance(run[k], list) else run[k]}" for k in varying]
+    return ", ".join(words)
+
+
+def _configs(result) -> dict[str, list[dict]]:
+    """{config: its runs, by seed}, configs in the order they first appear."""
+    runs = result["runs"]
+    varying = [k for k in SHARED if len({str(r["run"][k]) for r in runs}) > 1]
+    out: dict[str, list[dict]] = {}
+    for r in runs:
+        out.setdefault(config_of(r["run"], varying), []).append(r)
+    return {c: sorted(rs, key=lambda r: r["run"]["seed"]) for c, rs in out.items()}
+
+
+def _pct(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f} %"
+
+
+def table(result) -> str:
+    """Markdown: one row per run (config, seed, best validation accuracy and its epoch, test
+    accuracy, seconds: the run's share of its group's training time)."""
+    rows = ["| config | seed | best validation (epoch) | test | s/run |", "|---|---:|---:|---:|---:|"]
+    for config, runs in _configs(result).items():
+        for r in runs:
+            note = f" (diverged in epoch {r['diverged_epoch']})" if r["diverged_epoch"] else ""
+            rows.append(f"| {config} | {r['run']['seed']} | {_pct(r['best_validation_accuracy'])} "
+                        f"({r['best_epoch']}) | {_pct(r['test_accuracy'])}{note} | {r['seconds']:.1f} |")
+    return "\n".join(rows)
+
+
+def summary(result) -> str:
+    """Markdown: one row per config, test accuracy's mean, min and max over its seeds."""
+    rows = ["| config | seeds | test mean | test min | test max | best validation mean |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for config, runs in _configs(result).items():
+        test = [r["test_accuracy"] for r in runs]
+        val = [r["best_validation_accuracy"] for r in runs]
+        rows.append(f"| {config} | {len(runs)} | {_pct(statistics.fmean(test))} | {_pct(min(test))} | "
+                    f"{_pct(max(test))} | {_pct(statistics.fmean(val))} |")
+    return "\n".join(rows)
+
+
+def plot(result, path) -> None:
+    """Test accuracy per config (PNG): each seed a dot, the mean a bar, the seeds' min..max a line."""
+    from .bench.plot import pyplot
+    from .fileio import atomic_path
+
+    plt = pyplot()
+    configs = _configs(result)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(configs) + 2), 4.2))
+    try:
+        for x, runs in enumerate(configs.values()):
+            test = [100 * r["test_accuracy"] for r in runs]
+            jitter = np.linspace(-0.12, 0.12, len(test)) if len(test) > 1 else [0.0]
+            ax.plot([x, x], [min(test), max(test)], color="C0", lw=2, alpha=0.5)
+            ax.scatter(x + np.asarray(jitter), test, color="C0", s=18, zorder=3)
+            ax.plot([x - 0.25, x + 0.25], [statistics.fmean(test)] * 2, color="C3", lw=2)
+        ax.set_xticks(range(len(configs)), list(configs), rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("test accuracy (%)")
+        run = result["runs"][0]["run"]
+        ax.set_title(f"{','.join(map(str, run['sizes']))} {run['cost']}, {run['epochs']} epochs: "
+                     f"each seed a dot, mean a red bar", fontsize=9)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)

@@ -1,0 +1,217 @@
+"""Sweeps: a Stack of K models trains each model exactly as its own network would (bit for bit on
+NumPy, within the backends' tolerance on the kernels), a step's device work does not grow with K,
+and `gpubp sweep` reports, writes and plots every run."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import assert_close
+
+from gpubp import Network, get_backend
+from gpubp.errors import GpubpError
+from gpubp.optimizers import ModelOptimizers, make_optimizer
+from gpubp.stack import Stack
+from gpubp.sweeping import grid, groups, normalize, parse_seeds, summary, sweep, table, train_group
+
+BACKENDS = ["numpy", "emulated", pytest.param("cupy", marks=pytest.mark.gpu)]
+TOL = {"float64": 1e-10, "float32": 1e-4}  # relative, as tests/test_emulated.py
+COMBOS = [("quadratic", "sigmoid", "sgd", [0.5, 0.2, 0.1]), ("log_likelihood", "relu", "momentum", [0.1, 0.05, 0.2]),
+          ("cross_entropy", "tanh", "adam", [0.01, 0.003, 0.02])]
+
+
+def same_params(got, expected, backend, dtype, what):
+    """Bit for bit on NumPy (the same BLAS calls on the same numbers); within TOL elsewhere (a GPU
+    folds plain SGD's update into BP4 for one network, never for a stack)."""
+    got, expected = np.asarray(got), np.asarray(expected)
+    if backend == "numpy":
+        assert np.array_equal(got, expected), f"{what}: max difference {np.abs(got - expected).max():.3e}"
+        return
+    rel = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+    assert rel <= TOL[dtype], f"{what}: relative difference {rel:.3e} > {TOL[dtype]:g}"
+    assert_close(got, expected, rtol=TOL[dtype], atol=TOL[dtype] * np.abs(expected).max(), what=what)
+
+
+def mnist_rows(mnist, n=300):
+    return {k: (X[:n], y[:n]) for k, (X, y) in mnist.items()}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("cost,activation,optimizer,etas", COMBOS)
+def test_each_model_of_a_stack_trains_as_its_own_network(backend, dtype, cost, activation, optimizer, etas):
+    """Three models, each its own seed, eta and lambda; two epochs of 8-row batches with a partial last
+    one, driven through the public API as gpubp.sweeping drives it: weights and optimizer state equal."""
+    rng = np.random.default_rng(31)
+    X, y = rng.random((45, 20)), rng.integers(0, 5, 45)
+    seeds, lmbdas = [3, 4, 5], [0.0, 1.0, 2.5]
+    alone = []
+    for s, e, lm in zip(seeds, etas, lmbdas):
+        net = Network([20, 9, 7, 5], cost=cost, activation=activation, backend=backend, dtype=dtype, seed=s)
+        net.sgd((X, y), epochs=2, mini_batch_size=8, eta=e, lmbda=lm, optimizer=optimizer, momentum=0.8,
+                monitor_training_cost=False)
+        alone.append((net.get_params(), net.optimizer.state_arrays()))
+    stack = Stack([20, 9, 7, 5], seeds, cost=cost, activation=activation, backend=backend, dtype=dtype)
+    hyper = {"momentum": 0.8} if optimizer == "momentum" else {}
+    opt = ModelOptimizers([make_optimizer(optimizer, eta=e, lmbda=lm, n=45, **hyper) for e, lm in zip(etas, lmbdas)])
+    Xd, xp = stack.to_device(X), stack.xp
+    Yd = stack.one_hot(stack.labels(y))
+    for _ in range(2):
+        perms = stack.be.to_device(np.stack([r.permutation(45) for r in stack.rngs]))
+        for k in range(0, 45, 8):
+            stack.step(xp.take(Xd, perms[:, k:k + 8], axis=0), xp.take(Yd, perms[:, k:k + 8], axis=0), opt)
+    got = stack.get_params()
+    for i, (params, state) in enumerate(alone):
+        same_params(got[i], params, backend, dtype, f"model {i} ({optimizer}) vs its own network")
+        for name in ("velocity", "m", "v"):
+            if name in state:
+                same_params(stack.be.to_host(opt.state[name][i]), state[name], backend, dtype, f"model {i} {name}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_sweep_group_equals_gpubp_train_on_mnist(mnist, backend, dtype):
+    """network2's setup on 300 MNIST rows: seeds x eta x lambda in one group equal separate trainings,
+    weights, every epoch's validation accuracy and the test accuracy (eta <= 0.5: at eta 3, cross-
+    entropy training is chaotic and one rounding apart grows to a different network, on any backend)."""
+    data = mnist_rows(mnist)
+    runs = grid([1, 2], etas=[0.1, 0.5], lmbdas=[0.0, 5.0], sizes=[784, 20, 10], cost="cross_entropy", epochs=2,
+                dtype=dtype)
+    group = train_group(runs, data, backend=backend, keep_params=True)
+    assert group["size"] == 8 and len(group["runs"]) == 8
+    for res in group["runs"]:
+        r = res["run"]
+        net = Network(r["sizes"], cost=r["cost"], backend=backend, dtype=dtype, seed=r["seed"])
+        h = net.sgd(data["train"], epochs=2, mini_batch_size=10, eta=r["eta"], lmbda=r["lmbda"],
+                    evaluation_data=data["validation"], monitor_training_cost=False)
+        same_params(res["params"], net.get_params(), backend, dtype, f"run {r['seed']}, {r['eta']}, {r['lmbda']}")
+        if backend == "numpy":
+            assert [e["validation_accuracy"] for e in res["history"]] == [e["validation_accuracy"] for e in h]
+            assert res["test_accuracy"] == net.evaluate(*data["test"])
+        best = max(e["validation_accuracy"] for e in res["history"])
+        assert res["best_validation_accuracy"] == best and res["history"][res["best_epoch"] - 1]["validation_accuracy"] == best
+
+
+@pytest.mark.parametrize("backend", ["emulated", pytest.param("cupy", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_stack_step_costs_the_same_launches_for_any_k(backend, optimizer):
+    """Per step: L bias kernels, one output delta, L-1 hidden deltas and one update; 4L-1 batched GEMMs;
+    nothing allocated, copied or waited for, for 1 model as for 5."""
+    be = get_backend(backend)
+    counts = {}
+    for K in (1, 5):
+        stack = Stack([784, 30, 10], list(range(K)), backend=be)
+        rng = np.random.default_rng(0)
+        X = be.to_device(rng.random((K, 10, 784)), np.float32)
+        Y = be.to_device(np.eye(10)[rng.integers(0, 10, (K, 10))], np.float32)
+        opt = ModelOptimizers([make_optimizer(optimizer, eta=0.1 + k, lmbda=1.0, n=100) for k in range(K)])
+        stack.step(X, Y, opt)  # the first step makes the workspaces
+        with be.counters() as c:
+            stack.step(X, Y, opt)
+        counts[K] = c.as_dict()
+    L = 2
+    assert counts[1] == counts[5]
+    assert counts[5]["launches"] == 2 * L + 1 and counts[5]["gemms"] == 4 * L - 1
+    assert [counts[5][k] for k in ("h2d", "d2h", "syncs", "allocs")] == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("backend", ["emulated", pytest.param("cupy", marks=pytest.mark.gpu)])
+def test_a_group_returns_nothing_to_the_host_inside_an_epoch(backend):
+    """Per epoch: the K permutations go up in one copy, one sync on each side of the clock, and two
+    copies come back (the finiteness check, the validation accuracy); 25 steps add nothing."""
+    be = get_backend(backend)
+    rng = np.random.default_rng(0)
+    X, y = rng.random((250, 20)), rng.integers(0, 4, 250)
+    data = {"train": (X, y), "validation": (X[:50], y[:50]), "test": (X[:50], y[:50])}
+    counts = {}
+    for epochs in (1, 3):
+        with be.counters() as c:
+            train_group(grid([1, 2, 3], sizes=[20, 8, 4], epochs=epochs, eta=1.0), data, backend=be)
+        counts[epochs] = c
+    assert counts[3].h2d - counts[1].h2d == 2 and counts[3].syncs - counts[1].syncs == 4
+    assert counts[3].d2h - counts[1].d2h == 4
+    # 25 steps of 5 launches, and a validation pass of L = 2 bias kernels and K = 3 argmax_hits, per epoch
+    assert counts[3].launches - counts[1].launches == 2 * (25 * 5 + 2 + 3)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "emulated"])
+def test_measure_models_is_each_networks_measure(backend):
+    rng = np.random.default_rng(2)
+    X, y = rng.random((23, 12)), rng.integers(0, 4, 23)
+    stack = Stack([12, 6, 4], [7, 8, 9], cost="log_likelihood", backend=backend, dtype="float64")
+    lmbdas = [0.0, 2.0, 5.0]
+    for k, m in enumerate(stack.measure(X, y, lmbda=lmbdas)):
+        alone = stack.network(k).measure(X, y, lmbda=lmbdas[k])
+        assert m["correct"] == alone["correct"] and m["cost"] == pytest.approx(alone["cost"], rel=1e-12)
+    assert stack.network(1).get_params().tolist() == Network([12, 6, 4], seed=8, dtype="float64").get_params().tolist()
+
+
+def test_grid_groups_and_seeds():
+    assert parse_seeds("1-4,9") == [1, 2, 3, 4, 9] and parse_seeds("3") == [3]
+    for bad in ("1-x", "2,2", "-1", ""):
+        with pytest.raises(GpubpError, match="seeds"):
+            parse_seeds(bad)
+    runs = grid([1, 2, 3], etas=[0.1, 0.5], lmbdas=[0, 5], sizes=[784, 30, 10])
+    assert [(r["eta"], r["lmbda"], r["seed"]) for r in runs[:4]] == [(0.1, 0, 1), (0.1, 0, 2), (0.1, 0, 3), (0.1, 5, 1)]
+    assert grid([1])[0]["eta"] == 3.0  # None: sgd's default, written out
+    other = grid([1], sizes=[784, 50, 10])
+    plan = groups(runs + other, group_size=5)
+    assert [len(g) for g in plan] == [5, 5, 2, 1]  # a shape of its own is a group of its own
+    with pytest.raises(GpubpError, match="unknown run settings"):
+        normalize({"seed": 1, "etta": 0.1})
+    with pytest.raises(GpubpError, match="eta must be > 0"):
+        grid([1], etas=[-1.0])
+    with pytest.raises(GpubpError, match="same run twice"):
+        sweep(runs[:1] * 2, data={})
+    with pytest.raises(GpubpError, match="optimizer kind"):
+        ModelOptimizers([make_optimizer("sgd"), make_optimizer("adam")])
+
+
+def test_a_diverging_model_is_reported_and_the_others_train_on():
+    rng = np.random.default_rng(0)
+    X, y = rng.random((60, 8)).astype(np.float32), rng.integers(0, 3, 60)
+    data = {"train": (X, y), "validation": (X, y), "test": (X, y)}
+    runs = grid([1], etas=[0.5, 1e200], sizes=[8, 5, 3], epochs=2, dtype="float64", activation="relu",
+                cost="log_likelihood")
+    res = sweep(runs, data=data, progress=False)  # no NumPy overflow warning escapes (warnings are errors here)
+    by_eta = {r["run"]["eta"]: r for r in res["runs"]}
+    assert by_eta[1e200]["diverged_epoch"] == 1 and by_eta[0.5]["diverged_epoch"] is None
+    assert "diverged in epoch 1" in table(res) and by_eta[0.5]["test_accuracy"] > 0.3
+
+
+def test_a_sweep_without_ray_imports_nothing_of_ray():
+    code = ("import sys, numpy as np; from gpubp import sweep; from gpubp.sweeping import grid\n"
+            "X = np.random.default_rng(0).random((30, 6)); y = np.arange(30) % 3\n"
+            "d = {'train': (X, y), 'validation': (X, y), 'test': (X, y)}\n"
+            "sweep(grid([1, 2], sizes=[6, 4, 3], epochs=1), data=d, progress=False)\n"
+            "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_gpubp_sweep_prints_writes_and_plots_and_matches_gpubp_train(tmp_path, mnist_dir):
+    """One epoch of [784,20,10] on all of MNIST, two seeds: the sweep's test accuracy for seed 2 is the
+    one `gpubp train --seed 2` prints; the table, summary, JSON and PNG are there."""
+    from gpubp.cli import main
+
+    common = ["--sizes", "784,20,10", "--cost", "cross_entropy", "--epochs", "1", "--data-dir", mnist_dir,
+              "--backend", "numpy"]
+    out = tmp_path / "sweep.json"
+    proc = subprocess.run([sys.executable, "-m", "gpubp", "sweep", *common, "--seeds", "1-2", "--eta", "0.5",
+                           "--lmbda", "0,5", "--json", str(out), "--plot", str(tmp_path / "s.png"), "--quiet"],
+                          capture_output=True, text=True, check=True)
+    assert "| eta 0.5, lambda 5 | 2 |" in proc.stdout and "| config | seeds | test mean |" in proc.stdout
+    res = json.loads(out.read_text())
+    assert {"gpubp", "timestamp", "machine", "groups", "runs"} <= res.keys() and len(res["runs"]) == 4
+    assert all(len(r["history"]) == 1 and r["run"]["sizes"] == [784, 20, 10] for r in res["runs"])
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = tmp_path / "train.json"
+    assert main(["train", *common, "--seed", "2", "--eta", "0.5", "--lmbda", "5", "--quiet", "--no-train-cost",
+                 "--metrics-out", str(metrics)]) == 0
+    alone = json.loads(metrics.read_text())
+    run = next(r for r in res["runs"] if r["run"]["seed"] == 2 and r["run"]["lmbda"] == 5)
+    assert run["test_accuracy"] == alone["test_accuracy"]
+    assert run["history"][0]["validation_accuracy"] == alone["epochs"][0]["validation_accuracy"]
+    assert "eta 0.5, lambda 5" in summary(res)
