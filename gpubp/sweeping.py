@@ -204,7 +204,8 @@ def sweep(runs, data=None, data_dir=None, verify=True, backend=None, group_size=
     ray: None trains the groups here, one after another; "auto" or "HOST:PORT" sends each group to
         that Ray cluster as a task (gpubp.ray_sweep), retried if its worker dies.
     progress: a bar over runs on stderr; None shows it only when stderr is a terminal.
-    group_hook: called with each group's index before it trains, where it trains (tests use it).
+    group_hook: called where each group trains, with (group index, epoch): epoch 0 before it
+        trains and each epoch after it (tests use it to kill a Ray worker mid-group).
     """
     runs = [normalize(r) for r in runs]
     if not runs:
@@ -226,14 +227,19 @@ def sweep(runs, data=None, data_dir=None, verify=True, backend=None, group_size=
             done = []
             for i, g in enumerate(plan):
                 if group_hook is not None:
-                    group_hook(i)
+                    group_hook(i, 0)
                 done.append(train_group(g, data, backend, monitor_training_cost,
-                                        on_epoch=_epoch_note(bar, i, len(plan))))
+                                        on_epoch=_epoch_note(bar, i, len(plan), group_hook)))
                 if bar is not None:
                     bar.update(len(g))
         else:
-            from .ray_sweep import run_groups
-
+            try:
+                from .ray_sweep import run_groups
+            except ImportError as e:
+                if not (e.name or "").startswith("ray"):
+                    raise
+                raise GpubpError("--ray needs Ray: from the clone, uv run --extra ray gpubp sweep ... "
+                                 "or pip install -e '.[ray]'") from None
             done = run_groups(plan, data, ray, backend=backend, monitor_training_cost=monitor_training_cost,
                               on_group=(lambda g: bar.update(g["size"])) if bar is not None else None,
                               group_hook=group_hook)
@@ -261,7 +267,7 @@ def result(groups_done, backend=None, ray=None, seconds=None) -> dict:
     runs, info = [], []
     for i, g in enumerate(groups_done):
         info.append({"group": i, "size": g["size"], "seconds": g["seconds"], "backend": g["backend"],
-                     "device": g["device"], **({"attempts": g["attempts"]} if "attempts" in g else {})})
+                     "device": g["device"], **({"node": g["node"]} if "node" in g else {})})
         runs += [{**r, "group": i} for r in g["runs"]]
     return {"gpubp": __version__, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": sysinfo.machine(), "backend": backend or "auto", "ray": ray, "seconds": seconds,
@@ -276,10 +282,14 @@ def _bar(show, total):
     return tqdm(total=total, desc="sweep", unit="run", file=sys.stderr)
 
 
-def _epoch_note(bar, i, n_groups):
-    if bar is None:
-        return None
-    return lambda epoch, epochs: bar.set_postfix_str(f"group {i + 1}/{n_groups}, epoch {epoch}/{epochs}")
+def _epoch_note(bar, i, n_groups, group_hook):
+    """After each epoch of group i: the bar's note, and the hook."""
+    def note(epoch, epochs):
+        if bar is not None:
+            bar.set_postfix_str(f"group {i + 1}/{n_groups}, epoch {epoch}/{epochs}")
+        if group_hook is not None:
+            group_hook(i, epoch)
+    return note
 
 
 # ---------------------------------------------------------------------------------------------

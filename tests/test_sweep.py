@@ -181,6 +181,17 @@ def test_a_diverging_model_is_reported_and_the_others_train_on():
     assert "diverged in epoch 1" in table(res) and by_eta[0.5]["test_accuracy"] > 0.3
 
 
+def test_ray_without_the_extra_says_how_to_get_it():
+    try:
+        import ray  # noqa: F401
+        pytest.skip("the ray extra is installed here (tests/test_ray_sweep.py runs it)")
+    except ImportError:
+        pass
+    X, y = np.random.default_rng(0).random((30, 6)), np.arange(30) % 3
+    with pytest.raises(GpubpError, match=r"--ray needs Ray: .*--extra ray"):
+        sweep(grid([1], sizes=[6, 4, 3], epochs=1), data={"train": (X, y)}, ray="auto", progress=False)
+
+
 def test_a_sweep_without_ray_imports_nothing_of_ray():
     code = ("import sys, numpy as np; from gpubp import sweep; from gpubp.sweeping import grid\n"
             "X = np.random.default_rng(0).random((30, 6)); y = np.arange(30) % 3\n"
