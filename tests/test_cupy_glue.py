@@ -4,11 +4,13 @@ conventions and executes kernels on the emulator.
 What is checked: RawModule(code=..., options=...) receives exactly one kernel file's code and the
 NVRTC options; get_function by entry name; launches as kernel(grid_tuple, block_tuple, args_tuple,
 shared_mem=bytes) with NumPy scalars of the signature's types; synchronize through the current stream; device->host
-through asnumpy; allocations counted through a registered cupy.cuda.MemoryHook; and a whole
-training step giving NumPy's weights. (Real CuPy needs a GPU for all of these; the gpu-marked
+through asnumpy; allocations counted through a registered cupy.cuda.MemoryHook; a stack's batched
+products as cublas<t>gemmStridedBatched calls on raw device pointers (column-major, as cuBLAS
+documents it); and a whole training step, of one network and of a stack, giving NumPy's weights. (Real CuPy needs a GPU for all of these; the gpu-marked
 tests run them for real.)
 """
 
+import ctypes
 import sys
 import types
 
@@ -20,7 +22,8 @@ import gpubp.backends as B
 from gpubp import Network
 from gpubp.backends import kernel as K
 from gpubp.backends.emulated import EmulatedBackend
-from gpubp.optimizers import SGD, Momentum
+from gpubp.optimizers import SGD, ModelOptimizers, Momentum, make_optimizer
+from gpubp.stack import Stack
 
 
 def pad3(dims):
@@ -35,7 +38,7 @@ class FakeCupy(types.ModuleType):
         self._hooks = {}
         fake = self
         self.ndarray = np.ndarray
-        for name in ("asarray", "ascontiguousarray", "zeros", "take", "sum", "clip", "log",
+        for name in ("asarray", "ascontiguousarray", "zeros", "take", "sum", "clip", "log", "isfinite",
                      "float64", "float32", "int64", "int32", "argmax"):
             setattr(self, name, getattr(np, name))
 
@@ -93,7 +96,11 @@ class FakeCupy(types.ModuleType):
 
         runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=lambda i: {"name": b"Stand-in"})
         self.cuda = types.SimpleNamespace(MemoryHook=MemoryHook, Device=Device, runtime=runtime,
-                                          get_current_stream=lambda: Stream())
+                                          get_current_stream=lambda: Stream(),
+                                          device=types.SimpleNamespace(get_cublas_handle=lambda: 7))
+        self.libs_cublas = types.SimpleNamespace(CUBLAS_OP_N=0, CUBLAS_OP_T=1,
+                                                 sgemmStridedBatched=self._strided_batched(np.float32),
+                                                 dgemmStridedBatched=self._strided_batched(np.float64))
         self.RawModule = RawModule
         self.cublas = types.SimpleNamespace(gemm=self._cublas_gemm)
 
@@ -111,6 +118,43 @@ class FakeCupy(types.ModuleType):
         self.calls["gemms"] += 1
         out[...] = alpha * (opa.astype(np.float64) @ opb) + beta * out
         return out
+
+    def _strided_batched(self, dtype):
+        """cublas<t>gemmStridedBatched(handle, transa, transb, m, n, k, alpha, A, lda, strideA, B, ldb,
+        strideB, beta, C, ldc, strideC, batchCount), from cuBLAS's documentation: for each i < batchCount,
+        C_i = alpha op(A_i) op(B_i) + beta C_i, every matrix column-major (element (r, c) of A_i at
+        A + i*strideA + r + c*lda elements), op(A_i) m x k, op(B_i) k x n, C_i m x n; lda >= rows of A
+        as stored, likewise ldb, ldc >= m; alpha and beta read from host pointers; beta = 0 does
+        not read C. Pointers are raw device addresses."""
+        item = np.dtype(dtype).itemsize
+        ctype = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+
+        def memory(ptr, count):
+            return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctype)), shape=(count,))
+
+        def matrix(ptr, rows, cols, ld, stride, batch):
+            extent = (batch - 1) * stride + (cols - 1) * ld + rows
+            return np.lib.stride_tricks.as_strided(memory(ptr, extent), (batch, rows, cols),
+                                                   (stride * item, item, ld * item))
+
+        def scalar(ptr):
+            return memory(ptr, 1)[0]
+
+        def call(handle, transa, transb, m, n, k, alpha, A, lda, strideA, B, ldb, strideB, beta, C, ldc, strideC,
+                 batch):
+            assert handle == 7 and batch >= 1 and min(m, n, k) >= 1
+            a_shape = (m, k) if transa == 0 else (k, m)
+            b_shape = (k, n) if transb == 0 else (n, k)
+            assert lda >= max(1, a_shape[0]) and ldb >= max(1, b_shape[0]) and ldc >= max(1, m)
+            opA = matrix(A, *a_shape, lda, strideA, batch)
+            opB = matrix(B, *b_shape, ldb, strideB, batch)
+            opA = opA if transa == 0 else opA.transpose(0, 2, 1)
+            opB = opB if transb == 0 else opB.transpose(0, 2, 1)
+            Cm = matrix(C, m, n, ldc, strideC, batch)
+            product = scalar(alpha) * (opA.astype(np.float64) @ opB)
+            Cm[...] = product if scalar(beta) == 0 else product + scalar(beta) * Cm
+            self.calls.setdefault("strided_batched", []).append((m, n, k, batch))
+        return call
 
     def matmul(self, a, b, out=None):
         """cupy.matmul writes straight into ``out`` only when it is C-contiguous, of the result's
@@ -138,6 +182,9 @@ def cupy_be(monkeypatch):
     fake = FakeCupy()
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setitem(sys.modules, "cupy.cublas", fake.cublas)
+    monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs.cublas", fake.libs_cublas)
+    monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs", types.SimpleNamespace(cublas=fake.libs_cublas))
+    monkeypatch.setattr("gpubp.backends.cupy.device_pointer", lambda a: a.ctypes.data)  # device arrays are NumPy's
     B.reset()
     be = B.get_backend("cupy")
     yield be, fake
@@ -209,3 +256,40 @@ def test_launch_grid_hands_cupy_the_geometry_and_dynamic_shared_memory(cupy_be):
     be.kernel("bias_sigmoid", np.float32)(Z.size, Z, b, 5, 7)
     assert fake.calls["geometry"] == [((3, 1, 1), (8, 1, 1), 256), ((1, 1, 1), (256, 1, 1), 0)]
     assert_close(Z, np.full((5, 7), 1 / (1 + np.exp(-0.5))), atol=1e-6, what="sigma(sigma(0)) in place")
+
+
+def test_a_stack_on_the_cupy_path_is_strided_batched_cublas_and_matches_numpy(cupy_be):
+    """Three models: every product one gemmStridedBatched on the strided views (W^T of the (K, P)
+    parameters, D^T, a shared input), the bias and update kernels per model; NumPy's weights and
+    accuracies after a step; nothing allocated, copied or waited for in a step after the first."""
+    be, fake = cupy_be
+    rng = np.random.default_rng(3)
+    X, Y = rng.random((3, 9, 30)), np.eye(5)[rng.integers(0, 5, (3, 9))]
+    out = {}
+    for b in (be, "numpy"):
+        stack = Stack([30, 12, 7, 5], [4, 5, 6], cost="log_likelihood", activation="tanh", backend=b, dtype="float64")
+        opt = ModelOptimizers([make_optimizer("momentum", eta=e, lmbda=1.0, n=50, momentum=0.7) for e in (0.1, 0.2, 0.3)])
+        Xd, Yd = stack.be.to_device(X, np.float64), stack.be.to_device(Y, np.float64)
+        stack.step(Xd, Yd, opt)
+        if b is be:
+            fake.calls["launches"].clear()
+            fake.calls["strided_batched"] = []
+            with be.counters() as c:
+                stack.step(Xd, Yd, opt)
+            launched, batched = list(fake.calls["launches"]), list(fake.calls["strided_batched"])
+        else:
+            stack.step(Xd, Yd, opt)
+        out[stack.be.name] = (stack.get_params(), [r["correct"] for r in stack.measure(X[0], Y[0].argmax(1))])
+    assert_close(out["cupy"][0], out["numpy"][0], rtol=1e-12, atol=1e-14, what="stack on the cupy path vs numpy")
+    assert out["cupy"][1] == out["numpy"][1]
+    L = 3
+    assert c.as_dict() == {"launches": 2 * L + 1, "gemms": 4 * L - 1, "h2d": 0, "d2h": 0, "syncs": 0, "allocs": 0,
+                           "graph_launches": 0}
+    assert launched == ["bias_tanh_models_f64"] * 2 + ["bias_softmax_models_f64", "difference_delta_f64"] \
+        + ["tanh_delta_f64"] * 2 + ["momentum_update_models_f64"]
+    # (m, n, k, batch) of each cuBLAS call, column-major: forward z^T = W a^T, BP2, BP4, BP3 per layer
+    assert sorted(batched) == sorted(
+        [(12, 9, 30, 3), (7, 9, 12, 3), (5, 9, 7, 3),  # forward
+         (7, 9, 5, 3), (12, 9, 7, 3),  # BP2
+         (30, 12, 9, 3), (12, 7, 9, 3), (7, 5, 9, 3),  # BP4
+         (12, 1, 9, 3), (7, 1, 9, 3), (5, 1, 9, 3)])  # BP3

@@ -1,5 +1,9 @@
 """The CuPy backend: device arrays in CuPy, GEMMs in cuBLAS, our kernels through RawModule.
 
+The products of a gpubp.stack.Stack (3-D: a leading model axis) are one strided-batched cuBLAS call
+each (``batched_gemm``): cupy.matmul would first copy every operand that is not C-contiguous, and
+a stack's weights are strided views of its (K, P) parameters and its forward GEMM reads W^T.
+
 Each kernel file is one ``cupy.RawModule(code=kernel.source(file), options=NVRTC_OPTIONS)``,
 compiled on first use (or by ``warmup()``) and cached on disk by CuPy, keyed on the code
 string, which already holds our headers. Launch checks and grid sizes come from
@@ -64,6 +68,14 @@ class CupyBackend(K.KernelBackend):
         self._count("syncs")
         self.xp.cuda.get_current_stream().synchronize()
 
+    def matmul(self, a, b, out):
+        """out <- a @ b; with a model axis (out 3-D, a or b 3-D or a 2-D operand shared by every
+        model), one strided-batched cuBLAS call on the views as they are."""
+        if out.ndim == 2:
+            return super().matmul(a, b, out)
+        self._count("gemms")
+        batched_gemm(self.xp, a, b, out)
+
     def gemm(self, a, b, out, alpha: float, beta: float) -> None:
         """out <- alpha * (a @ b) + beta * out in one cuBLAS call: cupy.cublas.gemm reads C- or
         F-contiguous operands (a transposed view is F-contiguous) and writes a contiguous out in place."""
@@ -88,6 +100,49 @@ class CupyBackend(K.KernelBackend):
 
     def execute(self, file, name, grid, block, args, shared_mem=0) -> None:
         self.load_kernel(file, name)(grid, block, args, shared_mem=shared_mem)
+
+
+def device_pointer(a) -> int:
+    """The device address of a CuPy array's first element (views included)."""
+    return a.data.ptr
+
+
+def _operand(x):
+    """How cuBLAS reads the last two axes (r, c) of a row-major operand x, in cuBLAS's column-major
+    terms: ("N", ld) when its rows are contiguous (x is x^T column-major, leading dimension = the row
+    stride), ("T", ld) when its columns are (a transposed view); and the stride between models (0
+    for a 2-D operand every model shares), in elements."""
+    r, c = x.shape[-2:]
+    sr, sc = (s // x.itemsize for s in x.strides[-2:])
+    batch = x.strides[0] // x.itemsize if x.ndim == 3 and x.shape[0] > 1 else 0
+    if (c == 1 or sc == 1) and (r == 1 or sr >= c):
+        return "N", max(sr if r > 1 else c, 1), batch
+    if (r == 1 or sr == 1) and (c == 1 or sc >= r):
+        return "T", max(sc if c > 1 else r, 1), batch
+    raise ValueError(f"batched_gemm: an operand of shape {x.shape} and strides {x.strides} has no contiguous axis")
+
+
+def batched_gemm(cupy, a, b, out) -> None:
+    """out[k] <- a[k] @ b[k] for every model k (a 2-D a or b is shared), one cublas<t>gemmStridedBatched.
+
+    Row-major out = a b is column-major out^T = b^T a^T, so cuBLAS gets b as its A and a as its B;
+    out must have contiguous rows. Scalars alpha = 1 and beta = 0 are read from the host."""
+    from cupy_backends.cuda.libs import cublas
+
+    K, m, n = out.shape
+    k = a.shape[-1]
+    if a.shape[-2:] != (m, k) or b.shape[-2:] != (k, n) or out.strides[-1] != out.itemsize \
+            or not a.dtype == b.dtype == out.dtype or (m > 1 and out.strides[-2] // out.itemsize < n):
+        raise ValueError(f"batched_gemm: {a.shape} @ {b.shape} -> {out.shape} ({a.dtype}, {b.dtype}, {out.dtype})")
+    opb, ldb, sb = _operand(b)
+    opa, lda, sa = _operand(a)
+    ldc = max(out.strides[-2] // out.itemsize if m > 1 else n, 1)
+    sc = out.strides[0] // out.itemsize if K > 1 else 0
+    trans = {"N": cublas.CUBLAS_OP_N, "T": cublas.CUBLAS_OP_T}
+    one, zero = np.ones(1, out.dtype), np.zeros(1, out.dtype)
+    call = cublas.sgemmStridedBatched if out.dtype == np.float32 else cublas.dgemmStridedBatched
+    call(cupy.cuda.device.get_cublas_handle(), trans[opb], trans[opa], n, m, k, one.ctypes.data,
+         device_pointer(b), ldb, sb, device_pointer(a), lda, sa, zero.ctypes.data, device_pointer(out), ldc, sc, K)
 
 
 class _PoolAllocations:
