@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--init", choices=list(INIT_CHOICES), default="default", help="weight initialisation (as train's)")
     s.add_argument("--group-size", type=_number(int, 1, True), default=None, metavar="K",
                    help="models trained at once per group (default 16)")
+    s.add_argument("--threads", type=_number(int, 1, True), default=1,
+                   help="groups trained at once, a thread each (NumPy on several cores; default 1)")
     s.add_argument("--train-cost", action="store_true", help="also record each epoch's training cost (a forward pass)")
     s.add_argument("--ray", metavar="auto|HOST:PORT", default=None,
                    help="send the groups to a Ray cluster as tasks (needs the ray extra)")
@@ -268,7 +270,8 @@ def cmd_sweep(args) -> int:
     print(f"gpubp sweep: {len(runs)} runs in {len(plan)} group(s) of up to {max(map(len, plan))} models, {where}",
           file=sys.stderr)
     result = sweep.sweep(runs, data=data, backend=args.backend, group_size=args.group_size, ray=args.ray,
-                         progress=False if args.quiet else None, monitor_training_cost=args.train_cost)
+                         threads=args.threads, progress=False if args.quiet else None,
+                         monitor_training_cost=args.train_cost)
     print(sweep.table(result))
     print()
     print(sweep.summary(result))

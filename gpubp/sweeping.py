@@ -104,12 +104,12 @@ def groups(runs, group_size=None) -> list[list[dict]]:
 
 def train_group(runs, data, backend=None, monitor_training_cost=False, on_epoch=None, keep_params=False) -> dict:
     """Train runs that share their SHARED settings as one Stack on ``data`` ({"train", "validation",
-    "test"}: (X, y) pairs), epoch by epoch as gpubp.training trains one network (see _Group), with
+    "test"}: (X, y) pairs), epoch by epoch as gpubp.training trains one network (see Group), with
     the validation accuracy (and, if asked, the training cost) after each epoch and the test
     accuracy after the last. ``on_epoch(epoch, epochs)`` after each epoch. Returns {"runs": one
     result per run, "size", "seconds", "backend", "device"}; keep_params adds each run's trained
     parameters (a host array, not JSON) to its result."""
-    group = _Group(runs, data, backend)
+    group = Group(runs, data, backend)
     K, epochs = group.stack.K, runs[0]["epochs"]
     histories, diverged = [[] for _ in runs], [None] * K
     # A diverging model is reported by its finiteness check, not by NumPy warnings mid-epoch.
@@ -136,7 +136,7 @@ def train_group(runs, data, backend=None, monitor_training_cost=False, on_epoch=
     return {"runs": results, "size": K, "seconds": train_seconds, "backend": be.name, "device": be.device}
 
 
-class _Group:
+class Group:
     """One group's Stack, its optimizers and its data on the device, and the gathered batches."""
 
     def __init__(self, runs, data, backend):
@@ -194,15 +194,17 @@ class _Group:
 # The sweep: every group, here or on Ray
 # ---------------------------------------------------------------------------------------------
 
-def sweep(runs, data=None, data_dir=None, verify=True, backend=None, group_size=None, ray=None, progress=None,
-          monitor_training_cost=False, group_hook=None) -> dict:
+def sweep(runs, data=None, data_dir=None, verify=True, backend=None, group_size=None, ray=None, threads=1,
+          progress=None, monitor_training_cost=False, group_hook=None) -> dict:
     """Train every run (dicts of SHARED and PER_RUN settings, e.g. from ``grid``) in groups of at
     most ``group_size`` and return the whole result (see ``result``).
 
     data: load_mnist()'s dict, or None to load it from ``data_dir`` (``verify`` as load_mnist's).
     backend: each group's backend ("auto" | "numpy" | "cupy" | "emulated"; on Ray, chosen on each worker).
-    ray: None trains the groups here, one after another; "auto" or "HOST:PORT" sends each group to
-        that Ray cluster as a task (gpubp.ray_sweep), retried if its worker dies.
+    ray: None trains the groups here; "auto" or "HOST:PORT" sends each group to that Ray cluster as
+        a task (gpubp.ray_sweep), retried if its worker dies.
+    threads: groups trained here at once, each in a thread of its own (NumPy lets go of the GIL in
+        its BLAS calls and large loops, so on the CPU two threads use two cores; default 1).
     progress: a bar over runs on stderr; None shows it only when stderr is a terminal.
     group_hook: called where each group trains, with (group index, epoch): epoch 0 before it
         trains and each epoch after it (tests use it to kill a Ray worker mid-group).
@@ -224,14 +226,7 @@ def sweep(runs, data=None, data_dir=None, verify=True, backend=None, group_size=
     t0 = time.perf_counter()
     try:
         if ray is None:
-            done = []
-            for i, g in enumerate(plan):
-                if group_hook is not None:
-                    group_hook(i, 0)
-                done.append(train_group(g, data, backend, monitor_training_cost,
-                                        on_epoch=_epoch_note(bar, i, len(plan), group_hook)))
-                if bar is not None:
-                    bar.update(len(g))
+            done = _run_here(plan, data, backend, monitor_training_cost, int(threads), bar, group_hook)
         else:
             try:
                 from .ray_sweep import run_groups
@@ -247,6 +242,28 @@ def sweep(runs, data=None, data_dir=None, verify=True, backend=None, group_size=
         if bar is not None:
             bar.close()
     return result(done, backend=backend, ray=ray, seconds=time.perf_counter() - t0)
+
+
+def _run_here(plan, data, backend, monitor_training_cost, threads, bar, group_hook) -> list[dict]:
+    """Every group of ``plan`` in this process, ``threads`` at a time; their results in plan order."""
+    if threads < 1:
+        raise GpubpError(f"threads must be >= 1, got {threads}")
+
+    def one(i):
+        if group_hook is not None:
+            group_hook(i, 0)
+        out = train_group(plan[i], data, backend, monitor_training_cost,
+                          on_epoch=_epoch_note(bar, i, len(plan), group_hook))
+        if bar is not None:
+            bar.update(out["size"])
+        return out
+
+    if threads == 1:
+        return [one(i) for i in range(len(plan))]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(one, range(len(plan))))
 
 
 def _check_widths(runs, data) -> None:

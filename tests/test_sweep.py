@@ -169,6 +169,23 @@ def test_grid_groups_and_seeds():
         ModelOptimizers([make_optimizer("sgd"), make_optimizer("adam")])
 
 
+def test_groups_in_two_threads_give_the_same_runs():
+    """Two groups at once, each in its thread, on NumPy: the same results as one after the other (each
+    thread has its own scratch buffers: shared ones would mix the two groups' updates)."""
+    rng = np.random.default_rng(5)
+    X, y = rng.random((300, 300)).astype(np.float32), rng.integers(0, 4, 300)
+    data = {"train": (X, y), "validation": (X[:100], y[:100]), "test": (X[100:200], y[100:200])}
+    # big enough that NumPy lets go of the GIL in the updates (shared scratch made this fail here)
+    runs = grid([1, 2, 3, 4], etas=[0.2], sizes=[300, 64, 4], epochs=2, optimizer="momentum", lmbdas=[1.0],
+                batch_size=5)
+    outcomes = []
+    for threads in (1, 2, 2):
+        res = sweep(runs, data=data, group_size=2, threads=threads, progress=False)
+        outcomes.append([(r["run"]["seed"], r["test_accuracy"], [h["validation_accuracy"] for h in r["history"]])
+                         for r in res["runs"]])
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+
+
 def test_a_diverging_model_is_reported_and_the_others_train_on():
     rng = np.random.default_rng(0)
     X, y = rng.random((60, 8)).astype(np.float32), rng.integers(0, 3, 60)

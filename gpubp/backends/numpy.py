@@ -2,7 +2,8 @@
 
 ``kernel(stem, dtype)`` returns gpubp.reference's function of that name, so the network asks the
 same things of every backend. References borrow scratch buffers from here, one per (shape,
-dtype), allocated once, so a training step allocates nothing after its first.
+dtype) and thread (a sweep may train two groups in two threads), allocated once, so a training
+step allocates nothing after its first.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import threading
 
 from .. import reference
 from ..errors import GpubpError
@@ -25,15 +27,18 @@ class NumpyBackend(Backend):
 
     def __init__(self) -> None:
         super().__init__()
-        self._scratch: dict = {}
+        self._local = threading.local()  # the scratch buffers of each thread
         self.device = f"CPU ({os.cpu_count()} cores)"
 
     def scratch(self, shape, dtype):
-        """A work buffer per (shape, dtype), reused: its contents are undefined on return."""
+        """A work buffer per (shape, dtype) and thread, reused: its contents are undefined on return."""
+        buffers = getattr(self._local, "scratch", None)
+        if buffers is None:
+            buffers = self._local.scratch = {}
         key = (shape, dtype)
-        work = self._scratch.get(key)
+        work = buffers.get(key)
         if work is None:
-            work = self._scratch[key] = self.empty(shape, dtype)
+            work = buffers[key] = self.empty(shape, dtype)
         return work
 
     def kernel(self, stem: str, dtype):
