@@ -85,6 +85,13 @@ class Workspace:
         if backward:
             self.ones = be.empty((1, m), dtype)
             self.ones.fill(1)
+        self._targets = None
+
+    def targets(self, be, n_out, dtype):
+        """A one-hot target buffer (m, n_out) for evaluation, made on first use."""
+        if self._targets is None:
+            self._targets = be.empty((self.m, n_out), dtype)
+        return self._targets
 
 
 class Network:
@@ -384,30 +391,59 @@ class Network:
     def measure(self, X, y, lmbda=0.0, cost=True, accuracy=True) -> dict:
         """Total cost (mean over rows, plus network2's L2 term 0.5*lmbda/n*sum w^2) and accuracy of
         (X (n, n_0), y (n,) labels), computed on the device and brought back in one copy."""
-        X = self.to_device(X)
-        n = X.shape[0]
-        if n == 0:
-            raise GpubpError("cannot evaluate on an empty data set")
-        labels = self.labels(y, n)
-        xp = self.xp
-        totals = xp.zeros(2, dtype=xp.float64)  # [summed cost, number correct]
-        argmax_hits = self.be.kernel("argmax_hits", self.dtype)
-        for k in range(0, n, EVAL_ROWS):
+        return self.measure_all([(X, y, lmbda, cost, accuracy)])[0]
+
+    def measure_all(self, sets) -> list[dict]:
+        """``measure`` for several data sets [(X, y, lmbda, cost, accuracy), ...], every sum kept
+        on the device in float64 and all of them brought back in ONE copy. With neither cost nor
+        accuracy asked for, a set still gets "finite": whether every parameter is finite."""
+        prepared = []
+        for X, y, lmbda, cost, accuracy in sets:
+            X = self.to_device(X)
+            if X.shape[0] == 0:
+                raise GpubpError("cannot evaluate on an empty data set")
+            prepared.append((X, self.labels(y, X.shape[0]), float(lmbda), bool(cost), bool(accuracy)))
+        totals = self._totals(3 * len(prepared))  # per set: [summed cost, correct, sum of w^2 or of params]
+        self.be.kernel("fill", np.float64)(totals.size, totals, totals.size, 0.0)
+        for i, (X, labels, lmbda, cost, accuracy) in enumerate(prepared):
+            self._accumulate(X, labels, totals[3 * i:3 * i + 3], lmbda, cost, accuracy)
+        host = self.be.to_host(totals)
+        out = []
+        for i, (X, _, lmbda, cost, accuracy) in enumerate(prepared):
+            n, (summed, correct, extra) = X.shape[0], host[3 * i:3 * i + 3]
+            out.append({"cost": (summed + 0.5 * lmbda * extra) / n if cost else None,
+                        "correct": int(correct) if accuracy else None,
+                        "accuracy": float(correct) / n if accuracy else None, "n": n,
+                        "finite": bool(np.isfinite(summed + extra))})
+        return out
+
+    def _totals(self, size: int):
+        """A float64 device buffer of ``size`` sums, made once per size."""
+        key = ("totals", size)
+        if key not in self._ws:
+            self._ws[key] = self.be.empty((size,), np.float64)
+        return self._ws[key]
+
+    def _accumulate(self, X, labels, slot, lmbda, cost, accuracy) -> None:
+        """Add one data set's summed cost, number correct and (for L2, or for the finiteness check)
+        sum of squared weights or of parameters into slot[0], slot[1], slot[2], on the device."""
+        be, dt = self.be, self.dtype
+        for k in range(0, X.shape[0], EVAL_ROWS):
             Xc, lc = X[k:k + EVAL_ROWS], labels[k:k + EVAL_ROWS]
             rows = Xc.shape[0]
-            out = self._forward(Xc, self.workspace(rows, False))
+            ws = self.workspace(rows, False)
+            out = self._forward(Xc, ws)
             if cost:
-                totals[0] += self.cost.fn(xp, out, self.one_hot(lc))
+                Y = ws.targets(be, self.sizes[-1], dt)
+                be.kernel("one_hot", dt)(Y.size, Y, lc, rows, Y.shape[1])
+                be.kernel(self.cost.value_kernel, dt)(rows, slot[0:1], out, Y, rows, Y.shape[1])
             if accuracy:
-                hits = self.be.empty((rows,), np.int32)
-                argmax_hits(rows, hits, out, lc, rows, out.shape[1])
-                totals[1] += xp.sum(hits)
+                be.kernel("argmax_count", dt)(rows, slot[1:2], out, lc, rows, out.shape[1])
         if cost and lmbda:
-            totals[0] += 0.5 * lmbda * sum(xp.sum(w.astype(xp.float64) ** 2) for w in self.weights)
-        total_cost, correct = self.be.to_host(totals)
-        return {"cost": float(total_cost) / n if cost else None,
-                "correct": int(correct) if accuracy else None,
-                "accuracy": float(correct) / n if accuracy else None, "n": n}
+            w = self.params[:self.n_weights]
+            be.kernel("sum_squares_into", dt)(w.size, slot[2:3], w, w.size)
+        elif not (cost or accuracy):
+            be.kernel("sum_into", dt)(self.n_params, slot[2:3], self.params, self.n_params)
 
     def evaluate(self, X, y) -> float:
         """Fraction of rows of X (n, n_0) whose largest output is the label y (n,)."""

@@ -242,8 +242,17 @@ def adam_update(p, g, m, v, steps, done, n, n_weights, eta, beta1, beta2, eps, d
 
 
 # ---------------------------------------------------------------------------------------------
-# Labels  (kernels: one_hot.cu, argmax_hits.cu)
+# Data and evaluation  (kernels: gather.cu, one_hot.cu, argmax_count.cu, the costs' *_cost, accumulate.cu)
 # ---------------------------------------------------------------------------------------------
+
+CLIP = 1e-12  # a saturated wrong answer costs -ln(CLIP) = 27.6 per output rather than inf (GPUBP_COST_CLIP)
+
+
+def gather_rows(Xs, Ys, X, Y, perm, rows, cols_x, cols_y):
+    """Xs <- X[perm], Ys <- Y[perm]: one epoch's shuffle."""
+    np.take(X, perm, axis=0, out=Xs)
+    np.take(Y, perm, axis=0, out=Ys)
+
 
 def one_hot(Y, labels, rows, classes):
     """Y (rows, classes) <- one-hot rows of the int labels (rows,)."""
@@ -251,6 +260,38 @@ def one_hot(Y, labels, rows, classes):
     Y[np.arange(rows), labels] = 1
 
 
-def argmax_hits(hits, A, labels, rows, cols):
-    """hits (rows,) int32 <- (argmax of each row of A == label); ties to the first, NaN is the max."""
-    hits[...] = np.argmax(A, axis=1) == labels
+def argmax_count(total, A, labels, rows, cols):
+    """total[0] += the number of rows whose argmax is the label (ties to the first, NaN is the max)."""
+    total[0] += np.count_nonzero(np.argmax(A, axis=1) == labels)
+
+
+def _cost_kernel(term, name):
+    def cost(total, A, Y, rows, cols):
+        total[0] += np.sum(term(np.asarray(A, dtype=np.float64), Y))
+
+    cost.__name__ = cost.__qualname__ = f"{name}_cost"
+    cost.__doc__ = f"total[0] += the {name} cost summed over the rows of A, Y (rows, cols), in float64."
+    return cost
+
+
+quadratic_cost = _cost_kernel(lambda a, y: 0.5 * (a - y) ** 2, "quadratic")
+cross_entropy_cost = _cost_kernel(
+    lambda a, y: -(y * np.log(np.clip(a, CLIP, 1 - CLIP)) + (1 - y) * np.log(1 - np.clip(a, CLIP, 1 - CLIP))),
+    "cross_entropy")
+log_likelihood_cost = _cost_kernel(lambda a, y: -y * np.log(np.clip(a, CLIP, 1.0)), "log_likelihood")
+
+
+def fill(x, n, value):
+    """x[...] <- value."""
+    x[...] = value
+
+
+def sum_into(total, x, n):
+    """total[0] += sum of x, in float64."""
+    total[0] += np.sum(x, dtype=np.float64)
+
+
+def sum_squares_into(total, x, n):
+    """total[0] += sum of x^2, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    total[0] += np.dot(x, x)

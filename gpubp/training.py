@@ -80,6 +80,7 @@ def train(net, training_data, epochs=30, mini_batch_size=10, eta=None, lmbda=0.0
     run.labels = net.labels(y, n)
     run.Y = net.one_hot(run.labels)
     run.Xs, run.Ys = be.empty(run.X.shape, net.dtype), be.empty(run.Y.shape, net.dtype)  # shuffled copies
+    run.perm = be.empty((n,), np.int64)  # each epoch's permutation is uploaded into this one buffer
     if evaluation_data is not None:
         Xe, ye = evaluation_data
         run.evaluation = (net.to_device(Xe), net.labels(ye, len(ye)))
@@ -117,16 +118,18 @@ class _Run:
     labels: object = None  # (n,) int64, on the device
     Xs: object = None  # shuffled copies of X and Y
     Ys: object = None
+    perm: object = None  # (n,) int64 on the device
     evaluation: tuple | None = None
 
 
 def _epoch(run: _Run, i: int) -> dict:
     """One epoch (the i-th of this call): one shuffle on the device, every step, then the evaluations."""
-    net, be, xp, opt = run.net, run.net.be, run.net.xp, run.opt
+    net, be, opt = run.net, run.net.be, run.opt
     n, bs = run.X.shape[0], run.bs
-    perm = be.to_device(net.rng.permutation(n))
-    xp.take(run.X, perm, axis=0, out=run.Xs)  # one gather per epoch, on the device
-    xp.take(run.Y, perm, axis=0, out=run.Ys)
+    be.upload(run.perm, net.rng.permutation(n))
+    cols_x, cols_y = run.X.shape[1], run.Y.shape[1]  # one gather per epoch, on the device
+    be.kernel("gather_rows", net.dtype)(n * (cols_x + cols_y), run.Xs, run.Ys, run.X, run.Y, run.perm, n, cols_x,
+                                        cols_y)
     bar = _bar(run.show, n, i, run.epochs)
     be.synchronize()
     t0 = time.perf_counter()
@@ -143,13 +146,18 @@ def _epoch(run: _Run, i: int) -> dict:
     epoch = net.epochs_trained
     t1 = time.perf_counter()
     record = {"epoch": epoch, "seconds": seconds, "train_cost": None, "validation_accuracy": None}
-    if run.monitor_training_cost:
-        record["train_cost"] = net.measure(run.X, run.labels, lmbda=opt.lmbda, accuracy=False)["cost"]
-        _check_finite(record["train_cost"], epoch, opt.eta)
-    else:
-        _check_finite(float(be.to_host(xp.sum(net.params))), epoch, opt.eta)
+    # the training cost (or, without it, the parameters' finiteness) and the validation accuracy,
+    # summed on the device and brought back in one copy
+    sets = [(run.X, run.labels, opt.lmbda, run.monitor_training_cost, False)]
     if run.evaluation is not None:
-        record["validation_accuracy"] = net.measure(*run.evaluation, cost=False)["accuracy"]
+        sets.append((*run.evaluation, 0.0, False, True))
+    train, *validation = net.measure_all(sets)
+    if run.monitor_training_cost:
+        record["train_cost"] = train["cost"]
+    _check_finite(train["cost"] if run.monitor_training_cost else (0.0 if train["finite"] else math.nan),
+                  epoch, opt.eta)
+    if validation:
+        record["validation_accuracy"] = validation[0]["accuracy"]
     record["eval_seconds"] = time.perf_counter() - t1
     return record
 

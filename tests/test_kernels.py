@@ -81,6 +81,13 @@ def ptx_entries(ptx):
     return dict(zip(parts[1::2], parts[2::2]))
 
 
+def double_on_purpose(file):
+    """The kernels a file's header says compute in double even for float data ("Double on purpose: ...")."""
+    header = (K.kernel_dir() / file).read_text().split("#include")[0]
+    m = re.search(r"// Double on purpose: ([\w, ]+)", header)
+    return {n.strip() for n in m.group(1).split(",")} if m else set()
+
+
 @pytest.mark.parametrize("arch", [75, 80, 90])
 @pytest.mark.parametrize("file", K.kernel_files())
 def test_nvrtc_compiles_every_kernel_as_cupy_does(file, arch):
@@ -93,7 +100,7 @@ def test_nvrtc_compiles_every_kernel_as_cupy_does(file, arch):
     assert names and set(entries) == names  # our reading of the macros finds exactly what NVRTC made
     for name, body in entries.items():
         assert name.endswith(("_f32", "_f64"))
-        if name.endswith("_f32"):  # float kernels do no double arithmetic at all
+        if name.endswith("_f32") and name[:-4] not in double_on_purpose(file):  # float kernels: no double
             assert ".f64" not in body, f"{name} uses double precision at compute_{arch}"
 
 
@@ -105,7 +112,9 @@ def test_every_kernel_exists_for_both_precisions():
         for p in f32 + f64:  # sizes travel as 64-bit integers
             if p.name in ("n", "rows", "cols", "classes", "n_weights"):
                 assert p.ctype == "long long" and not p.pointer
-        assert {p.ctype for p in f32 if p.name not in ("labels", "hits")} <= {"float", "long long", "unsigned int"}
+        # float kernels take float data; only a float64 total of a sum (and integer labels) differs
+        assert {p.ctype for p in f32 if p.name not in ("labels", "total")} <= {"float", "long long", "unsigned int"}
+        assert all(p.ctype == "double" for p in f32 if p.name == "total")
 
 
 def test_entry_points_come_from_one_template():
@@ -309,17 +318,63 @@ def case_one_hot(be, rng, n, dtype):
     return Y, expected, None
 
 
-def case_argmax_hits(be, rng, n, dtype):
+def case_argmax_count(be, rng, n, dtype):
+    """Added to a total that already holds 2.5 (so an overwrite instead of an add shows)."""
     cols = 10
     A = edges(rng.standard_normal((n, cols)), rng)
     A[::7, 3] = A[::7, 8] = A[::7].max(axis=1) + 1  # ties: the first maximum wins
     A[::11, 5] = np.nan  # a NaN counts as the maximum, as numpy.argmax
     Ad = np.asarray(A, dtype)
     labels = np.where(rng.random(n) < 0.5, np.argmax(Ad, axis=1), rng.integers(0, cols, n))
-    expected = (np.argmax(Ad, axis=1) == labels).astype(np.float64)
-    hits = be.to_device(np.full(n, -7), np.int32)  # poisoned
-    run(be, "argmax_hits", dtype, n, hits, be.to_device(A, dtype), be.to_device(labels, np.int64), n, cols)
-    return hits, expected, None
+    expected = 2.5 + np.count_nonzero(np.argmax(Ad, axis=1) == labels)
+    total = be.to_device(np.array([2.5]), np.float64)
+    run(be, "argmax_count", dtype, n, total, be.to_device(A, dtype), be.to_device(labels, np.int64), n, cols)
+    return total, np.array([expected]), None
+
+
+def case_cost(name):
+    """The summed cost of a batch (with edge activations 0 and 1, where the clip matters), added to 2.5."""
+    terms = {"quadratic": lambda a, y: 0.5 * (a - y) ** 2,
+             "cross_entropy": lambda a, y: -(y * np.log(np.clip(a, 1e-12, 1 - 1e-12))
+                                             + (1 - y) * np.log(1 - np.clip(a, 1e-12, 1 - 1e-12))),
+             "log_likelihood": lambda a, y: -y * np.log(np.clip(a, 1e-12, 1))}
+
+    def case(be, rng, n, dtype):
+        rows, cols = (n, 10) if n > 1 else (1, 1)
+        A = activations(rng, (rows, cols))
+        Y = np.eye(cols)[rng.integers(0, cols, rows)]
+        expected = 2.5 + np.sum(terms[name](cast(A, dtype), Y))
+        total = be.to_device(np.array([2.5]), np.float64)
+        run(be, f"{name}_cost", dtype, rows, total, be.to_device(A, dtype), be.to_device(Y, dtype), rows, cols)
+        return total, np.array([expected]), None
+    return case
+
+
+def case_gather_rows(be, rng, n, dtype):
+    rows, cols_x, cols_y = (n, 3, 2) if n > 1 else (1, 1, 1)
+    X, Y = edges(rng.standard_normal((rows, cols_x)), rng), rng.standard_normal((rows, cols_y))
+    perm = rng.permutation(rows)
+    Xs, Ys = be.to_device(np.full((rows, cols_x), np.nan), dtype), be.to_device(np.full((rows, cols_y), np.nan), dtype)
+    run(be, "gather_rows", dtype, rows * (cols_x + cols_y), Xs, Ys, be.to_device(X, dtype), be.to_device(Y, dtype),
+        be.to_device(perm, np.int64), rows, cols_x, cols_y)
+    assert_close(be.to_host(Ys), cast(Y, dtype)[perm], what="gather_rows Y")
+    return Xs, cast(X, dtype)[perm], None
+
+
+def case_fill(be, rng, n, dtype):
+    x = be.to_device(np.full(n, np.nan), dtype)
+    run(be, "fill", dtype, n, x, n, -3.25)
+    return x, np.full(n, -3.25), None
+
+
+def case_sum(kernel, square):
+    def case(be, rng, n, dtype):
+        x = cast(edges(rng.standard_normal(n), rng), dtype)
+        total = be.to_device(np.array([2.5]), np.float64)
+        run(be, kernel, dtype, n, total, be.to_device(x, dtype), n)
+        terms = x * x if square else x
+        return total, np.array([2.5 + np.sum(terms)]), np.array([2.5 + np.sum(np.abs(terms))])
+    return case
 
 
 # kernel case -> (file, kernel stem, case)
@@ -334,8 +389,15 @@ CASES = {
     "momentum_update": ("momentum.cu", "momentum_update", case_momentum_update),
     "adam_update": ("adam.cu", "adam_update", case_adam_update),
     "one_hot": ("one_hot.cu", "one_hot", case_one_hot),
-    "argmax_hits": ("argmax_hits.cu", "argmax_hits", case_argmax_hits),
+    "argmax_count": ("argmax_count.cu", "argmax_count", case_argmax_count),
+    **{f"{c}_cost": (f"{c}.cu", f"{c}_cost", case_cost(c)) for c in ("quadratic", "cross_entropy", "log_likelihood")},
+    "gather_rows": ("gather.cu", "gather_rows", case_gather_rows),
+    "fill": ("accumulate.cu", "fill", case_fill),
+    "sum_into": ("accumulate.cu", "sum_into", case_sum("sum_into", False)),
+    "sum_squares_into": ("accumulate.cu", "sum_squares_into", case_sum("sum_squares_into", True)),
 }
+TOTALS = {"argmax_count", "quadratic_cost", "cross_entropy_cost", "log_likelihood_cost", "sum_into",
+          "sum_squares_into"}  # kernels that add into a float64 total
 
 
 # The own route's layer kernels, tested in tests/test_layer_kernels.py.
@@ -359,7 +421,7 @@ def test_kernel_matches_float64_reference(kernel, n, dtype, backend):
     be = get_backend(backend)
     out, expected, scale = case(be, np.random.default_rng(hash((kernel, n)) % 2**32), n, dtype)
     out = be.to_host(out)
-    assert out.dtype == (np.int32 if kernel == "argmax_hits" else dtype)
+    assert out.dtype == (np.float64 if kernel in TOTALS else dtype)
     atol, rtol = K.tolerance(file, dtype, stem)
     assert_close(out, expected, atol=atol, rtol=rtol, scale=scale, what=f"{kernel} n={n} on {backend}")
 

@@ -139,7 +139,7 @@ def test_layer_output(backend, dtype, cost, m, n_in, n_out):
     stem = f"layer_output_{cost}"
     dev, ref = launch(be, stem, dtype, m, n_out, "TileOutput", poisoned((m, n_out)), poisoned((m, n_out)), A_in, W, b,
                       Y, m, n_in, n_out, s)
-    file = "quadratic.cu" if cost == "quadratic" else "difference_delta.cu"
+    file = f"{cost}.cu"
     assert np.isfinite(be.to_host(dev[0])).all()
     check(be, dev[0], ref[0], A_ref, S, file, stem, dtype, f"{stem} A")
     check(be, dev[1], ref[1], s * delta(A_ref, Y), s * S, file, stem, dtype, f"{stem} D")

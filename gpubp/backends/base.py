@@ -85,6 +85,11 @@ class Backend:
         self._count("h2d")
         return self.xp.asarray(np.ascontiguousarray(a, dtype=dtype))
 
+    def upload(self, dst, host) -> None:
+        """Copy host array ``host`` into the existing device array ``dst`` (same shape; no allocation)."""
+        self._count("h2d")
+        dst[...] = host
+
     def to_host(self, a) -> np.ndarray:
         """A NumPy copy of device array ``a``; inside an epoch only for what the user asked to see."""
         self._count("d2h")
