@@ -428,7 +428,7 @@ class Network:
         """Add one data set's summed cost, number correct and (for L2, or for the finiteness check)
         sum of squared weights or of parameters into slot[0], slot[1], slot[2], on the device."""
         be, dt = self.be, self.dtype
-        for k in range(0, X.shape[0], EVAL_ROWS):
+        for k in range(0, X.shape[0] if cost or accuracy else 0, EVAL_ROWS):
             Xc, lc = X[k:k + EVAL_ROWS], labels[k:k + EVAL_ROWS]
             rows = Xc.shape[0]
             ws = self.workspace(rows, False)

@@ -38,7 +38,7 @@ def _check_data(net, data, what):
 
 def train(net, training_data, epochs=30, mini_batch_size=10, eta=None, lmbda=0.0, evaluation_data=None,
           early_stopping=None, monitor_training_cost=True, progress=None, seed=None, on_epoch=None,
-          optimizer="sgd", momentum=0.9):
+          optimizer="sgd", momentum=0.9, graph=None):
     """Train ``net`` by mini-batch gradient descent and return the history, one dict per epoch.
 
     training_data, evaluation_data: pairs (X (n, n_0), y (n,) integer labels), host or device.
@@ -52,9 +52,11 @@ def train(net, training_data, epochs=30, mini_batch_size=10, eta=None, lmbda=0.0
     progress: a tqdm bar per epoch; None shows it only when stderr is a terminal.
     seed: reseeds the shuffling (default: the network's generator, seeded by Network(seed=...)).
     on_epoch: called with each epoch's record as soon as it is known.
+    graph: replay each epoch as one captured CUDA graph (see ``graph_mode``): None = on for the
+        cupy backend when it can, True = always (or an error saying why not), False = eager.
 
     Each record: {"epoch" (counted from 1 over the network's life), "seconds" (training only,
-    synchronized), "eval_seconds",
+    synchronized), "eval_seconds", "mode" ("graph" or "eager"),
     "train_cost" (or None), "validation_accuracy" (or None)}.
     Raises TrainingDiverged when the cost becomes NaN or infinite.
     """
@@ -81,6 +83,8 @@ def train(net, training_data, epochs=30, mini_batch_size=10, eta=None, lmbda=0.0
     run.Y = net.one_hot(run.labels)
     run.Xs, run.Ys = be.empty(run.X.shape, net.dtype), be.empty(run.Y.shape, net.dtype)  # shuffled copies
     run.perm = be.empty((n,), np.int64)  # each epoch's permutation is uploaded into this one buffer
+    run.gather = be.kernel("gather_rows", net.dtype)
+    run.graph, _ = graph_mode(net, graph)
     if evaluation_data is not None:
         Xe, ye = evaluation_data
         run.evaluation = (net.to_device(Xe), net.labels(ye, len(ye)))
@@ -120,24 +124,71 @@ class _Run:
     Ys: object = None
     perm: object = None  # (n,) int64 on the device
     evaluation: tuple | None = None
+    graph: bool = False  # each epoch replays one captured graph
+    captured: object = None  # the epoch's graph, captured on the first epoch
+    gather: object = None  # the gather_rows kernel
+
+
+def graph_mode(net, graph=None) -> tuple[bool, str]:
+    """(whether training ``net`` replays each epoch as one captured graph, and why).
+
+    graph=None: on for the cupy backend when the route can be captured, eager elsewhere;
+    graph=True: a graph or a GpubpError saying why not; graph=False: eager.
+    """
+    ok, why = net.be.graph_support(net.gemm)
+    if graph is None:
+        if net.be.name != "cupy":
+            return False, f"eager: graphs are on by default on the cupy backend only, not {net.be.name}"
+        return ok, why if ok else f"eager: {why}"
+    if graph and not ok:
+        raise GpubpError(f"a graph was asked for but cannot be captured: {why}")
+    return bool(graph), why if graph else "eager: asked for (graph=False)"
+
+
+def _steps(run: _Run, bar=None) -> None:
+    """The epoch's work on the device: gather the training set in the permutation's order (one
+    kernel), then one step per contiguous mini-batch slice, the last, partial batch too."""
+    net, n, bs = run.net, run.X.shape[0], run.bs
+    cols_x, cols_y = run.X.shape[1], run.Y.shape[1]
+    run.gather(n * (cols_x + cols_y), run.Xs, run.Ys, run.X, run.Y, run.perm, n, cols_x, cols_y)
+    for k in range(0, n, bs):
+        net.step(run.Xs[k:k + bs], run.Ys[k:k + bs], run.opt)
+        if bar is not None:
+            bar.update(min(bs, n - k))
+
+
+def _capture_epoch(run: _Run):
+    """Capture one epoch's steps as a graph: everything a step needs (workspaces for the full and
+    the last batch, the optimizer's state, loaded kernels) is made first, since nothing may be
+    allocated or loaded while a stream captures (the pool's addresses would be baked in)."""
+    net, be, n, bs = run.net, run.net.be, run.X.shape[0], run.bs
+    for m in {bs, n % bs or bs}:
+        net.workspace(m)
+    run.opt.bind(net)
+    be.warmup()
+    be.prepare_capture(net.gemm)
+    with be.capture() as graph:
+        _steps(run)
+    return graph
 
 
 def _epoch(run: _Run, i: int) -> dict:
-    """One epoch (the i-th of this call): one shuffle on the device, every step, then the evaluations."""
+    """One epoch (the i-th of this call): the permutation goes up, then the steps run, eagerly or
+    as one replay of the epoch's captured graph; then the evaluations, one copy back."""
     net, be, opt = run.net, run.net.be, run.opt
-    n, bs = run.X.shape[0], run.bs
-    be.upload(run.perm, net.rng.permutation(n))
-    cols_x, cols_y = run.X.shape[1], run.Y.shape[1]  # one gather per epoch, on the device
-    be.kernel("gather_rows", net.dtype)(n * (cols_x + cols_y), run.Xs, run.Ys, run.X, run.Y, run.perm, n, cols_x,
-                                        cols_y)
+    n = run.X.shape[0]
     bar = _bar(run.show, n, i, run.epochs)
-    be.synchronize()
     t0 = time.perf_counter()
-    for k in range(0, n, bs):  # contiguous slices; the last, partial batch is used too
-        net.step(run.Xs[k:k + bs], run.Ys[k:k + bs], opt)
+    be.upload(run.perm, net.rng.permutation(n))
+    if run.graph:
+        if run.captured is None:
+            run.captured = _capture_epoch(run)
+        run.captured.launch()
         if bar is not None:
-            bar.update(min(bs, n - k))
-    be.synchronize()
+            bar.update(n)
+    else:
+        _steps(run, bar)
+    be.synchronize()  # the clock stops when the device is done
     seconds = time.perf_counter() - t0
     if bar is not None:
         bar.close()
@@ -145,7 +196,8 @@ def _epoch(run: _Run, i: int) -> dict:
     net.epochs_trained += 1
     epoch = net.epochs_trained
     t1 = time.perf_counter()
-    record = {"epoch": epoch, "seconds": seconds, "train_cost": None, "validation_accuracy": None}
+    record = {"epoch": epoch, "seconds": seconds, "train_cost": None, "validation_accuracy": None,
+              "mode": "graph" if run.graph else "eager"}
     # the training cost (or, without it, the parameters' finiteness) and the validation accuracy,
     # summed on the device and brought back in one copy
     sets = [(run.X, run.labels, opt.lmbda, run.monitor_training_cost, False)]

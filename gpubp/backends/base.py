@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from ..errors import GpubpError
 from . import hostblas
 
 
@@ -68,6 +69,23 @@ class Backend:
             yield c
         finally:
             self._active.remove(c)
+
+    def graph_support(self, gemm: str) -> tuple[bool, str]:
+        """(whether an epoch on the ``gemm`` route can be captured as a graph here, why or why not)."""
+        return False, f"the {self.name} backend has no CUDA graphs"
+
+    def prepare_capture(self, gemm: str) -> None:
+        """Make whatever capture will need (before it starts: nothing may be allocated during it)."""
+        ok, why = self.graph_support(gemm)
+        if not ok:
+            raise GpubpError(f"cannot capture a graph: {why}")
+
+    @contextmanager
+    def capture(self):
+        """``with be.capture() as g:`` records the launches and products of the block into a graph
+        instead of running them; ``g.launch()`` then replays them all at once."""
+        raise GpubpError(f"the {self.name} backend cannot capture graphs")
+        yield  # pragma: no cover
 
     def warmup(self) -> float:
         """Compile whatever this backend compiles, outside any clock; seconds taken (0 when nothing)."""

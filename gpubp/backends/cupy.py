@@ -15,6 +15,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from .. import sysinfo
+from ..errors import GpubpError
+from . import cublas
 from . import kernel as K
 
 
@@ -55,6 +57,8 @@ class CupyBackend(K.KernelBackend):
         self.device = f"{name} (sm_{dev.compute_capability}, {self.sm_count} SMs)"
         self._modules: dict[str, object] = {}
         self._functions: dict[str, object] = {}
+        self._capture_stream = None
+        self._graph_blas = None
 
     def upload(self, dst, host) -> None:
         """Copy ``host`` into device array ``dst`` in place (cupy.ndarray.set: no allocation)."""
@@ -69,13 +73,61 @@ class CupyBackend(K.KernelBackend):
         self._count("syncs")
         self.xp.cuda.get_current_stream().synchronize()
 
+    def matmul(self, a, b, out):
+        if self.capturing:  # CuPy's matmul would call cuBLAS through its own handle: refused in capture
+            self._graph_blas.gemm(a, b, out, 1.0, 0.0)
+            return out
+        return super().matmul(a, b, out)
+
     def gemm(self, a, b, out, alpha: float, beta: float) -> None:
         """out <- alpha * (a @ b) + beta * out in one cuBLAS call: cupy.cublas.gemm reads C- or
         F-contiguous operands (a transposed view is F-contiguous) and writes a contiguous out in place."""
+        if self.capturing:
+            self._graph_blas.gemm(a, b, out, alpha, beta)
+            return
         from cupy import cublas
 
         self._count("gemms")
         cublas.gemm("N", "N", a, b, out=out, alpha=alpha, beta=beta)
+
+    # -----------------------------------------------------------------------------------------
+    # Graphs: CuPy's stream capture; the blas route's products through our own cuBLAS binding
+    # -----------------------------------------------------------------------------------------
+
+    def graph_support(self, gemm: str) -> tuple[bool, str]:
+        if gemm == "own":
+            return True, "the own route's layer kernels are captured as they are"
+        try:
+            cublas.load()
+        except (OSError, GpubpError) as e:
+            return False, f"the blas route needs libcublas for capture, which did not load ({sysinfo.first_line(e)})"
+        return True, "the blas route's products go through a cuBLAS handle bound to the capture stream"
+
+    def prepare_capture(self, gemm: str) -> None:
+        super().prepare_capture(gemm)
+        if self._capture_stream is None:
+            self._capture_stream = self.xp.cuda.Stream(non_blocking=True)
+        if gemm == "blas" and self._graph_blas is None:  # handle and workspace before capture begins
+            workspace = self.xp.empty((cublas.WORKSPACE_BYTES,), dtype=self.xp.uint8)
+            self._graph_blas = cublas.Cublas(cublas.load(), self._capture_stream.ptr, workspace)
+
+    @contextmanager
+    def capture(self):
+        """CuPy's stream capture (Stream.begin_capture/end_capture, as CuPy documents it): everything
+        launched on the capture stream in the block becomes one cupy.cuda.Graph."""
+        if self._capture_stream is None:
+            raise GpubpError("call prepare_capture before capture")
+        handle = _CapturedGraph(self)
+        stream = self._capture_stream
+        with stream:
+            stream.begin_capture()
+            self.capturing = True
+            try:
+                yield handle
+            finally:
+                self.capturing = False
+                graph = stream.end_capture()
+        handle.graph = graph
 
     @contextmanager
     def counters(self):
@@ -93,6 +145,17 @@ class CupyBackend(K.KernelBackend):
 
     def execute(self, file, name, grid, block, args, shared_mem=0) -> None:
         self.load_kernel(file, name)(grid, block, args, shared_mem=shared_mem)
+
+
+class _CapturedGraph:
+    """A captured cupy.cuda.Graph; ``launch()`` replays it on the current stream."""
+
+    def __init__(self, be) -> None:
+        self.be, self.graph = be, None
+
+    def launch(self) -> None:
+        self.be._count("graph_launches")
+        self.graph.launch()
 
 
 class _PoolAllocations:
