@@ -16,12 +16,12 @@ from .costs import COSTS
 from .data import N_CLASSES
 from .errors import GpubpError
 from .fileio import write_json
-from .network import INIT_CHOICES
+from .network import INIT_CHOICES, check_sizes
 from .optimizers import OPTIMIZERS
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, no usage dump
+    def error(self, message):  # one line, exit 2, no usage dump; a subcommand's prog is "gpubp train"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -32,7 +32,13 @@ def _sizes(text):
         raise argparse.ArgumentTypeError(f"sizes must be comma-separated integers like 784,30,10, got {text!r}") from None
     if len(sizes) < 2 or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"sizes need two or more positive layer widths, got {text!r}")
-    return sizes
+    try:  # the parameter bound, before any data is read
+        return check_sizes(sizes)
+    except GpubpError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+_KIND_NAMES = {int: "an integer", float: "a number"}
 
 
 def _number(kind, lo, inclusive):
@@ -40,7 +46,7 @@ def _number(kind, lo, inclusive):
         try:
             v = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {_KIND_NAMES[kind]}, got {text!r}") from None
         if v != v or v in (float("inf"), float("-inf")) or (v < lo if inclusive else v <= lo):
             raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {lo}, got {text}")
         return v
@@ -50,17 +56,55 @@ def _number(kind, lo, inclusive):
 def _list(kind):
     def parse(text):
         try:
-            return [kind(s) for s in text.split(",") if s.strip()]
+            values = [kind(s.strip()) for s in text.split(",") if s.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected comma-separated {_KIND_NAMES.get(kind, 'value')}s, "
+                                             f"got {text!r}") from None
+        if not values:  # "," would otherwise silently mean the defaults
+            raise argparse.ArgumentTypeError(f"the list {text!r} is empty: give at least one value")
+        return values
     return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="gpubp", description="Backpropagation from scratch on the CPU (NumPy) and the GPU (CuPy).")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from .version import __version__
 
-    t = sub.add_parser("train", help="train a network on MNIST (defaults: network.py's run)")
+    p = _Parser(prog="gpubp", description="Backpropagation from scratch on the CPU (NumPy) and the GPU (CuPy).")
+    p.add_argument("--version", action="version", version=f"gpubp {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _train_parser(sub.add_parser("train", help="train a network on MNIST (defaults: network.py's run)"))
+
+    e = sub.add_parser("evaluate", help="accuracy of a saved model on the MNIST test set")
+    e.add_argument("model", type=Path, metavar="MODEL.npz")
+    _common(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("bench", help="benchmark training steps on CPU and GPU (and PyTorch eager when it imports)")
+    b.add_argument("--backends", type=_list(str), default=None,
+                   help="e.g. numpy,cupy,emulated (default: numpy, and cupy; cupy is skipped, saying why, without a GPU)")
+    b.add_argument("--sizes", type=_sizes, nargs="+", default=None, metavar="784,30,10",
+                   help="networks, each as widths joined by commas, several allowed (default: 784,30,10 "
+                        "784,100,10 784,1024,1024,10 784,4096,4096,10; --quick drops the last)")
+    b.add_argument("--batch-sizes", type=_list(int), default=None, help="e.g. 10,128,1024 (default 10,128,1024)")
+    b.add_argument("--steps", type=_number(int, 1, True), default=None, help="timed steps per repeat (default 20, 10 with --quick)")
+    b.add_argument("--repeats", type=_number(int, 1, True), default=None,
+                   help="repeats per case, the median reported (default 5, 3 with --quick)")
+    b.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="floating-point type of the parameters and the data (default float32)")
+    b.add_argument("--quick", action="store_true", help="a small sweep that finishes in under a minute")
+    b.add_argument("--json", type=Path, metavar="OUT.json", help="write every number and the machine (default: not written)")
+    b.add_argument("--plot", type=Path, metavar="OUT.png", help="plot GPU/CPU speed-up vs batch size (default: no plot)")
+    _data_args(b)
+    b.set_defaults(func=cmd_bench)
+
+    i = sub.add_parser("info", help="backend, device, library versions, BLAS threads")
+    i.add_argument("--backend", choices=list(BACKEND_NAMES), default=None,
+                   help="the backend to describe (default: $GPUBP_BACKEND or auto)")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def _train_parser(t):
     t.add_argument("--sizes", type=_sizes, default=[784, 30, 10], help="layer widths (default 784,30,10)")
     t.add_argument("--cost", choices=list(COSTS), default="quadratic",
                    help="output cost (default quadratic; log_likelihood has a softmax output layer)")
@@ -71,53 +115,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mu for --optimizer momentum (default 0.9)")
     t.add_argument("--eta", type=_number(float, 0, False), default=None,
                    help="learning rate (default: 3.0 for sgd, 0.3 for momentum, 0.001 for adam)")
-    t.add_argument("--lmbda", type=_number(float, 0, True), default=0.0, help="L2 strength lambda (default 0)")
+    t.add_argument("--lmbda", type=_number(float, 0, True), default=0.0, help="L2 strength lambda (default 0.0)")
     t.add_argument("--batch-size", type=_number(int, 1, True), default=10, help="mini-batch size (default 10)")
     t.add_argument("--epochs", type=_number(int, 0, True), default=30, help="epochs (default 30)")
-    t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    t.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="floating-point type of the parameters and the data (default float32)")
     t.add_argument("--init", choices=list(INIT_CHOICES), default="default",
                    help="weights: the activation's default (network2's N(0,1/n_in); he, N(0,2/n_in), for relu), "
-                        "or network2, large (network.py's N(0,1)), he")
+                        "or network2, large (network.py's N(0,1)), he (default: default)")
     t.add_argument("--early-stopping", type=_number(int, 1, True), default=None, metavar="N",
-                   help="stop after N epochs without a better validation accuracy")
+                   help="stop after N epochs without a better validation accuracy (default: train every epoch)")
     t.add_argument("--no-train-cost", action="store_true",
                    help="skip the per-epoch training-cost pass over the training set (train_cost is null)")
     _common(t)
-    t.add_argument("--seed", type=int, default=None, help="seed for weights and shuffling")
-    t.add_argument("--save", type=Path, metavar="MODEL.npz", help="write the trained model here")
-    t.add_argument("--metrics-out", type=Path, metavar="RUN.json", help="write config and per-epoch metrics as JSON")
+    t.add_argument("--seed", type=_number(int, 0, True), default=None,
+                   help="seed for weights and shuffling, >= 0 (default: a random one, printed in the metrics)")
+    t.add_argument("--save", type=Path, metavar="MODEL.npz", help="write the trained model here (default: not saved)")
+    t.add_argument("--metrics-out", type=Path, metavar="RUN.json",
+                   help="write config and per-epoch metrics as JSON (default: not written)")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     t.set_defaults(func=cmd_train)
-
-    e = sub.add_parser("evaluate", help="accuracy of a saved model on the MNIST test set")
-    e.add_argument("model", type=Path, metavar="MODEL.npz")
-    _common(e)
-    e.set_defaults(func=cmd_evaluate)
-
-    b = sub.add_parser("bench", help="benchmark training steps on CPU and GPU (and PyTorch eager when it imports)")
-    b.add_argument("--backends", type=_list(str), default=None, help="e.g. numpy,cupy (default: numpy, and cupy with a GPU)")
-    b.add_argument("--sizes", type=_sizes, nargs="+", default=None, metavar="784,30,10",
-                   help="networks, each as widths joined by commas (several allowed)")
-    b.add_argument("--batch-sizes", type=_list(int), default=None, help="e.g. 10,128,1024")
-    b.add_argument("--steps", type=_number(int, 1, True), default=None, help="timed steps per repeat")
-    b.add_argument("--repeats", type=_number(int, 1, True), default=None, help="repeats per case (median reported)")
-    b.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    b.add_argument("--quick", action="store_true", help="a small sweep that finishes in under a minute")
-    b.add_argument("--json", type=Path, metavar="OUT.json", help="write every number and the machine")
-    b.add_argument("--plot", type=Path, metavar="OUT.png", help="plot GPU/CPU speed-up vs batch size")
-    b.add_argument("--data-dir", metavar="DIR", help="MNIST directory (default $GPUBP_DATA_DIR or the cache)")
-    b.set_defaults(func=cmd_bench)
-
-    i = sub.add_parser("info", help="backend, device, library versions, BLAS threads")
-    i.add_argument("--backend", choices=list(BACKEND_NAMES), default=None)
-    i.set_defaults(func=cmd_info)
-    return p
 
 
 def _common(p):
     p.add_argument("--backend", choices=list(BACKEND_NAMES), default=None,
                    help="default: $GPUBP_BACKEND or auto (CuPy when a GPU answers, else NumPy)")
-    p.add_argument("--data-dir", metavar="DIR", help="MNIST directory (default $GPUBP_DATA_DIR, then ~/.cache/gpubp/mnist)")
+    _data_args(p)
+
+
+def _data_args(p):
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="MNIST directory (default: $GPUBP_DATA_DIR, then ~/.cache/gpubp/mnist, downloaded on first use)")
     p.add_argument("--no-verify", action="store_true", help="skip the MD5 check (other MNIST-format data sets)")
 
 
@@ -208,7 +236,7 @@ def cmd_bench(args) -> int:
     if args.plot:
         pyplot()  # fail now, not after the sweep
     result = bench.run(backends=args.backends, sizes=args.sizes, batch_sizes=args.batch_sizes, steps=args.steps,
-                       repeats=args.repeats, dtype=args.dtype, quick=args.quick, data_dir=args.data_dir,
+                       repeats=args.repeats, dtype=args.dtype, quick=args.quick, data_dir=args.data_dir, verify=not args.no_verify,
                        log=lambda m: print(m, file=sys.stderr))
     m = result["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, NumPy {m['numpy']} ({m['blas']['name']} "
@@ -249,7 +277,10 @@ def cmd_info(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the subcommand's parser says it, so the hint is "gpubp train --help"
+        _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except GpubpError as e:
@@ -258,6 +289,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"gpubp {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _subparser(parser, command):
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
 
 
 if __name__ == "__main__":

@@ -142,3 +142,86 @@ def test_console_entry_point_runs_as_a_process(tmp_path):
     p = subprocess.run([sys.executable, "-m", "gpubp", "evaluate", str(tmp_path / "none.npz")],
                        capture_output=True, text=True, env=env)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments are refused before the data loads, in one line that says what to do
+# ---------------------------------------------------------------------------------------------
+
+NO_DATA = ["--data-dir", "/nonexistent/gpubp-test"]  # an error about this would mean the data loaded first
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["train", "--seed", "-1"], ["argument --seed", ">= 0"]),
+    (["train", "--seed", "x"], ["expected an integer, got 'x'"]),
+    (["train", "--epochs", "x"], ["expected an integer, got 'x'"]),
+    (["train", "--eta", "x"], ["expected a number, got 'x'"]),
+    (["train", "--sizes", "784,100000000,10"], ["argument --sizes", "79,500,000,010 parameters", "at most 1,000,000,000"]),
+    (["bench", "--batch-sizes", ","], ["argument --batch-sizes", "empty"]),
+    (["bench", "--backends", " , "], ["argument --backends", "empty"]),
+    (["train", "--bogus"], ["unrecognized arguments: --bogus", "see gpubp train --help"]),
+])
+def test_arguments_are_refused_before_the_data_loads(capsys, argv, needles):
+    code, _, err = run(capsys, *argv, *NO_DATA)
+    one_line_error(code, err, *needles)
+    assert "nonexistent" not in err
+
+
+def test_huge_sizes_are_refused_quickly(capsys):
+    import time
+
+    t0 = time.perf_counter()
+    code, _, err = run(capsys, "train", "--sizes", "784,100000000,10", *NO_DATA)
+    one_line_error(code, err, "at most 1,000,000,000")
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_evaluate_a_small_file_that_declares_a_huge_model(capsys, tmp_path):
+    from gpubp import Network
+
+    path = tmp_path / "huge.npz"
+    Network([4, 3, 2], seed=1).save(path)
+    with np.load(path) as z:
+        fields = {k: z[k] for k in z.files}
+    meta = json.loads(str(fields["meta"]))
+    meta["model"]["sizes"] = [784, 100_000_000, 10]
+    fields["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **fields)
+    code, _, err = run(capsys, "evaluate", str(path), *NO_DATA)
+    one_line_error(code, err, str(path), "at most 1,000,000,000")
+
+
+def test_evaluate_a_directory_says_so(capsys, tmp_path):
+    one_line_error(*run(capsys, "evaluate", str(tmp_path))[::2], f"{tmp_path} is a directory")
+
+
+def test_version(capsys):
+    from gpubp import __version__
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"gpubp {__version__}"
+
+
+def _subcommands():
+    import argparse
+
+    from gpubp.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "bench", "info"])
+def test_help_shows_every_default(command):
+    """Every option's help gives its default: the value itself, or words for what None means."""
+    parser = _subcommands()[command]
+    for a in parser._actions:
+        if not a.option_strings or a.help == "==SUPPRESS==" or a.dest in ("help", "version"):
+            continue
+        if a.const is True or a.default is False:  # a flag: off unless given
+            continue
+        shown = a.help % {"default": a.default} if "%(default)" in (a.help or "") else (a.help or "")
+        assert "default" in shown, f"{command} {a.option_strings[0]}: help does not say the default: {a.help!r}"
+        if a.default is not None:
+            value = ",".join(map(str, a.default)) if isinstance(a.default, list) else str(a.default)
+            assert value in shown, f"{command} {a.option_strings[0]}: default {value} not in {shown!r}"

@@ -63,7 +63,7 @@ def torch_devices(backends):
 
 
 def run(backends=None, sizes=None, batch_sizes=None, steps=None, repeats=None, dtype="float32", quick=False,
-        data_dir=None, log=print) -> dict:
+        data_dir=None, log=print, verify=True) -> dict:
     """Benchmark every case; returns {"machine", "dtype", "cost", "steps", "repeats", "cases", "skipped", ...}."""
     from .. import sysinfo
     from ..data import load_mnist
@@ -73,7 +73,7 @@ def run(backends=None, sizes=None, batch_sizes=None, steps=None, repeats=None, d
     tdevs, why_not = torch_devices(backends)
     if why_not:
         skipped.append(f"PyTorch column: {why_not}")
-    data = load_mnist(data_dir)["train"]
+    data = load_mnist(data_dir, verify=verify)["train"]
     rate = gemm_rate(dtype)
     log(f"{dtype} GEMM rate (NumPy, 2048^3): {rate:.0f} GFLOP/s")
     cases = []
