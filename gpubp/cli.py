@@ -162,14 +162,18 @@ def _check_writable(path: Path | None, what: str) -> None:
         raise GpubpError(f"cannot write {what} {path}: directory {parent} is not writable")
 
 
-def _load_data(args, n_in=None, n_out=None):
-    from .data import load_mnist
+def _load_data(args, sizes, source, split="train"):
+    """Load the data and check that ``sizes`` (from ``source``: --sizes or a model file) fit it;
+    the error names both sides, since a mismatch is found far from where either was chosen."""
+    from .data import load_mnist, resolve_dir
 
     data = load_mnist(args.data_dir, verify=not args.no_verify)
-    width = data["train"][0].shape[1]
-    if n_in is not None and (n_in != width or n_out != N_CLASSES):
-        raise GpubpError(f"sizes must start with {width} (pixels per image) and end with {N_CLASSES} (classes), "
-                         f"got {n_in}...{n_out}")
+    width = data[split][0].shape[1]
+    if sizes[0] != width or sizes[-1] != N_CLASSES:
+        images = resolve_dir(args.data_dir)[0] / f"{'t10k' if split == 'test' else 'train'}-images-idx3-ubyte"
+        raise GpubpError(f"{source} has {sizes[0]} inputs and {sizes[-1]} outputs, but the images in {images} have "
+                         f"{width} pixels and the labels {N_CLASSES} classes: the sizes must start with {width} "
+                         f"and end with {N_CLASSES}")
     return data
 
 
@@ -182,7 +186,7 @@ def cmd_train(args) -> int:
     _check_writable(args.save, "model file")
     _check_writable(args.metrics_out, "metrics file")
     be = get_backend(args.backend)
-    data = _load_data(args, args.sizes[0], args.sizes[-1])
+    data = _load_data(args, args.sizes, f"--sizes {','.join(map(str, args.sizes))}")
     net = Network(args.sizes, cost=args.cost, activation=args.activation, backend=be, dtype=args.dtype,
                   seed=args.seed, init=args.init)
     say = (lambda *a: None) if args.quiet else print
@@ -220,7 +224,7 @@ def cmd_evaluate(args) -> int:
 
     be = get_backend(args.backend)
     net = Network.load(args.model, backend=be)
-    data = _load_data(args, net.sizes[0], net.sizes[-1])
+    data = _load_data(args, net.sizes, f"model {args.model}", split="test")
     test = net.measure(*data["test"], cost=False)
     print(f"{args.model}: {net}")
     print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']})")

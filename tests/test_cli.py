@@ -126,7 +126,7 @@ def test_relu_log_likelihood_momentum_trains_from_the_command_line(capsys, tmp_p
 
 def test_sizes_must_fit_the_data(capsys, mnist_dir):
     one_line_error(*run(capsys, "train", "--sizes", "785,30,10", "--data-dir", mnist_dir)[::2],
-                   "must start with 784")
+                   "must start with 784", "--sizes 785,30,10")
 
 
 def test_info(capsys):
@@ -225,3 +225,33 @@ def test_help_shows_every_default(command):
         if a.default is not None:
             value = ",".join(map(str, a.default)) if isinstance(a.default, list) else str(a.default)
             assert value in shown, f"{command} {a.option_strings[0]}: default {value} not in {shown!r}"
+
+
+def test_a_model_that_does_not_fit_the_data_names_the_file(capsys, tmp_path, tiny_dir):
+    from gpubp import Network
+
+    model = tmp_path / "wide.npz"
+    Network([784, 5, 10], seed=1).save(model)
+    code, _, err = run(capsys, "evaluate", str(model), "--data-dir", tiny_dir, "--no-verify")
+    one_line_error(code, err, str(model), "784", "10 pixels", "t10k-images-idx3-ubyte")
+    code, _, err = run(capsys, "train", "--sizes", "11,5,10", "--data-dir", tiny_dir, "--no-verify")
+    one_line_error(code, err, "--sizes 11,5,10", "10 pixels", "train-images-idx3-ubyte")
+
+
+def test_a_bad_label_names_its_file(capsys, tmp_path):
+    from helpers import idx_file, write_mnist_like
+
+    d = write_mnist_like(tmp_path / "d", n_train=10_020, n_test=20)
+    idx_file(d / "t10k-labels-idx1-ubyte", np.full(20, 12))
+    code, _, err = run(capsys, "train", "--sizes", "10,5,10", "--data-dir", str(d), "--no-verify", "--epochs", "1")
+    one_line_error(code, err, str(d / "t10k-labels-idx1-ubyte"), "label 12")
+
+
+def test_test_images_of_another_shape_fail_before_any_epoch(capsys, tmp_path):
+    """Items 4/5/7 of the issue: 28x29 test images under --no-verify fail at load time, naming both files."""
+    from helpers import write_mnist_like
+
+    d = write_mnist_like(tmp_path / "d", n_train=10_020, n_test=20, shape=(28, 28), test_shape=(28, 29))
+    code, out, err = run(capsys, "train", "--data-dir", str(d), "--no-verify", "--epochs", "1", "--backend", "numpy")
+    one_line_error(code, err, "28x28", "28x29", "train-images-idx3-ubyte", "t10k-images-idx3-ubyte")
+    assert "epoch" not in out
