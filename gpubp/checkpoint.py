@@ -1,7 +1,7 @@
 """Model files: one .npz (never pickled), written to a temporary file and renamed into place.
 
-Version 2 holds a format tag, the version, ``meta`` (JSON: the model's config, the optimizer's
-config, the epochs trained, the shuffle's RNG state) and arrays: ``params`` (every W[l]
+Version 2 holds a format tag, the version, ``meta`` (JSON: the gpubp version and time that wrote
+it, the model's config, the optimizer's config, the epochs trained, the shuffle's RNG state) and arrays: ``params`` (every W[l]
 row-major, then every b[l]) and the optimizer's state as ``optimizer_<name>``. Version 1 files
 (sizes, cost, dtype, params) still load, as a sigmoid network with no optimizer state.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GpubpError, ModelFileError
-from .fileio import atomic_path
+from .fileio import atomic_path, provenance
 
 FORMAT = "gpubp-model"
 VERSION = 2
@@ -32,6 +32,7 @@ def save(path, meta: dict, arrays: dict) -> Path:
         raise GpubpError(f"cannot save the model to {path}: it is a directory")
     if not path.parent.is_dir():
         raise GpubpError(f"cannot save the model to {path}: directory {path.parent} does not exist")
+    meta = {**{k: v for k, v in provenance().items() if k != "argv"}, **meta}  # which gpubp wrote it, and when
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, format=np.array(FORMAT), version=np.array(VERSION), meta=np.array(json.dumps(meta)), **arrays)
     return path

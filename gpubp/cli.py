@@ -15,7 +15,7 @@ from .backends import BACKEND_NAMES
 from .costs import COSTS
 from .data import N_CLASSES
 from .errors import GpubpError
-from .fileio import write_json
+from .fileio import provenance, write_json
 from .network import INIT_CHOICES, check_sizes
 from .optimizers import OPTIMIZERS
 
@@ -162,6 +162,26 @@ def _check_writable(path: Path | None, what: str) -> None:
         raise GpubpError(f"cannot write {what} {path}: directory {parent} is not writable")
 
 
+def _write_outputs(outputs, say) -> tuple[list[str], str]:
+    """Write each (what, path, write) whose path is set, each on its own, so that one failure (a full
+    disk) loses only that file. Returns (written, "" or one line: what was not written and why, and
+    what was). Every writer is atomic, so a failed output leaves no file and no partial file."""
+    written, failed = [], []
+    for what, path, write in outputs:
+        if path is None:
+            continue
+        try:
+            write(path)
+        except (OSError, GpubpError) as e:
+            failed.append(f"the {what} {path} ({e.strerror if isinstance(e, OSError) and e.strerror else e})")
+        else:
+            written.append(f"the {what} {path}")
+            say(f"wrote the {what} {path}")
+    if not failed:
+        return written, ""
+    return written, "did not write " + " nor ".join(failed) + ("; wrote " + " and ".join(written) if written else "")
+
+
 def _load_data(args, sizes, source, split="train"):
     """Load the data and check that ``sizes`` (from ``source``: --sizes or a model file) fit it;
     the error names both sides, since a mismatch is found far from where either was chosen."""
@@ -208,13 +228,12 @@ def cmd_train(args) -> int:
               "early_stopping": args.early_stopping, "train_cost": not args.no_train_cost}
     test = net.measure(*data["test"], cost=False)
     print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']})")
-    if args.save:
-        net.save(args.save)
-        say(f"model saved to {args.save}")
-    if args.metrics_out:
-        write_json(args.metrics_out, {"config": config, "backend": be.name, "device": be.device,
-                                      "epochs": history, "test_accuracy": test["accuracy"]})
-        say(f"metrics written to {args.metrics_out}")
+    metrics = {**provenance(args.argv), "config": config, "backend": be.name, "device": be.device,
+               "epochs": history, "test_accuracy": test["accuracy"]}
+    _, failed = _write_outputs([("model", args.save, net.save),
+                                ("metrics", args.metrics_out, lambda p: write_json(p, metrics))], say)
+    if failed:
+        raise GpubpError(failed)
     return 0
 
 
@@ -250,10 +269,12 @@ def cmd_bench(args) -> int:
     print(bench.table(result))
     for s in result["skipped"]:
         print(f"\nskipped: {s}")
-    if args.json:
-        write_json(args.json, result)
-    if args.plot:
-        plot(result, args.plot)
+    result = {**provenance(args.argv), **result}
+    _, failed = _write_outputs([("JSON", args.json, lambda p: write_json(p, result)),
+                                ("plot", args.plot, lambda p: plot(result, p))],
+                               lambda m: print(m, file=sys.stderr))
+    if failed:
+        raise GpubpError(failed)
     return 0
 
 
@@ -282,7 +303,9 @@ def cmd_info(args) -> int:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = parser.parse_known_args(argv)
+    args.argv = ["gpubp", *argv]
     if extra:  # the subcommand's parser says it, so the hint is "gpubp train --help"
         _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     try:

@@ -1,13 +1,14 @@
 """Model files: round trip, atomic writes, and a clear error for every kind of bad file."""
 
 import io
+import json
 import os
 import zipfile
 
 import numpy as np
 import pytest
 
-from gpubp import Network, checkpoint
+from gpubp import Network, __version__, checkpoint
 from gpubp.errors import GpubpError, ModelFileError
 
 load = Network.load
@@ -32,6 +33,8 @@ def test_round_trip(tmp_path, dtype, cost, activation):
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not the temp file's private 0600
     with np.load(path, allow_pickle=False) as z:  # loads without pickle
         assert str(z["format"]) == "gpubp-model" and int(z["version"]) == checkpoint.VERSION == 2
+        meta = json.loads(str(z["meta"]))
+    assert meta["gpubp_version"] == __version__ and meta["created"].endswith("+00:00")
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
