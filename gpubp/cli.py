@@ -259,20 +259,30 @@ def cmd_bench(args) -> int:
     if args.plot:
         pyplot()  # fail now, not after the sweep
     result = bench.run(backends=args.backends, sizes=args.sizes, batch_sizes=args.batch_sizes, steps=args.steps,
-                       repeats=args.repeats, dtype=args.dtype, quick=args.quick, data_dir=args.data_dir, verify=not args.no_verify,
-                       log=lambda m: print(m, file=sys.stderr))
+                       repeats=args.repeats, dtype=args.dtype, quick=args.quick, data_dir=args.data_dir,
+                       verify=not args.no_verify, log=lambda m: print(m, file=sys.stderr))
     m = result["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, NumPy {m['numpy']} ({m['blas']['name']} "
           f"{m['blas']['version']}, {m['blas']['threads']} threads), GPU: {m['gpu'] or 'none'}")
     print(f"{result['dtype']}, cost {result['cost']}, {result['steps']} steps x {result['repeats']} repeats per case, "
-          f"epoch = {bench.EPOCH_ROWS} samples; GEMM rate {result['gemm_gflops']:.0f} GFLOP/s\n")
+          f"epoch = {result['epoch_rows']} samples; GEMM rate {result['gemm_gflops']:.0f} GFLOP/s\n")
     print(bench.table(result))
     for s in result["skipped"]:
         print(f"\nskipped: {s}")
+    if result["warnings"]:
+        where = "on stderr above" + (", and in the JSON" if args.json else "")
+        print(f"\n{len(result['warnings'])} warning(s) {where}: some of these numbers may not be trusted")
     result = {**provenance(args.argv), **result}
-    _, failed = _write_outputs([("JSON", args.json, lambda p: write_json(p, result)),
-                                ("plot", args.plot, lambda p: plot(result, p))],
-                               lambda m: print(m, file=sys.stderr))
+    outputs = [("JSON", args.json, lambda p: write_json(p, result))]
+    if result["cases"]:
+        outputs.append(("plot", args.plot, lambda p: plot(result, p)))
+    written, failed = _write_outputs(outputs, lambda m: print(m, file=sys.stderr))
+    if result["interrupted"]:
+        n = len(result["cases"])
+        kept = f"; the table above and {' and '.join(written)} hold them" if written else "; the table above holds them"
+        print(f"gpubp bench: interrupted in case {result['interrupted']}: {n} case{'' if n == 1 else 's'} "
+              f"finished{kept}" + (f"; {failed}" if failed else ""), file=sys.stderr)
+        return 130
     if failed:
         raise GpubpError(failed)
     return 0
