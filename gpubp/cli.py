@@ -8,13 +8,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from .activations import ACTIVATIONS
 from .backends import BACKEND_NAMES
 from .costs import COSTS
 from .data import N_CLASSES
-from .errors import GpubpError
+from .errors import GpubpError, TrainingInterrupted
 from .fileio import provenance, write_json
 from .network import INIT_CHOICES, check_sizes
 from .optimizers import OPTIMIZERS
@@ -117,7 +119,8 @@ def _train_parser(t):
                    help="learning rate (default: 3.0 for sgd, 0.3 for momentum, 0.001 for adam)")
     t.add_argument("--lmbda", type=_number(float, 0, True), default=0.0, help="L2 strength lambda (default 0.0)")
     t.add_argument("--batch-size", type=_number(int, 1, True), default=10, help="mini-batch size (default 10)")
-    t.add_argument("--epochs", type=_number(int, 0, True), default=30, help="epochs (default 30)")
+    t.add_argument("--epochs", type=_number(int, 0, True), default=30,
+                   help="epochs to train (default 30); with --resume, this many MORE epochs")
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="floating-point type of the parameters and the data (default float32)")
     t.add_argument("--init", choices=list(INIT_CHOICES), default="default",
@@ -130,7 +133,13 @@ def _train_parser(t):
     _common(t)
     t.add_argument("--seed", type=_number(int, 0, True), default=None,
                    help="seed for weights and shuffling, >= 0 (default: a random one, printed in the metrics)")
-    t.add_argument("--save", type=Path, metavar="MODEL.npz", help="write the trained model here (default: not saved)")
+    t.add_argument("--resume", type=Path, metavar="MODEL.npz",
+                   help="continue the run saved in MODEL.npz: its model, optimizer state, shuffle, epoch count and "
+                        "batch size; --optimizer, --eta, --lmbda, --momentum, --batch-size override the file's only "
+                        "when given; --sizes, --cost, --activation, --dtype, --init, --seed must agree with it "
+                        "(default: a new run)")
+    t.add_argument("--save", type=Path, metavar="MODEL.npz",
+                   help="write the trained model here; it may be the --resume file (default: not saved)")
     t.add_argument("--metrics-out", type=Path, metavar="RUN.json",
                    help="write config and per-epoch metrics as JSON (default: not written)")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
@@ -199,42 +208,129 @@ def _load_data(args, sizes, source, split="train"):
 
 def cmd_train(args) -> int:
     from .backends import get_backend
-    from .network import Network
 
-    if args.momentum is not None and args.optimizer != "momentum":
-        raise GpubpError(f"--momentum applies to --optimizer momentum, not {args.optimizer}")
     _check_writable(args.save, "model file")
     _check_writable(args.metrics_out, "metrics file")
+    given = _given(args)
     be = get_backend(args.backend)
-    data = _load_data(args, args.sizes, f"--sizes {','.join(map(str, args.sizes))}")
-    net = Network(args.sizes, cost=args.cost, activation=args.activation, backend=be, dtype=args.dtype,
-                  seed=args.seed, init=args.init)
+    net, data = _model_and_data(args, given, be)
+    start = net.epochs_trained
     say = (lambda *a: None) if args.quiet else print
     say(f"gpubp train: {net} on {be.device} ({be.reason})")
     if be.compiles_kernels:
         say(f"kernels compiled (or loaded from cache) in {be.warmup():.2f} s")
+    # With --resume, what was not given comes from the file (None tells training to keep the saved value).
+    keep = (lambda dest: getattr(args, dest) if dest in given else None) if args.resume else (lambda dest: getattr(args, dest))
+    if args.resume:
+        say(f"resuming {args.resume} after epoch {start} ({net.optimizer.name}, batch size {net.mini_batch_size}): "
+            f"{args.epochs} more epochs")
 
     def on_epoch(r):
         cost = "" if r["train_cost"] is None else f"train cost {r['train_cost']:.4f}, "
-        say(f"epoch {r['epoch']}/{args.epochs}: validation accuracy {r['validation_accuracy']:.4f}, "
+        say(f"epoch {r['epoch']}/{start + args.epochs}: validation accuracy {r['validation_accuracy']:.4f}, "
             f"{cost}{r['seconds']:.2f} s")
 
-    history = net.sgd(data["train"], epochs=args.epochs, mini_batch_size=args.batch_size, eta=args.eta,
-                      lmbda=args.lmbda, evaluation_data=data["validation"], early_stopping=args.early_stopping,
-                      monitor_training_cost=not args.no_train_cost, progress=False if args.quiet else None,
-                      on_epoch=on_epoch, optimizer=args.optimizer,
-                      momentum=0.9 if args.momentum is None else args.momentum)
-    config = {**net.config(), **net.optimizer.config(), "batch_size": args.batch_size, "epochs": args.epochs,
+    interrupted = None
+    try:
+        with _warnings_as_lines("train"):
+            history = net.sgd(data["train"], epochs=args.epochs, mini_batch_size=keep("batch_size"), eta=args.eta,
+                              lmbda=keep("lmbda"), evaluation_data=data["validation"],
+                              early_stopping=args.early_stopping, monitor_training_cost=not args.no_train_cost,
+                              progress=False if args.quiet else None, on_epoch=on_epoch,
+                              optimizer=keep("optimizer"), momentum=args.momentum, resume=bool(args.resume))
+    except TrainingInterrupted as e:
+        history, interrupted = e.history, e
+    test = None
+    if interrupted is None:
+        if history.restored_best:
+            say(f"early stopping: restored the weights of epoch {history.best_epoch} (validation accuracy "
+                f"{history.best_accuracy:.4f}), the best of this run")
+        test = net.measure(*data["test"], cost=False)
+        print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']})")
+    config = {**net.config(), **net.optimizer.config(), "batch_size": net.mini_batch_size, "epochs": args.epochs,
               "early_stopping": args.early_stopping, "train_cost": not args.no_train_cost}
-    test = net.measure(*data["test"], cost=False)
-    print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']})")
     metrics = {**provenance(args.argv), "config": config, "backend": be.name, "device": be.device,
-               "epochs": history, "test_accuracy": test["accuracy"]}
-    _, failed = _write_outputs([("model", args.save, net.save),
-                                ("metrics", args.metrics_out, lambda p: write_json(p, metrics))], say)
+               "resumed_from": {"path": str(args.resume), "epochs": start} if args.resume else None,
+               "epochs": history, **history.summary(),
+               "interrupted": {"epoch": interrupted.epoch, "completed": interrupted.completed} if interrupted else None,
+               "test_accuracy": test["accuracy"] if test else None}
+    written, failed = _write_outputs([("model", args.save, net.save),
+                                      ("metrics", args.metrics_out, lambda p: write_json(p, metrics))], say)
+    if interrupted is not None:
+        print(f"gpubp train: {_interrupted_line(interrupted, written, failed)}", file=sys.stderr)
+        return 130
     if failed:
         raise GpubpError(failed)
     return 0
+
+
+def _interrupted_line(e, written, failed) -> str:
+    """'interrupted in epoch K: saved the model M and the metrics R after epoch K-1', and what failed."""
+    where = f"in epoch {e.epoch}" if e.epoch else f"after epoch {e.completed}"
+    if written:
+        kept = f"saved {' and '.join(written)} after epoch {e.completed}"
+    elif not failed:
+        kept = f"nothing saved (no --save or --metrics-out); epoch {e.completed} was the last to finish"
+    else:
+        kept = ""
+    return f"interrupted {where}: " + "; ".join(x for x in (kept, failed) if x)
+
+
+def _model_and_data(args, given, be):
+    """The network (new, or loaded from --resume and checked against the flags) and the data it fits."""
+    from .network import Network
+
+    if args.resume:
+        net = Network.load(args.resume, backend=be)
+        _check_resume(args, given, net)
+        optimizer = args.optimizer if "optimizer" in given else net.optimizer.name
+    else:
+        optimizer = args.optimizer
+    if args.momentum is not None and optimizer != "momentum":
+        raise GpubpError(f"--momentum applies to --optimizer momentum, not {optimizer}")
+    if args.resume:
+        return net, _load_data(args, net.sizes, f"model {args.resume}")
+    data = _load_data(args, args.sizes, f"--sizes {','.join(map(str, args.sizes))}")
+    return Network(args.sizes, cost=args.cost, activation=args.activation, backend=be, dtype=args.dtype,
+                   seed=args.seed, init=args.init), data
+
+
+def _check_resume(args, given, net) -> None:
+    """A resumed run keeps the model it saved: flags that say otherwise are an error, not a surprise."""
+    if net.optimizer is None:
+        raise GpubpError(f"{args.resume} holds no optimizer state (it was saved before any training, or by gpubp "
+                         f"0.1): there is no run to resume; train it without --resume")
+    init = net.activation.init if args.init == "default" else args.init
+    saved = {"sizes": (args.sizes, net.sizes), "cost": (args.cost, net.cost.name),
+             "activation": (args.activation, net.activation.name), "dtype": (args.dtype, net.dtype.name),
+             "init": (init, net.init), "seed": (args.seed, net.seed)}
+    for dest, (flag, file) in saved.items():
+        if dest in given and flag != file:
+            show = (lambda v: ",".join(map(str, v))) if dest == "sizes" else str
+            raise GpubpError(f"--{dest} {show(flag)} conflicts with {args.resume}, whose {dest} is {show(file)}: "
+                             f"a resumed run keeps the model it saved; leave --{dest} out")
+
+
+def _given(args) -> set[str]:
+    """The destinations of the options given on the command line, as opposed to defaulted: the
+    arguments parsed again with every default suppressed."""
+    parser = build_parser()
+    sub = _subparser(parser, args.command)
+    for a in sub._actions:
+        a.default = argparse.SUPPRESS
+    ns, _ = parser.parse_known_args(args.argv[1:])
+    return set(vars(ns))
+
+
+@contextmanager
+def _warnings_as_lines(command):
+    """TrainingWarnings as one line each on stderr ("gpubp train: warning: ..."), every time they occur."""
+    from .errors import TrainingWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TrainingWarning)
+        warnings.showwarning = lambda message, *a, **k: print(f"gpubp {command}: warning: {message}", file=sys.stderr)
+        yield
 
 
 def cmd_evaluate(args) -> int:

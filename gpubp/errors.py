@@ -19,3 +19,22 @@ class ModelFileError(GpubpError):
 
 class TrainingDiverged(GpubpError):
     """The cost became NaN or infinite during training."""
+
+
+class TrainingWarning(UserWarning):
+    """Training that runs but goes nowhere (accuracy at chance, a cost that does not move). Issued with
+    ``warnings.warn``, so Python users see it once by default and can filter it or make it an error;
+    the command line prints it as one line on stderr. The run's history also keeps the messages."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training. The network is left as it was after the last completed epoch
+    (weights, optimizer state, shuffle, epoch count), so it can be saved and resumed.
+
+    history: the records of the completed epochs of this call; completed: the last completed epoch
+    (counted over the network's life); epoch: the epoch that was running, or None when the
+    interrupt came between epochs (from an on_epoch callback)."""
+
+    def __init__(self, history, completed, epoch):
+        super().__init__(f"interrupted in epoch {epoch}" if epoch else f"interrupted after epoch {completed}")
+        self.history, self.completed, self.epoch = history, completed, epoch
