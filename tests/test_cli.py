@@ -255,3 +255,40 @@ def test_test_images_of_another_shape_fail_before_any_epoch(capsys, tmp_path):
     code, out, err = run(capsys, "train", "--data-dir", str(d), "--no-verify", "--epochs", "1", "--backend", "numpy")
     one_line_error(code, err, "28x28", "28x29", "train-images-idx3-ubyte", "t10k-images-idx3-ubyte")
     assert "epoch" not in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Training that goes nowhere, diverges or stops early says so
+# ---------------------------------------------------------------------------------------------
+
+def tiny_train(tiny_dir, *extra):
+    return ["train", "--data-dir", tiny_dir, "--no-verify", "--sizes", "10,8,10", "--backend", "numpy", "--seed", "1",
+            *extra]
+
+
+def test_a_run_at_chance_exits_0_with_one_warning_line_each(capsys, tiny_dir):
+    code, out, err = run(capsys, *tiny_train(tiny_dir, "--eta", "1e9", "--epochs", "3", "--quiet"))
+    assert code == 0 and out.startswith("test accuracy")
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and all(l.startswith("gpubp train: warning: ") for l in lines), err
+    assert "validation accuracy at chance" in lines[0] and "eta=1e+09 is probably too large" in lines[0]
+    assert "training cost has not moved" in lines[1]
+
+
+def test_a_huge_lmbda_diverges_naming_eta_and_lmbda(capsys, tiny_dir):
+    code, out, err = run(capsys, *tiny_train(tiny_dir, "--lmbda", "100000", "--epochs", "3"))
+    one_line_error(code, err, "training diverged", "in epoch 1 with eta=3 and lmbda=100000", "lmbda is the likely cause")
+    assert "epoch 1/3:" not in out  # the message's epoch is the one the progress line would have shown
+
+
+def test_early_stopping_restores_and_records_the_best_epoch(capsys, tmp_path, tiny_dir):
+    metrics = tmp_path / "run.json"
+    code, out, err = run(capsys, *tiny_train(tiny_dir, "--epochs", "30", "--eta", "30", "--early-stopping", "2",
+                                             "--metrics-out", str(metrics)))
+    assert code == 0, err
+    m = json.loads(metrics.read_text())
+    accs = [e["validation_accuracy"] for e in m["epochs"]]
+    assert m["stopped_early"] and m["best_epoch"] == 1 + accs.index(max(accs)) and m["best_validation_accuracy"] == max(accs)
+    assert m["restored_best"] == (m["best_epoch"] != m["epochs"][-1]["epoch"])
+    if m["restored_best"]:
+        assert f"restored the weights of epoch {m['best_epoch']}" in out
