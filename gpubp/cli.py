@@ -1,4 +1,4 @@
-"""The command line: gpubp train | evaluate | bench | info.
+"""The command line: gpubp train | evaluate | bench | plot | info.
 
 Every error (bad argument, file, model or data) is one line on stderr and exit status 2.
 """
@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", type=Path, metavar="OUT.png", help="plot GPU/CPU speed-up vs batch size (default: no plot)")
     _data_args(b)
     b.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser("plot", help="training curves (validation accuracy, training cost) of runs saved with "
+                                    "train --metrics-out")
+    c.add_argument("runs", nargs="+", type=Path, metavar="RUN.json", help="one or more metrics files, overlaid")
+    c.add_argument("-o", "--out", type=Path, default=Path("curves.png"), metavar="OUT.png",
+                   help="the PNG to write (default curves.png)")
+    c.set_defaults(func=cmd_plot)
 
     i = sub.add_parser("info", help="backend, device, library versions, BLAS threads")
     i.add_argument("--backend", choices=list(BACKEND_NAMES), default=None,
@@ -379,6 +386,20 @@ def cmd_bench(args) -> int:
         print(f"gpubp bench: interrupted in case {result['interrupted']}: {n} case{'' if n == 1 else 's'} "
               f"finished{kept}" + (f"; {failed}" if failed else ""), file=sys.stderr)
         return 130
+    if failed:
+        raise GpubpError(failed)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from . import curves
+    from .plotting import pyplot
+
+    _check_writable(args.out, "plot")
+    pyplot("gpubp plot", "gpubp plot ...")  # fail before reading anything
+    runs = [curves.load_run(p) for p in args.runs]
+    names = curves.labels(runs, args.runs)
+    _, failed = _write_outputs([("plot", args.out, lambda p: curves.save(curves.figure(runs, names), p))], print)
     if failed:
         raise GpubpError(failed)
     return 0

@@ -211,7 +211,7 @@ def _subcommands():
     return sub.choices
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "bench", "info"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "bench", "info", "plot"])
 def test_help_shows_every_default(command):
     """Every option's help gives its default: the value itself, or words for what None means."""
     parser = _subcommands()[command]
