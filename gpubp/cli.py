@@ -360,7 +360,7 @@ def cmd_bench(args) -> int:
     _check_writable(args.json, "JSON file")
     _check_writable(args.plot, "plot")
     if args.plot:
-        pyplot()  # fail now, not after the sweep
+        pyplot("--plot", "gpubp bench ...")  # fail now, not after the sweep
     result = bench.run(backends=args.backends, sizes=args.sizes, batch_sizes=args.batch_sizes, steps=args.steps,
                        repeats=args.repeats, dtype=args.dtype, quick=args.quick, data_dir=args.data_dir,
                        verify=not args.no_verify, log=lambda m: print(m, file=sys.stderr))
