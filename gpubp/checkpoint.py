@@ -12,6 +12,7 @@ checks them against the sizes they declare before it allocates anything.
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from pathlib import Path
 
@@ -48,8 +49,11 @@ def load(path) -> tuple[dict, dict]:
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path} is not a gpubp model: not an .npz (zip) archive")
     try:
+        _check_members(path)
         with np.load(path, allow_pickle=False) as z:
             fields = {k: z[k] for k in z.files}
+    except MemoryError:
+        raise ModelFileError(f"{path} asks for more memory than there is: the file is damaged") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelFileError(f"{path} is not a readable gpubp model (.npz): {why}") from None
@@ -67,6 +71,34 @@ def load(path) -> tuple[dict, dict]:
         raise ModelFileError(f"{path} holds NaN or infinite parameters")
     arrays = {k: v for k, v in fields.items() if k not in ("format", "version", "meta", "sizes", "cost", "dtype")}
     return meta, arrays
+
+
+def _check_members(path: Path) -> None:
+    """Before np.load allocates anything: every member is stored uncompressed (as np.savez writes it)
+    and together they hold no more than the file does, and each .npy header declares exactly the
+    bytes its member holds. So no array can be larger than the file, and a small file cannot ask
+    for huge memory with a forged header or zip directory."""
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        for info in infos:
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ModelFileError(f"{path}: {info.filename} is compressed, and gpubp writes model files "
+                                     f"uncompressed: it was not written by gpubp (re-save it with Network.save)")
+        if sum(i.file_size for i in infos) > path.stat().st_size:
+            raise ModelFileError(f"{path}: its zip directory declares {sum(i.file_size for i in infos):,} bytes "
+                                 f"of members, more than the file's {path.stat().st_size:,}: the file is damaged")
+        for info in infos:
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                if version not in read:
+                    raise ModelFileError(f"{path}: {info.filename} has .npy format {version}, which gpubp does not write")
+                shape, _, dtype = read[version](f)
+                declared = math.prod(shape) * dtype.itemsize  # exact: Python integers
+                held = info.file_size - f.tell()
+            if declared != held:
+                raise ModelFileError(f"{path}: {info.filename} declares {declared:,} bytes of {dtype} {shape} but "
+                                     f"holds {held:,}: the file is damaged")
 
 
 def _meta_v2(path, fields) -> dict:

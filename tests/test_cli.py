@@ -292,3 +292,10 @@ def test_early_stopping_restores_and_records_the_best_epoch(capsys, tmp_path, ti
     assert m["restored_best"] == (m["best_epoch"] != m["epochs"][-1]["epoch"])
     if m["restored_best"]:
         assert f"restored the weights of epoch {m['best_epoch']}" in out
+
+
+def test_evaluate_a_file_with_a_forged_array_header_is_one_line(capsys, tmp_path):
+    from test_checkpoint import forged
+
+    path = forged(tmp_path / "liar.npz", header_shape=(25_000_000_000,))
+    one_line_error(*run(capsys, "evaluate", str(path), *NO_DATA)[::2], str(path), "declares 100,000,000,000 bytes")
