@@ -252,8 +252,11 @@ def cmd_train(args) -> int:
         if history.restored_best:
             say(f"early stopping: restored the weights of epoch {history.best_epoch} (validation accuracy "
                 f"{history.best_accuracy:.4f}), the best of this run")
-        test = net.measure(*data["test"], cost=False)
-        print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']})")
+        try:
+            test = net.measure(*data["test"], cost=False)
+            print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']})")
+        except KeyboardInterrupt:  # every epoch finished: keep them all
+            interrupted = TrainingInterrupted(history, net.epochs_trained, None)
     config = {**net.config(), **net.optimizer.config(), "batch_size": net.mini_batch_size, "epochs": args.epochs,
               "early_stopping": args.early_stopping, "train_cost": not args.no_train_cost}
     metrics = {**provenance(args.argv), "config": config, "backend": be.name, "device": be.device,

@@ -167,3 +167,18 @@ def test_ctrl_c_keeps_the_last_completed_epochs_model_and_metrics(capsys, tmp_pa
     m = json.loads(metrics.read_text())
     assert [r["epoch"] for r in m["epochs"]] == [1] and m["interrupted"] == {"epoch": 2, "completed": 1}
     assert m["test_accuracy"] is None and Network.load(model).epochs_trained == 1
+
+
+def test_ctrl_c_during_the_test_evaluation_keeps_every_epoch(capsys, tmp_path, tiny_dir, monkeypatch):
+    model = tmp_path / "m.npz"
+    real = Network.measure
+
+    def measure(self, X, *a, **k):
+        if X.shape[0] == 200:  # the tiny data's test set
+            raise KeyboardInterrupt
+        return real(self, X, *a, **k)
+
+    monkeypatch.setattr(Network, "measure", measure)
+    code, _, err = run(capsys, *tiny(tiny_dir, "--sizes", "10,8,10", "--epochs", "2", "--save", str(model)))
+    assert code == 130 and err.strip() == f"gpubp train: interrupted after epoch 2: saved the model {model} after epoch 2"
+    assert Network.load(model).epochs_trained == 2
