@@ -1,9 +1,10 @@
 """Model files: one .npz (never pickled), written to a temporary file and renamed into place.
 
 Version 2 holds a format tag, the version, ``meta`` (JSON: the gpubp version and time that wrote
-it, the model's config, the optimizer's config, the epochs trained, the shuffle's RNG state) and arrays: ``params`` (every W[l]
-row-major, then every b[l]) and the optimizer's state as ``optimizer_<name>``. Version 1 files
-(sizes, cost, dtype, params) still load, as a sigmoid network with no optimizer state.
+it, the model's config, the optimizer's config, the epochs trained, the batch size, the shuffle's
+RNG state) and arrays: ``params`` (every W[l] row-major, then every b[l]) and the optimizer's
+state as ``optimizer_<name>``, every member stored uncompressed. Version 1 files (sizes, cost,
+dtype, params) still load, as a sigmoid network with no optimizer state.
 
 This module knows the file format, not the network: gpubp.network builds the contents and
 checks them against the sizes they declare before it allocates anything.
@@ -92,7 +93,8 @@ def _check_members(path: Path) -> None:
                 version = np.lib.format.read_magic(f)
                 read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
                 if version not in read:
-                    raise ModelFileError(f"{path}: {info.filename} has .npy format {version}, which gpubp does not write")
+                    raise ModelFileError(f"{path}: {info.filename} has .npy format {version}, which gpubp "
+                                         f"does not write")
                 shape, _, dtype = read[version](f)
                 declared = math.prod(shape) * dtype.itemsize  # exact: Python integers
                 held = info.file_size - f.tell()

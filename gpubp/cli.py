@@ -83,19 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmark training steps on CPU and GPU (and PyTorch eager when it imports)")
     b.add_argument("--backends", type=_list(str), default=None,
-                   help="e.g. numpy,cupy,emulated (default: numpy, and cupy; cupy is skipped, saying why, without a GPU)")
+                   help="e.g. numpy,cupy,emulated (default: numpy, and cupy; cupy is skipped, saying why, "
+                        "without a GPU)")
     b.add_argument("--sizes", type=_sizes, nargs="+", default=None, metavar="784,30,10",
                    help="networks, each as widths joined by commas, several allowed (default: 784,30,10 "
                         "784,100,10 784,1024,1024,10 784,4096,4096,10; --quick drops the last)")
     b.add_argument("--batch-sizes", type=_list(int), default=None, help="e.g. 10,128,1024 (default 10,128,1024)")
-    b.add_argument("--steps", type=_number(int, 1, True), default=None, help="timed steps per repeat (default 20, 10 with --quick)")
+    b.add_argument("--steps", type=_number(int, 1, True), default=None,
+                   help="timed steps per repeat (default 20, 10 with --quick)")
     b.add_argument("--repeats", type=_number(int, 1, True), default=None,
                    help="repeats per case, the median reported (default 5, 3 with --quick)")
     b.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="floating-point type of the parameters and the data (default float32)")
     b.add_argument("--quick", action="store_true", help="a small sweep that finishes in under a minute")
-    b.add_argument("--json", type=Path, metavar="OUT.json", help="write every number and the machine (default: not written)")
-    b.add_argument("--plot", type=Path, metavar="OUT.png", help="plot GPU/CPU speed-up vs batch size (default: no plot)")
+    b.add_argument("--json", type=Path, metavar="OUT.json",
+                   help="write every number and the machine (default: not written)")
+    b.add_argument("--plot", type=Path, metavar="OUT.png",
+                   help="plot GPU/CPU speed-up vs batch size (default: no plot)")
     _data_args(b)
     b.set_defaults(func=cmd_bench)
 
@@ -161,7 +165,8 @@ def _common(p):
 
 def _data_args(p):
     p.add_argument("--data-dir", metavar="DIR",
-                   help="MNIST directory (default: $GPUBP_DATA_DIR, then ~/.cache/gpubp/mnist, downloaded on first use)")
+                   help="MNIST directory (default: $GPUBP_DATA_DIR, then ~/.cache/gpubp/mnist, downloaded on "
+                        "first use)")
     p.add_argument("--no-verify", action="store_true", help="skip the MD5 check (other MNIST-format data sets)")
 
 
@@ -227,7 +232,9 @@ def cmd_train(args) -> int:
     if be.compiles_kernels:
         say(f"kernels compiled (or loaded from cache) in {be.warmup():.2f} s")
     # With --resume, what was not given comes from the file (None tells training to keep the saved value).
-    keep = (lambda dest: getattr(args, dest) if dest in given else None) if args.resume else (lambda dest: getattr(args, dest))
+    def keep(dest):
+        return getattr(args, dest) if dest in given or not args.resume else None
+
     if args.resume:
         say(f"resuming {args.resume} after epoch {start} ({net.optimizer.name}, batch size {net.mini_batch_size}): "
             f"{args.epochs} more epochs")

@@ -172,9 +172,8 @@ def _optimizer(net, n, resume, optimizer, eta, lmbda, momentum) -> Optimizer:
         lmbda = (saved.lmbda if resume else 0.0) if lmbda is None else lmbda
         return make_optimizer(name, eta=eta, lmbda=lmbda, n=n, **hyper).bind(net)
     old = saved.hyperparameters()
-    cfg = {**old, "n": n, **({"eta": eta} if eta is not None else {}), **({"lmbda": lmbda} if lmbda is not None else {})}
-    if momentum is not None and saved.name == "momentum":
-        cfg["momentum"] = momentum
+    given = {"eta": eta, "lmbda": lmbda, "momentum": momentum if saved.name == "momentum" else None}
+    cfg = {**old, "n": n, **{k: v for k, v in given.items() if v is not None}}
     if cfg == old:
         return saved  # exactly the saved run
     fresh = make_optimizer(saved.name, **cfg).bind(net)

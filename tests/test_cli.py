@@ -156,7 +156,8 @@ NO_DATA = ["--data-dir", "/nonexistent/gpubp-test"]  # an error about this would
     (["train", "--seed", "x"], ["expected an integer, got 'x'"]),
     (["train", "--epochs", "x"], ["expected an integer, got 'x'"]),
     (["train", "--eta", "x"], ["expected a number, got 'x'"]),
-    (["train", "--sizes", "784,100000000,10"], ["argument --sizes", "79,500,000,010 parameters", "at most 1,000,000,000"]),
+    (["train", "--sizes", "784,100000000,10"],
+     ["argument --sizes", "79,500,000,010 parameters", "at most 1,000,000,000"]),
     (["bench", "--batch-sizes", ","], ["argument --batch-sizes", "empty"]),
     (["bench", "--backends", " , "], ["argument --backends", "empty"]),
     (["train", "--bogus"], ["unrecognized arguments: --bogus", "see gpubp train --help"]),
@@ -277,7 +278,8 @@ def test_a_run_at_chance_exits_0_with_one_warning_line_each(capsys, tiny_dir):
 
 def test_a_huge_lmbda_diverges_naming_eta_and_lmbda(capsys, tiny_dir):
     code, out, err = run(capsys, *tiny_train(tiny_dir, "--lmbda", "100000", "--epochs", "3"))
-    one_line_error(code, err, "training diverged", "in epoch 1 with eta=3 and lmbda=100000", "lmbda is the likely cause")
+    one_line_error(code, err, "training diverged", "in epoch 1 with eta=3 and lmbda=100000",
+                   "lmbda is the likely cause")
     assert "epoch 1/3:" not in out  # the message's epoch is the one the progress line would have shown
 
 
@@ -288,7 +290,8 @@ def test_early_stopping_restores_and_records_the_best_epoch(capsys, tmp_path, ti
     assert code == 0, err
     m = json.loads(metrics.read_text())
     accs = [e["validation_accuracy"] for e in m["epochs"]]
-    assert m["stopped_early"] and m["best_epoch"] == 1 + accs.index(max(accs)) and m["best_validation_accuracy"] == max(accs)
+    assert m["stopped_early"] and m["best_epoch"] == 1 + accs.index(max(accs))
+    assert m["best_validation_accuracy"] == max(accs)
     assert m["restored_best"] == (m["best_epoch"] != m["epochs"][-1]["epoch"])
     if m["restored_best"]:
         assert f"restored the weights of epoch {m['best_epoch']}" in out

@@ -60,7 +60,8 @@ def test_the_usage_block_lists_exactly_the_real_flags():
     assert documented.pop("--version") == set()
     for name, parser in subparsers().items():
         real = {a.option_strings[0] for a in parser._actions if a.option_strings and a.option_strings[0] != "-h"}
-        assert documented.get(name) == real, f"README usage of {name}: {sorted(documented.get(name, []))} != {sorted(real)}"
+        assert documented.get(name) == real, f"README usage of {name}: {sorted(documented.get(name, []))} " \
+                                             f"!= {sorted(real)}"
 
 
 def examples():

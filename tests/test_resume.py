@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from gpubp import Network, train
+from gpubp import Network
 from gpubp.cli import main
 from gpubp.errors import GpubpError, TrainingInterrupted
 
@@ -180,5 +180,6 @@ def test_ctrl_c_during_the_test_evaluation_keeps_every_epoch(capsys, tmp_path, t
 
     monkeypatch.setattr(Network, "measure", measure)
     code, _, err = run(capsys, *tiny(tiny_dir, "--sizes", "10,8,10", "--epochs", "2", "--save", str(model)))
-    assert code == 130 and err.strip() == f"gpubp train: interrupted after epoch 2: saved the model {model} after epoch 2"
+    assert code == 130
+    assert err.strip() == f"gpubp train: interrupted after epoch 2: saved the model {model} after epoch 2"
     assert Network.load(model).epochs_trained == 2
