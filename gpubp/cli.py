@@ -231,13 +231,16 @@ def cmd_train(args) -> int:
     say(f"gpubp train: {net} on {be.device} ({be.reason})")
     if be.compiles_kernels:
         say(f"kernels compiled (or loaded from cache) in {be.warmup():.2f} s")
-    # With --resume, what was not given comes from the file (None tells training to keep the saved value).
-    def keep(dest):
-        return getattr(args, dest) if dest in given or not args.resume else None
-
     if args.resume:
         say(f"resuming {args.resume} after epoch {start} ({net.optimizer.name}, batch size {net.mini_batch_size}): "
             f"{args.epochs} more epochs")
+        if "optimizer" in given and args.optimizer != net.optimizer.name:
+            say(f"--optimizer {args.optimizer} replaces the file's {net.optimizer.name}: its state starts from zero, "
+                f"so this is not an exact continuation")
+
+    def keep(dest):
+        """With --resume, what was not given comes from the file (None tells training to keep the saved value)."""
+        return getattr(args, dest) if dest in given or not args.resume else None
 
     def on_epoch(r):
         cost = "" if r["train_cost"] is None else f"train cost {r['train_cost']:.4f}, "

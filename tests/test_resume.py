@@ -183,3 +183,11 @@ def test_ctrl_c_during_the_test_evaluation_keeps_every_epoch(capsys, tmp_path, t
     assert code == 130
     assert err.strip() == f"gpubp train: interrupted after epoch 2: saved the model {model} after epoch 2"
     assert Network.load(model).epochs_trained == 2
+
+
+def test_resume_with_another_optimizer_starts_its_state_from_zero(tmp_path):
+    net = Network([6, 7, 3], seed=5, dtype="float64")
+    net.sgd(toy(), epochs=1, optimizer="momentum", eta=0.1, lmbda=2.0, **KW)
+    h = net.sgd(toy(), epochs=1, optimizer="adam", resume=True, **KW)
+    assert net.optimizer.name == "adam" and net.optimizer.lmbda == 2.0  # lmbda kept, eta adam's default
+    assert net.optimizer.eta == 0.001 and net.optimizer.state_arrays()["t"][0] == 6 and h[0]["epoch"] == 2
