@@ -133,6 +133,7 @@ class Network:
         self.rng = np.random.default_rng(self.seed)  # the shuffle's generator (gpubp.training draws from it)
         self.optimizer: Optimizer | None = None  # the last one trained with, and its state
         self.epochs_trained = 0
+        self.mini_batch_size: int | None = None  # the last training run's, so that a resumed run keeps it
 
         self.L = len(self.sizes) - 1
         self.shapes = list(zip(self.sizes[1:], self.sizes[:-1]))  # W[l]: (n_out, n_in)
@@ -457,9 +458,10 @@ class Network:
     # Training and files
     # -----------------------------------------------------------------------------------------
 
-    def sgd(self, training_data, epochs=30, mini_batch_size=10, eta=None, lmbda=0.0,
+    def sgd(self, training_data, epochs=30, mini_batch_size=None, eta=None, lmbda=None,
             evaluation_data=None, **options):
-        """Mini-batch training; see gpubp.training.train for every option. Returns the per-epoch history."""
+        """Mini-batch training (mini_batch_size 10 and lmbda 0 unless given, or the saved run's with
+        resume=True); see gpubp.training.train for every option. Returns the per-epoch History."""
         from .training import train
 
         return train(self, training_data, epochs=epochs, mini_batch_size=mini_batch_size, eta=eta,
@@ -475,7 +477,7 @@ class Network:
         pickle), atomically: a crash leaves the old file or none, never half of one."""
         arrays = {"params": self.get_params()}
         meta = {"model": self.config(), "epochs_trained": self.epochs_trained,
-                "rng": self.rng.bit_generator.state}
+                "rng": self.rng.bit_generator.state, "mini_batch_size": self.mini_batch_size}
         if self.optimizer is not None:
             meta["optimizer"] = self.optimizer.config()
             arrays.update({f"optimizer_{k}": v for k, v in self.optimizer.state_arrays().items()})
@@ -499,6 +501,7 @@ class Network:
                       backend=backend, dtype=cfg["dtype"], seed=cfg.get("seed"), init=cfg.get("init", "default"))
             net.set_params(arrays["params"])
             net.epochs_trained = int(meta.get("epochs_trained", 0))
+            net.mini_batch_size = int(meta["mini_batch_size"]) if meta.get("mini_batch_size") else None
             if meta.get("rng"):
                 net.rng.bit_generator.state = meta["rng"]
             if meta.get("optimizer"):

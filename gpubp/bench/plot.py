@@ -4,32 +4,15 @@ from __future__ import annotations
 
 import textwrap
 
-from ..errors import GpubpError
-from ..fileio import atomic_path
+from ..plotting import pyplot, save
 
-
-def pyplot():
-    """matplotlib.pyplot on the non-interactive backend, or a one-line error naming the extra."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise GpubpError("--plot needs matplotlib: from the clone, uv run --extra plot gpubp ... "
-                         "or pip install -e '.[plot]'") from None
-    return plt
+__all__ = ["plot", "figure", "pyplot"]
 
 
 def plot(result, path) -> None:
     """Write the figure of ``result`` to ``path`` (PNG), atomically."""
-    plt = pyplot()
-    fig = figure(result)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
+    pyplot()
+    save(figure(result), path)
 
 
 def figure(result):
