@@ -18,8 +18,8 @@ from helpers import assert_close
 
 import gpubp.backends as B
 from gpubp import Network
-from gpubp.backends import kernel as K
 from gpubp.backends import cublas
+from gpubp.backends import kernel as K
 from gpubp.optimizers import SGD, Momentum
 
 

@@ -14,7 +14,7 @@ from gpubp.backends import get_backend
 from gpubp.backends import kernel as K
 from gpubp.costs import COSTS
 from gpubp.errors import GpubpError
-from gpubp.optimizers import SGD, make_optimizer
+from gpubp.optimizers import make_optimizer
 
 BACKENDS = ["emulated", pytest.param("cupy", marks=pytest.mark.gpu)]
 DTYPES = [np.float32, np.float64]

@@ -20,7 +20,15 @@ import os
 
 from ..errors import GpubpError
 from .contenders import gemm_rate, ours, pytorch
-from .report import EPOCH_ROWS, case_name, flops_per_sample, speedups, step_bytes, summarize, table
+from .report import (
+    EPOCH_ROWS,
+    case_name,
+    flops_per_sample,
+    speedups,
+    step_bytes,
+    summarize,
+    table,
+)
 
 DEFAULT_SIZES = [[784, 30, 10], [784, 100, 10], [784, 1024, 1024, 10], [784, 4096, 4096, 10]]
 DEFAULT_BATCHES = [10, 128, 1024]
