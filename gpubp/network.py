@@ -111,10 +111,13 @@ class Network:
         gemm: "blas" (default: BLAS products, then fused elementwise kernels) or "own" (our layer
             kernels, 3L - 1 launches a step; needs the cupy or emulated backend). Training steps
             take the route; evaluation always runs the forward pass through the BLAS.
+        tf32: float32 products read their inputs as TF32 (10-bit mantissa): cuBLAS's tensor-core
+            math on a GPU; our layer kernels and the CPU backends round the inputs (so TF32's effect
+            on accuracy is measured anywhere). Off by default.
     """
 
     def __init__(self, sizes, cost="quadratic", activation="sigmoid", backend=None, dtype="float32",
-                 seed=None, init="default", gemm="blas"):
+                 seed=None, init="default", gemm="blas", tf32=False):
         self.sizes = check_sizes(sizes)
         if init not in INIT_CHOICES:
             raise GpubpError(f"unknown init {init!r}: choose one of {', '.join(INIT_CHOICES)}")
@@ -127,6 +130,9 @@ class Network:
         self.be = get_backend(backend)
         self.xp = self.be.xp
         self.gemm = self._check_route(gemm)
+        self.tf32 = bool(tf32)
+        if self.tf32 and self.dtype != np.float32:
+            raise GpubpError(f"tf32 is a float32 format: it cannot apply to a {self.dtype.name} network")
         self.seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else int(seed)
         if self.seed < 0:
             raise GpubpError(f"seed must be a non-negative integer, got {seed}")
@@ -288,7 +294,7 @@ class Network:
         A, m = ws.A, X.shape[0]
         A[0] = X
         for l in range(self.L):
-            self.be.matmul(A[l], self._weights_T[l], out=A[l + 1])  # z = a W^T (+ b below)
+            self.be.matmul(A[l], self._weights_T[l], out=A[l + 1], tf32=self.tf32)  # z = a W^T (+ b below)
             n = self.sizes[l + 1]
             work = m if self.layer_activations[l].row_wise else m * n
             self._bias_act[l](work, A[l + 1], self.biases[l], m, n)  # a = f(z + b), fused
@@ -298,20 +304,20 @@ class Network:
         """BP1-BP4 from the activations in ws.A. With no optimizer, or one that is not fused, the
         mean-cost gradient goes to ``grads``; a fused one (plain SGD) writes its update into
         ``params`` inside the BP3/BP4 products, and the gradient is never stored."""
-        be, A, D, m = self.be, ws.A, ws.D, ws.m
+        be, A, D, m, tf = self.be, ws.A, ws.D, ws.m, self.tf32
         n_out = D[-1].size
         self._cost_delta(n_out, D[-1], A[-1], Y, n_out, 1.0 / m)  # BP1, over m: the mean cost
         fused = self._fuses(optimizer)
         for l in range(self.L - 1, -1, -1):
             if l > 0:  # BP2 before this layer's update, which changes W[l]
-                be.matmul(D[l], self.weights[l], out=D[l - 1])  # delta W ...
+                be.matmul(D[l], self.weights[l], out=D[l - 1], tf32=tf)  # delta W ...
                 self._act_delta(D[l - 1].size, D[l - 1], A[l], D[l - 1].size)  # ... (.) f'(z), from a = A[l]
             if fused:  # BP4 and BP3, and network2's update in the same products
-                be.gemm(ws.DT[l], A[l], out=self.weights[l], alpha=-optimizer.eta, beta=optimizer.decay)
+                be.gemm(ws.DT[l], A[l], out=self.weights[l], alpha=-optimizer.eta, beta=optimizer.decay, tf32=tf)
                 be.gemm(ws.ones, D[l], out=self._bias_rows[l], alpha=-optimizer.eta, beta=1.0)
             else:
-                be.matmul(ws.DT[l], A[l], out=self.grad_weights[l])  # BP4: delta^T a
-                be.matmul(ws.ones, D[l], out=self._grad_bias_rows[l])  # BP3: sum over rows
+                be.matmul(ws.DT[l], A[l], out=self.grad_weights[l], tf32=tf)  # BP4: delta^T a
+                be.matmul(ws.ones, D[l], out=self._grad_bias_rows[l])  # BP3: sum over rows (a sum: not TF32)
         if optimizer is not None and not fused:
             optimizer.update()
 
@@ -320,23 +326,24 @@ class Network:
         optimizer with state), no cuBLAS: forward layers, then the output layer's forward with BP1,
         then per layer from the top BP2 (before this layer's update changes W[l]) and BP3+BP4,
         into ``grads`` or, for plain SGD, as the update itself."""
-        k, A, D, m = ws.own, ws.A, ws.D, ws.m
+        k, A, D, m, tf = ws.own, ws.A, ws.D, ws.m, int(self.tf32)
         A[0] = X
         for l in range(self.L - 1):
-            k["forward"][l](A[l + 1], A[l], self.weights[l], self.biases[l], m, self.sizes[l], self.sizes[l + 1])
+            k["forward"][l](A[l + 1], A[l], self.weights[l], self.biases[l], m, self.sizes[l], self.sizes[l + 1], tf)
         L = self.L
         k["output"](A[L], D[L - 1], A[L - 1], self.weights[L - 1], self.biases[L - 1], Y, m, self.sizes[L - 1],
-                    self.sizes[L], 1.0 / m)
+                    self.sizes[L], 1.0 / m, tf)
         fused = self._fuses(optimizer)
         for l in range(L - 1, -1, -1):
             n_out, n_in = self.shapes[l]
             if l > 0:
-                k["delta"][l - 1](D[l - 1], D[l], self.weights[l], A[l], m, n_out, n_in)
+                k["delta"][l - 1](D[l - 1], D[l], self.weights[l], A[l], m, n_out, n_in, tf)
             if fused:
                 k["update"][l](self.weights[l], self.biases[l], D[l], A[l], m, n_out, n_in,
-                               -optimizer.eta, optimizer.decay, 1.0)
+                               -optimizer.eta, optimizer.decay, 1.0, tf)
             else:
-                k["update"][l](self.grad_weights[l], self.grad_biases[l], D[l], A[l], m, n_out, n_in, 1.0, 0.0, 0.0)
+                k["update"][l](self.grad_weights[l], self.grad_biases[l], D[l], A[l], m, n_out, n_in, 1.0, 0.0, 0.0,
+                               tf)
         if optimizer is not None and not fused:
             optimizer.update()
 
@@ -470,7 +477,7 @@ class Network:
     def config(self) -> dict:
         """What rebuilds this network (with ``Network(**config)``), as JSON-ready values."""
         return {"sizes": list(self.sizes), "cost": self.cost.name, "activation": self.activation.name,
-                "dtype": self.dtype.name, "seed": self.seed, "init": self.init, "gemm": self.gemm}
+                "dtype": self.dtype.name, "seed": self.seed, "init": self.init, "gemm": self.gemm, "tf32": self.tf32}
 
     def save(self, path) -> None:
         """Write the model, its optimizer's state and its training progress to ``path`` (.npz, no
@@ -484,7 +491,7 @@ class Network:
         checkpoint.save(path, meta, arrays)
 
     @classmethod
-    def load(cls, path, backend=None) -> Network:
+    def load(cls, path, backend=None, gemm="blas", tf32=None) -> Network:
         """The network saved in ``path``, with its optimizer state and training progress when the
         file has them; ModelFileError if it is not a whole, consistent gpubp model."""
         meta, arrays = checkpoint.load(path)
@@ -498,7 +505,8 @@ class Network:
             raise ModelFileError(f"{path} is inconsistent: {e}") from None
         try:
             net = cls(cfg["sizes"], cost=cfg["cost"], activation=cfg.get("activation", "sigmoid"),
-                      backend=backend, dtype=cfg["dtype"], seed=cfg.get("seed"), init=cfg.get("init", "default"))
+                      backend=backend, dtype=cfg["dtype"], seed=cfg.get("seed"), init=cfg.get("init", "default"),
+                      gemm=gemm, tf32=cfg.get("tf32", False) if tf32 is None else tf32)
             net.set_params(arrays["params"])
             net.epochs_trained = int(meta.get("epochs_trained", 0))
             net.mini_batch_size = int(meta["mini_batch_size"]) if meta.get("mini_batch_size") else None

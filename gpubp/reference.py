@@ -107,9 +107,29 @@ relu_delta = _delta_kernel(relu_prime_from_output, "relu")
 # The tile (_s, _l) changes how a GPU computes the product, not what it is.
 # ---------------------------------------------------------------------------------------------
 
+def round_tf32(x, out=None):
+    """float32 x rounded to TF32, the 10 mantissa bits tensor cores read (to nearest, ties to even; NaN
+    and inf kept), as kernels/gpubp.cuh's gpubp_tf32; other dtypes are returned as they are (copied
+    into out when given)."""
+    if out is None:
+        out = np.array(x)
+    else:
+        np.copyto(out, x)
+    if out.dtype != np.float32:
+        return out
+    u = out.view(np.uint32)
+    finite = (u & 0x7F800000) != 0x7F800000
+    u[finite] = (u[finite] + 0x0FFF + ((u[finite] >> 13) & 1)) & 0xFFFFE000
+    return out
+
+
+def _tf32(x, tf32):
+    return round_tf32(x) if tf32 and x.dtype == np.float32 else x
+
+
 def _layer_forward_kernel(f, name, tile):
-    def layer_forward(A_out, A_in, W, b, m, n_in, n_out):
-        np.matmul(A_in, W.T, out=A_out)
+    def layer_forward(A_out, A_in, W, b, m, n_in, n_out, tf32):
+        np.matmul(_tf32(A_in, tf32), _tf32(W, tf32).T, out=A_out)
         np.add(A_out, b, out=A_out)
         f(A_out, out=A_out)
 
@@ -119,8 +139,8 @@ def _layer_forward_kernel(f, name, tile):
 
 
 def _layer_delta_kernel(prime, name, tile):
-    def layer_delta(D_prev, D, W, A_prev, m, n_out, n_in, *, scratch=None):
-        np.matmul(D, W, out=D_prev)
+    def layer_delta(D_prev, D, W, A_prev, m, n_out, n_in, tf32, *, scratch=None):
+        np.matmul(_tf32(D, tf32), _tf32(W, tf32), out=D_prev)
         D_prev *= prime(A_prev, out=_buffer(scratch, A_prev))
 
     layer_delta.__name__ = layer_delta.__qualname__ = f"layer_delta_{name}_{tile}"
@@ -135,10 +155,10 @@ for _name, _f, _prime in (("sigmoid", sigmoid, sigmoid_prime_from_output), ("tan
         globals()[f"layer_delta_{_name}_{_tile}"] = _layer_delta_kernel(_prime, _name, _tile)
 
 
-def layer_update_s(W, b, D, A_in, m, n_out, n_in, alpha, beta, beta_b):
+def layer_update_s(W, b, D, A_in, m, n_out, n_in, alpha, beta, beta_b, tf32):
     """W (n_out, n_in) <- beta W + alpha D^T A_in;  b <- beta_b b + alpha sum_rows D. beta = 0 does not
     read the old W (nor beta_b = 0 the old b), so poisoned buffers are overwritten."""
-    product = D.T @ A_in
+    product = _tf32(D, tf32).T @ _tf32(A_in, tf32)
     if beta == 0:
         np.multiply(product, alpha, out=W)
     else:
@@ -156,8 +176,8 @@ layer_update_l = layer_update_s
 
 
 def _layer_output_kernel(f, delta, name):
-    def layer_output(A_out, D, A_in, W, b, Y, m, n_in, n_out, scale):
-        np.matmul(A_in, W.T, out=A_out)
+    def layer_output(A_out, D, A_in, W, b, Y, m, n_in, n_out, scale, tf32):
+        np.matmul(_tf32(A_in, tf32), _tf32(W, tf32).T, out=A_out)
         np.add(A_out, b, out=A_out)
         f(A_out, out=A_out)
         delta(D, A_out, Y, A_out.size, scale)

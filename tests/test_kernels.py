@@ -113,7 +113,8 @@ def test_every_kernel_exists_for_both_precisions():
             if p.name in ("n", "rows", "cols", "classes", "n_weights"):
                 assert p.ctype == "long long" and not p.pointer
         # float kernels take float data; only a float64 total of a sum (and integer labels) differs
-        assert {p.ctype for p in f32 if p.name not in ("labels", "total")} <= {"float", "long long", "unsigned int"}
+        assert {p.ctype for p in f32 if p.name not in ("labels", "total", "tf32")} <= {"float", "long long",
+                                                                                        "unsigned int"}
         assert all(p.ctype == "double" for p in f32 if p.name == "total")
 
 

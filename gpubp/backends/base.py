@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from .. import reference
 from ..errors import GpubpError
 from . import hostblas
 
@@ -55,6 +56,7 @@ class Backend:
 
     def __init__(self) -> None:
         self._active: list[Counters] = []
+        self._scratch: dict = {}
 
     def _count(self, what: str, k: int = 1) -> None:
         for c in self._active:
@@ -126,17 +128,43 @@ class Backend:
         out.fill(0)
         return out
 
-    def matmul(self, a, b, out):
-        """out <- a @ b (a or b may be transposed views; out is written in place)."""
-        self._count("gemms")
-        if self.xp is np and not hostblas.uses_numpy_pool():  # keep every product on one BLAS (hostblas)
-            return hostblas.gemm(a, b, out, 1.0, 0.0)
-        return self.xp.matmul(a, b, out=out)
+    def scratch(self, shape, dtype, key=0):
+        """A work buffer per (shape, dtype, key), reused: its contents are undefined on return."""
+        k = (tuple(shape), np.dtype(dtype), key)
+        work = self._scratch.get(k)
+        if work is None:
+            work = self._scratch[k] = self.empty(shape, dtype)
+        return work
 
-    def gemm(self, a, b, out, alpha: float, beta: float) -> None:
+    def _tf32_operands(self, a, b, out, tf32):
+        """a and b, or (under tf32, for float32) copies of them rounded to TF32: how the host backends
+        show TF32's effect on accuracy (a GPU's tensor cores read TF32 inputs and sum in FP32)."""
+        if not (tf32 and out.dtype == np.float32):
+            return a, b
+        ra, rb = self.scratch(a.shape, a.dtype, "tf32a"), self.scratch(b.shape, b.dtype, "tf32b")
+        return reference.round_tf32(a, out=ra), reference.round_tf32(b, out=rb)
+
+    def matmul(self, a, b, out, tf32: bool = False):
+        """out <- a @ b (a or b may be transposed views; out is written in place); tf32: the product
+        reads its float32 inputs as TF32."""
+        self._count("gemms")
+        self._product(a, b, out, None, None, tf32)
+        return out
+
+    def gemm(self, a, b, out, alpha: float, beta: float, tf32: bool = False) -> None:
         """out <- alpha * (a @ b) + beta * out, in one BLAS call (2-D; a or b may be transposed views)."""
         self._count("gemms")
-        hostblas.gemm(a, b, out, alpha, beta)
+        self._product(a, b, out, alpha, beta, tf32)
+
+    def _product(self, a, b, out, alpha, beta, tf32) -> None:
+        """The host product itself (alpha None: a plain matmul), uncounted, for matmul, gemm and replays."""
+        a, b = self._tf32_operands(a, b, out, tf32)
+        if alpha is not None:
+            hostblas.gemm(a, b, out, alpha, beta)
+        elif self.xp is np and not hostblas.uses_numpy_pool():  # keep every product on one BLAS (hostblas)
+            hostblas.gemm(a, b, out, 1.0, 0.0)
+        else:
+            self.xp.matmul(a, b, out=out)
 
     def __repr__(self) -> str:
         return f"<gpubp backend {self.name} on {self.device}>"

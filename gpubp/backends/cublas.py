@@ -83,6 +83,7 @@ class Cublas:
         self._check(lib.cublasSetPointerMode_v2(handle, POINTER_MODE_HOST), "cublasSetPointerMode")
         self.gemm_fns = {np.dtype(np.float32): (lib.cublasSgemm_v2, ctypes.c_float),
                          np.dtype(np.float64): (lib.cublasDgemm_v2, ctypes.c_double)}
+        self.tf32 = False
 
     @staticmethod
     def _check(status, what: str) -> None:
@@ -93,9 +94,13 @@ class Cublas:
         """TF32 tensor-core math for float32 products (cublasSetMathMode), or the default."""
         self._check(self.lib.cublasSetMathMode(self.handle, TF32_TENSOR_OP_MATH if on else DEFAULT_MATH),
                     "cublasSetMathMode")
+        self.tf32 = on
 
-    def gemm(self, a, b, out, alpha: float, beta: float) -> None:
-        """out (M, N), C-contiguous <- alpha * a (M, K) @ b (K, N) + beta * out."""
+    def gemm(self, a, b, out, alpha: float, beta: float, tf32: bool = False) -> None:
+        """out (M, N), C-contiguous <- alpha * a (M, K) @ b (K, N) + beta * out; tf32: with TF32
+        tensor-core math (the handle's math mode is switched only when it changes)."""
+        if tf32 != self.tf32:
+            self.set_tf32(tf32)
         if not out.flags.c_contiguous:
             raise GpubpError(f"cuBLAS output must be C-contiguous (got strides {out.strides})")
         (M, K), N = a.shape, b.shape[1]

@@ -58,7 +58,8 @@ class CupyBackend(K.KernelBackend):
         self._modules: dict[str, object] = {}
         self._functions: dict[str, object] = {}
         self._capture_stream = None
-        self._graph_blas = None
+        self._graph_blas = None  # our cuBLAS handle on the capture stream
+        self._eager_blas = None  # and one on the current stream, for TF32 products
 
     def upload(self, dst, host) -> None:
         """Copy ``host`` into device array ``dst`` in place (cupy.ndarray.set: no allocation)."""
@@ -73,22 +74,35 @@ class CupyBackend(K.KernelBackend):
         self._count("syncs")
         self.xp.cuda.get_current_stream().synchronize()
 
-    def matmul(self, a, b, out):
-        if self.capturing:  # CuPy's matmul would call cuBLAS through its own handle: refused in capture
-            self._graph_blas.gemm(a, b, out, 1.0, 0.0)
+    def matmul(self, a, b, out, tf32: bool = False):
+        """out <- a @ b: cupy.matmul; inside a capture (where CuPy refuses cuBLAS) or under TF32,
+        through our own cuBLAS handle (gpubp/backends/cublas.py)."""
+        if self.capturing or tf32:
+            self._own_blas(tf32).gemm(a, b, out, 1.0, 0.0, tf32)
             return out
         return super().matmul(a, b, out)
 
-    def gemm(self, a, b, out, alpha: float, beta: float) -> None:
+    def gemm(self, a, b, out, alpha: float, beta: float, tf32: bool = False) -> None:
         """out <- alpha * (a @ b) + beta * out in one cuBLAS call: cupy.cublas.gemm reads C- or
         F-contiguous operands (a transposed view is F-contiguous) and writes a contiguous out in place."""
-        if self.capturing:
-            self._graph_blas.gemm(a, b, out, alpha, beta)
+        if self.capturing or tf32:
+            self._own_blas(tf32).gemm(a, b, out, alpha, beta, tf32)
             return
-        from cupy import cublas
+        from cupy import cublas as cupy_cublas
 
         self._count("gemms")
-        cublas.gemm("N", "N", a, b, out=out, alpha=alpha, beta=beta)
+        cupy_cublas.gemm("N", "N", a, b, out=out, alpha=alpha, beta=beta)
+
+    def _own_blas(self, tf32: bool) -> cublas.Cublas:
+        """Our cuBLAS handle: the capture stream's during a capture (made by prepare_capture), else
+        one on the current stream for TF32 products (CuPy's TF32 switch is process-wide)."""
+        if self.capturing:
+            return self._graph_blas
+        self._count("gemms")  # an eager product (captured ones are graph nodes)
+        if self._eager_blas is None:
+            workspace = self.xp.empty((cublas.WORKSPACE_BYTES,), dtype=self.xp.uint8)
+            self._eager_blas = cublas.Cublas(cublas.load(), self.xp.cuda.get_current_stream().ptr, workspace)
+        return self._eager_blas
 
     # -----------------------------------------------------------------------------------------
     # Graphs: CuPy's stream capture; the blas route's products through our own cuBLAS binding

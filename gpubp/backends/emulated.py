@@ -31,7 +31,6 @@ import numpy as np
 
 from ..data import cache_root
 from ..errors import BackendUnavailable, EmulatorError, GpubpError
-from . import hostblas
 from . import kernel as K
 
 RUNTIME_HEADER = Path(__file__).with_name("emulator_runtime.h")  # the shim, scheduler and launchers
@@ -368,16 +367,16 @@ class EmulatedBackend(K.KernelBackend):
             raise GpubpError(f"{what} during graph capture: CUDA forbids it (the graph would bake in the "
                              f"wrong address, or the stream would have to wait)")
 
-    def matmul(self, a, b, out):
+    def matmul(self, a, b, out, tf32=False):
         if not self.capturing:
-            return super().matmul(a, b, out)
-        self._record_or_run(lambda: np.matmul(a, b, out=out))
+            return super().matmul(a, b, out, tf32)
+        self._record_or_run(lambda: self._product(a, b, out, None, None, tf32))
         return out
 
-    def gemm(self, a, b, out, alpha, beta) -> None:
+    def gemm(self, a, b, out, alpha, beta, tf32=False) -> None:
         if not self.capturing:
-            return super().gemm(a, b, out, alpha, beta)
-        self._record_or_run(lambda: hostblas.gemm(a, b, out, alpha, beta))
+            return super().gemm(a, b, out, alpha, beta, tf32)
+        self._record_or_run(lambda: self._product(a, b, out, alpha, beta, tf32))
 
     def empty(self, shape, dtype):
         self._refuse_in_capture("an allocation")

@@ -25,16 +25,7 @@ class NumpyBackend(Backend):
 
     def __init__(self) -> None:
         super().__init__()
-        self._scratch: dict = {}
         self.device = f"CPU ({os.cpu_count()} cores)"
-
-    def scratch(self, shape, dtype):
-        """A work buffer per (shape, dtype), reused: its contents are undefined on return."""
-        key = (shape, dtype)
-        work = self._scratch.get(key)
-        if work is None:
-            work = self._scratch[key] = self.empty(shape, dtype)
-        return work
 
     def kernel(self, stem: str, dtype):
         ref = getattr(reference, stem, None)
