@@ -18,8 +18,9 @@ from .costs import COSTS
 from .data import N_CLASSES
 from .errors import GpubpError, TrainingInterrupted
 from .fileio import provenance, write_json
-from .network import INIT_CHOICES, check_sizes
+from .network import GEMM_ROUTES, INIT_CHOICES, check_sizes
 from .optimizers import OPTIMIZERS
+from .training import graph_mode
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,6 +142,18 @@ def _train_parser(t):
                    help="stop after N epochs without a better validation accuracy (default: train every epoch)")
     t.add_argument("--no-train-cost", action="store_true",
                    help="skip the per-epoch training-cost pass over the training set (train_cost is null)")
+    t.add_argument("--gemm", choices=list(GEMM_ROUTES), default="blas",
+                   help="how a step's products run: blas (the BLAS, cuBLAS on a GPU, then fused kernels) or own "
+                        "(our layer kernels, 3L-1 launches a step; --backend cupy or emulated) (default blas)")
+    graph = t.add_mutually_exclusive_group()
+    graph.add_argument("--graph", dest="graph", action="store_true", default=None,
+                       help="replay each epoch as one captured CUDA graph, or fail saying why not (default: on "
+                            "for the cupy backend when the route can be captured, eager elsewhere)")
+    graph.add_argument("--no-graph", dest="graph", action="store_false", default=None,
+                       help="issue every launch eagerly (default: see --graph)")
+    t.add_argument("--tf32", action="store_true",
+                   help="float32 products read their inputs as TF32 (tensor cores on a GPU; rounded inputs "
+                        "elsewhere, to see the effect on accuracy) (default: off)")
     _common(t)
     t.add_argument("--seed", type=_number(int, 0, True), default=None,
                    help="seed for weights and shuffling, >= 0 (default: a random one, printed in the metrics)")
@@ -225,10 +238,13 @@ def cmd_train(args) -> int:
     _check_writable(args.metrics_out, "metrics file")
     given = _given(args)
     be = get_backend(args.backend)
+    _check_route(be, args)
     net, data = _model_and_data(args, given, be)
     start = net.epochs_trained
     say = (lambda *a: None) if args.quiet else print
     say(f"gpubp train: {net} on {be.device} ({be.reason})")
+    graph, graph_why = graph_mode(net, args.graph)
+    say(f"each epoch is one captured graph ({graph_why})" if graph else f"each epoch runs {graph_why}")
     if be.compiles_kernels:
         say(f"kernels compiled (or loaded from cache) in {be.warmup():.2f} s")
     if args.resume:
@@ -245,7 +261,7 @@ def cmd_train(args) -> int:
     def on_epoch(r):
         cost = "" if r["train_cost"] is None else f"train cost {r['train_cost']:.4f}, "
         say(f"epoch {r['epoch']}/{start + args.epochs}: validation accuracy {r['validation_accuracy']:.4f}, "
-            f"{cost}{r['seconds']:.2f} s")
+            f"{cost}{r['seconds']:.2f} s ({r['mode']})")
 
     interrupted = None
     try:
@@ -254,7 +270,8 @@ def cmd_train(args) -> int:
                               lmbda=keep("lmbda"), evaluation_data=data["validation"],
                               early_stopping=args.early_stopping, monitor_training_cost=not args.no_train_cost,
                               progress=False if args.quiet else None, on_epoch=on_epoch,
-                              optimizer=keep("optimizer"), momentum=args.momentum, resume=bool(args.resume))
+                              optimizer=keep("optimizer"), momentum=args.momentum, resume=bool(args.resume),
+                              graph=graph)
     except TrainingInterrupted as e:
         history, interrupted = e.history, e
     test = None
@@ -268,7 +285,8 @@ def cmd_train(args) -> int:
         except KeyboardInterrupt:  # every epoch finished: keep them all
             interrupted = TrainingInterrupted(history, net.epochs_trained, None)
     config = {**net.config(), **net.optimizer.config(), "batch_size": net.mini_batch_size, "epochs": args.epochs,
-              "early_stopping": args.early_stopping, "train_cost": not args.no_train_cost}
+              "early_stopping": args.early_stopping, "train_cost": not args.no_train_cost, "graph": graph,
+              "graph_reason": graph_why}
     metrics = {**provenance(args.argv), "config": config, "backend": be.name, "device": be.device,
                "resumed_from": {"path": str(args.resume), "epochs": start} if args.resume else None,
                "epochs": history, **history.summary(),
@@ -301,7 +319,7 @@ def _model_and_data(args, given, be):
     from .network import Network
 
     if args.resume:
-        net = Network.load(args.resume, backend=be)
+        net = Network.load(args.resume, backend=be, gemm=args.gemm, tf32=args.tf32 if "tf32" in given else None)
         _check_resume(args, given, net)
         optimizer = args.optimizer if "optimizer" in given else net.optimizer.name
     else:
@@ -312,7 +330,7 @@ def _model_and_data(args, given, be):
         return net, _load_data(args, net.sizes, f"model {args.resume}")
     data = _load_data(args, args.sizes, f"--sizes {','.join(map(str, args.sizes))}")
     return Network(args.sizes, cost=args.cost, activation=args.activation, backend=be, dtype=args.dtype,
-                   seed=args.seed, init=args.init), data
+                   seed=args.seed, init=args.init, gemm=args.gemm, tf32=args.tf32), data
 
 
 def _check_resume(args, given, net) -> None:
@@ -429,6 +447,7 @@ def cmd_info(args) -> int:
     try:
         be = get_backend(args.backend)
         lines.append(f"backend: {be.name} on {be.device} ({be.reason})")
+        lines += _routes(be)
     except GpubpError as e:
         lines.append(f"backend: unavailable: {e}")
     lines += [f"GPU: {'yes, ' + why if ok else 'no: ' + why}",
@@ -439,6 +458,29 @@ def cmd_info(args) -> int:
               f"driver {m['cuda_driver'] or '-'}"]
     print("\n".join(lines))
     return 0
+
+
+def _check_route(be, args) -> None:
+    """--gemm own without a kernel backend, or a --graph that cannot be captured: said before the data loads."""
+    from .network import Network
+
+    graph_mode(Network([2, 2], backend=be, gemm=args.gemm, dtype=args.dtype, tf32=args.tf32), args.graph)
+
+
+def _routes(be) -> list[str]:
+    """What `gpubp train` will do on ``be``: the products' route and whether an epoch is one graph."""
+    from .network import Network
+
+    lines = []
+    for gemm in GEMM_ROUTES:
+        try:
+            graph, why = graph_mode(Network([2, 2], backend=be, gemm=gemm))
+        except GpubpError as e:
+            lines.append(f"--gemm {gemm}: cannot run here: {e}")
+            continue
+        default = " (the default)" if gemm == "blas" else ""
+        lines.append(f"--gemm {gemm}{default}: " + (f"each epoch is one graph ({why})" if graph else why))
+    return lines
 
 
 def main(argv=None) -> int:

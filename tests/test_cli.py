@@ -302,3 +302,26 @@ def test_evaluate_a_file_with_a_forged_array_header_is_one_line(capsys, tmp_path
 
     path = forged(tmp_path / "liar.npz", header_shape=(25_000_000_000,))
     one_line_error(*run(capsys, "evaluate", str(path), *NO_DATA)[::2], str(path), "declares 100,000,000,000 bytes")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--gemm", "own", "--backend", "numpy"], "gemm='own' runs our CUDA layer kernels"),
+    (["--graph", "--backend", "numpy"], "a graph was asked for but cannot be captured: the numpy backend has no"),
+    (["--tf32", "--dtype", "float64", "--backend", "numpy"], "tf32 is a float32 format"),
+])
+def test_routes_and_modes_that_cannot_run_fail_before_the_data_loads(capsys, tmp_path, argv, needle):
+    one_line_error(*run(capsys, "train", *argv, "--data-dir", str(tmp_path / "absent"))[::2], needle)
+
+
+def test_a_graph_with_tf32_from_the_command_line(capsys, tmp_path, mnist_dir):
+    """--graph and --tf32 reach training and the metrics (the own route's graphs are tested through
+    the Python API: its tiled kernels on the emulator take too long for 50,000 rows here)."""
+    metrics = tmp_path / "run.json"
+    code, out, err = run(capsys, "train", "--epochs", "2", "--sizes", "784,12,10", "--backend", "emulated",
+                         "--graph", "--tf32", "--batch-size", "1000", "--data-dir", mnist_dir,
+                         "--metrics-out", str(metrics), "--no-train-cost", "--seed", "1")
+    assert code == 0, err
+    assert "each epoch is one captured graph" in out and "(graph)" in out
+    m = json.loads(metrics.read_text())
+    assert m["config"]["graph"] is True and m["config"]["gemm"] == "blas" and m["config"]["tf32"] is True
+    assert [e["mode"] for e in m["epochs"]] == ["graph", "graph"] and m["test_accuracy"] > 0.3

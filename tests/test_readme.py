@@ -56,7 +56,7 @@ def test_the_usage_block_lists_exactly_the_real_flags():
     for c in usage:
         words = c.split()
         assert words[:3] == ["uv", "run", "gpubp"], c
-        documented.setdefault(words[3], set()).update(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", " ".join(words[4:])))
+        documented.setdefault(words[3], set()).update(re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", " ".join(words[4:])))
     assert documented.pop("--version") == set()
     for name, parser in subparsers().items():
         real = {a.option_strings[0] for a in parser._actions if a.option_strings and a.option_strings[0] != "-h"}
