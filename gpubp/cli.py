@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeats per case, the median reported (default 5, 3 with --quick)")
     b.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="floating-point type of the parameters and the data (default float32)")
+    b.add_argument("--routes", type=_list(str), default=None,
+                   help="the products' routes to time on the kernel backends: blas, own (default: blas,own)")
+    b.add_argument("--modes", type=_list(str), default=None,
+                   help="eager, graph: steps issued one by one, or replayed as one captured graph where the "
+                        "backend can (default: eager,graph)")
     b.add_argument("--quick", action="store_true", help="a small sweep that finishes in under a minute")
     b.add_argument("--json", type=Path, metavar="OUT.json",
                    help="write every number and the machine (default: not written)")
@@ -392,9 +397,13 @@ def cmd_bench(args) -> int:
     _check_writable(args.plot, "plot")
     if args.plot:
         pyplot("--plot", "gpubp bench ...")  # fail now, not after the sweep
+    for what, given, allowed in (("--routes", args.routes, bench.ROUTES), ("--modes", args.modes, bench.MODES)):
+        if given is not None and (not given or not set(given) <= set(allowed)):
+            raise GpubpError(f"{what} takes one or more of {', '.join(allowed)}, got {','.join(given) or 'nothing'}")
     result = bench.run(backends=args.backends, sizes=args.sizes, batch_sizes=args.batch_sizes, steps=args.steps,
                        repeats=args.repeats, dtype=args.dtype, quick=args.quick, data_dir=args.data_dir,
-                       verify=not args.no_verify, log=lambda m: print(m, file=sys.stderr))
+                       verify=not args.no_verify, log=lambda m: print(m, file=sys.stderr),
+                       routes=args.routes or bench.ROUTES, modes=args.modes or bench.MODES)
     m = result["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, NumPy {m['numpy']} ({m['blas']['name']} "
           f"{m['blas']['version']}, {m['blas']['threads']} threads), GPU: {m['gpu'] or 'none'}")

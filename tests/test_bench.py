@@ -31,7 +31,8 @@ def run_bench(capsys, tmp_path, *extra):
 
 @pytest.mark.slow
 def test_bench_sweep_writes_table_json_and_plot(capsys, tmp_path, mnist_dir):
-    out, result, png = run_bench(capsys, tmp_path, "--data-dir", mnist_dir, "--backends", "numpy,emulated")
+    out, result, png = run_bench(capsys, tmp_path, "--data-dir", mnist_dir, "--backends", "numpy,emulated",
+                                 "--routes", "blas", "--modes", "eager")
     assert "| backend | network | batch |" in out
     cases = result["cases"]
     ours = [c for c in cases if c["backend"] in ("numpy", "emulated")]
@@ -186,3 +187,29 @@ def test_an_interrupted_bench_prints_and_keeps_the_cases_it_finished(tiny_bench,
     assert result["interrupted"] == "numpy 10,8,10 batch 100"
     last = err.strip().splitlines()[-1]
     assert "interrupted in case numpy 10,8,10 batch 100" in last and "1 case finished" in last and "b.json" in last
+
+
+def test_bench_rows_for_each_route_and_mode(capsys, tmp_path, mnist_dir):
+    """The emulated backend runs both routes, eagerly and as a graph: four rows, each with its counters
+    (a graph row's are for one replay of its steps)."""
+    with pytest.raises(SystemExit) as e:
+        sys.exit(main(["bench", "--backends", "emulated", "--sizes", "784,16,10", "--batch-sizes", "10", "--steps", "3",
+                       "--repeats", "1", "--data-dir", mnist_dir, "--json", str(tmp_path / "b.json")]))
+    assert e.value.code == 0
+    rows = {c["backend"]: c for c in json.loads((tmp_path / "b.json").read_text())["cases"]}
+    assert set(rows) == {"emulated", "emulated-own", "emulated-graph", "emulated-own-graph"}
+    assert rows["emulated-own"]["counters_per_step"] | {"launches": 5, "gemms": 0} == rows["emulated-own"]["counters_per_step"]
+    for name in ("emulated-graph", "emulated-own-graph"):
+        c = rows[name]["counters_per_step"]  # one replay of the 3 captured steps
+        assert (c["graph_launches"], c["launches"], c["gemms"], c["allocs"]) == (1, 0, 0, 0)
+    assert "| emulated-own-graph | 784,16,10 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag,value,needle", [("--routes", "cublas", "--routes takes one or more of blas, own"),
+                                               ("--modes", "lazy", "--modes takes one or more of eager, graph"),
+                                               ("--routes", ",", "is empty")])
+def test_bench_routes_and_modes_are_checked(capsys, flag, value, needle):
+    with pytest.raises(SystemExit) as e:
+        sys.exit(main(["bench", flag, value]))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1

@@ -80,8 +80,40 @@ def torch_devices(backends):
     return devices, None
 
 
+ROUTES = ("blas", "own")
+MODES = ("eager", "graph")
+
+
+def variants(backends, routes=ROUTES, modes=MODES) -> tuple[list, list]:
+    """([(row name, backend, route, graph)], [why a variant was left out]): every route and mode each
+    backend can run, named <backend>[-own][-graph]; the default "numpy" and "cupy" rows are the blas
+    route, eager."""
+    from ..backends import get_backend
+
+    found, skipped = [], []
+    for b in backends:
+        be = get_backend(b)
+        for gemm in routes:
+            if gemm == "own" and not be.compiles_kernels:
+                continue  # the NumPy backend runs no kernels: nothing to say
+            for mode in modes:
+                name = b + ("-own" if gemm == "own" else "") + ("-graph" if mode == "graph" else "")
+                if mode == "graph":
+                    ok, why = be.graph_support(gemm)
+                    if not ok:
+                        if b != "numpy":
+                            skipped.append(f"{name}: {why}")
+                        continue
+                found.append((name, b, gemm, mode == "graph"))
+    return found, skipped
+
+
+def _maker(backend, gemm, graph):
+    return lambda s, batch, dtype, steps, data: ours(backend, s, batch, dtype, steps, data, gemm=gemm, graph=graph)
+
+
 def run(backends=None, sizes=None, batch_sizes=None, steps=None, repeats=None, dtype="float32", quick=False,
-        data_dir=None, log=print, verify=True) -> dict:
+        data_dir=None, log=print, verify=True, routes=ROUTES, modes=MODES) -> dict:
     """Benchmark every case; returns {"machine", "dtype", "cost", "steps", "repeats", "epoch_rows", "cases",
     "skipped", "load", "warnings", ...}. Each warning is also logged as "warning: ...".
 
@@ -111,7 +143,9 @@ def run(backends=None, sizes=None, batch_sizes=None, steps=None, repeats=None, d
     if before["per_core"] > BUSY_BEFORE:
         warn(f"the machine was busy before the benchmark started (load average {before['load_1min']:.2f} on "
              f"{before['cores']} cores, {before['per_core']:.2f} per core): its times include other work")
-    makers = [(b, lambda *a, b=b: ours(b, *a)) for b in backends]
+    found, why_not = variants(backends, routes, modes)
+    skipped += why_not
+    makers = [(name, _maker(b, gemm, graph)) for name, b, gemm, graph in found]
     makers += [(f"torch-{d}", lambda *a, d=d: pytorch(d, *a)) for d in tdevs]
     for s in sizes:
         for batch in batches:

@@ -28,10 +28,13 @@ def figure(result):
                          if tuple(c["sizes"]) == s and c["backend"] == b)
             if pts:
                 left.plot(*zip(*pts), styles[bi % 4], marker="o", color=f"C{ni}", label=f"{b} {','.join(map(str, s))}")
-        gpu = sorted((c["batch"], c["speedup_vs_numpy"]) for c in result["cases"]
-                     if tuple(c["sizes"]) == s and c["backend"] == "cupy" and c["speedup_vs_numpy"])
-        if gpu:
-            right.plot(*zip(*gpu), marker="o", color=f"C{ni}", label=",".join(map(str, s)))
+        gpu_rows = [b for b in backends if b.startswith("cupy")]  # cupy, cupy-own, cupy-graph, cupy-own-graph
+        for bi, b in enumerate(gpu_rows):
+            gpu = sorted((c["batch"], c["speedup_vs_numpy"]) for c in result["cases"]
+                         if tuple(c["sizes"]) == s and c["backend"] == b and c["speedup_vs_numpy"])
+            if gpu:
+                label = ",".join(map(str, s)) + ("" if b == "cupy" else f" {b[5:]}")
+                right.plot(*zip(*gpu), styles[bi % 4], marker="o", color=f"C{ni}", label=label)
     left.set(xscale="log", yscale="log", xlabel="batch size", ylabel="training samples / s",
              title=f"Throughput ({result['dtype']}, {result['machine']['cpu']})")
     left.legend(fontsize=7)
