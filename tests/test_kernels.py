@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import kernel_resources
 import numpy as np
@@ -57,22 +58,45 @@ def cupy_options(arch_option):
             "--device-as-default-execution-space"]
 
 
-def nvrtc_compile(file, arch_option, get):
-    nvrtc = need_nvrtc()
+def nvrtc_compile(nvrtc, file, arch_option, get):
+    """NVRTC's output (getCUBIN or getPTX) for one kernel file, or the error and NVRTC's log."""
     prog = nvrtc.createProgram(K.source(file), file, [], [])
     try:
         try:
             nvrtc.compileProgram(prog, cupy_options(arch_option))
         except nvrtc.NVRTCError as e:
-            pytest.fail(f"NVRTC failed on {file} with {arch_option}: {e}\n{nvrtc.getProgramLog(prog)}")
-        return getattr(nvrtc, get)(prog)
+            return f"NVRTC failed on {file} with {arch_option}: {e}\n{nvrtc.getProgramLog(prog)}"
+        out = getattr(nvrtc, get)(prog)
+        return out.decode() if get == "getPTX" and isinstance(out, bytes) else out
     finally:
         nvrtc.destroyProgram(prog)
 
 
-def nvrtc_ptx(file, arch):
-    ptx = nvrtc_compile(file, f"-arch=compute_{arch}", "getPTX")
-    return ptx.decode() if isinstance(ptx, bytes) else ptx
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """Every kernel file through nvcc (sm_75/80/90, -Xptxas -v) and NVRTC (a cubin for sm_75/80/90 and
+    PTX for compute_90), all at once: the nvcc processes start first and the NVRTC compiles run on
+    two threads beside them (NVRTC lets go of the GIL), so the compiles share the machine's cores.
+    Returns {"nvcc": {file: (status, report)}, "nvrtc": {(file, arch): cubin or error text}, "ptx": {...}}."""
+    nvrtc = need_nvrtc()
+    procs = {}
+    if shutil.which("nvcc"):
+        tmp = tmp_path_factory.mktemp("nvcc")
+        gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in (75, 80, 90)]
+        for f in K.kernel_files():
+            (tmp / f).write_text(K.source(f))
+            procs[f] = subprocess.Popen(["nvcc", *gencode, "-Xptxas", "-v", "-c", "-o", os.devnull, str(tmp / f)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    jobs = [(f, a, f"-arch=sm_{a}", "getCUBIN") for f in K.kernel_files() for a in (75, 80, 90)]
+    jobs += [(f, "ptx", "-arch=compute_90", "getPTX") for f in K.kernel_files()]
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda j: nvrtc_compile(nvrtc, j[0], j[2], j[3]), jobs))
+    results = {(f, a): out for (f, a, _, _), out in zip(jobs, outs)}
+    reports = {}
+    for f, p in procs.items():  # a report is a few kB: the pipes never fill while another is read
+        _, stderr = p.communicate()
+        reports[f] = (p.returncode, stderr)
+    return {"nvcc": reports, "nvrtc": results}
 
 
 def ptx_entries(ptx):
@@ -90,12 +114,15 @@ def double_on_purpose(file):
 
 @pytest.mark.parametrize("arch", [75, 80, 90])
 @pytest.mark.parametrize("file", K.kernel_files())
-def test_nvrtc_compiles_every_kernel_as_cupy_does(file, arch):
-    cubin = nvrtc_compile(file, f"-arch=sm_{arch}", "getCUBIN")  # what CuPy loads on such a GPU
+def test_nvrtc_compiles_every_kernel_as_cupy_does(file, arch, compiled):
+    cubin = compiled["nvrtc"][file, arch]  # what CuPy loads on such a GPU
+    assert isinstance(cubin, bytes), cubin
     assert len(cubin) > 1000
     if arch != 90:  # the PTX checks below do not depend on the architecture: once per file
         return
-    entries = ptx_entries(nvrtc_ptx(file, arch))
+    ptx = compiled["nvrtc"][file, "ptx"]
+    assert isinstance(ptx, str) and ".visible .entry" in ptx, ptx
+    entries = ptx_entries(ptx)
     names = set(K.parse_signatures(K.source(file)))
     assert names and set(entries) == names  # our reading of the macros finds exactly what NVRTC made
     for name, body in entries.items():
@@ -125,28 +152,10 @@ def test_entry_points_come_from_one_template():
         assert 'extern "C"' not in text, f"{f} writes an entry point by hand"
 
 
-@pytest.fixture(scope="module")
-def nvcc_reports(tmp_path_factory):
-    """{file: (exit status, nvcc -Xptxas -v report)} for every kernel file at sm_75/80/90, the
-    compilers started all at once so they share the machine's cores."""
-    tmp = tmp_path_factory.mktemp("nvcc")
-    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in (75, 80, 90)]
-    procs = {}
-    for f in K.kernel_files():
-        (tmp / f).write_text(K.source(f))
-        procs[f] = subprocess.Popen(["nvcc", *gencode, "-Xptxas", "-v", "-c", "-o", os.devnull, str(tmp / f)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    reports = {}
-    for f, p in procs.items():  # a report is a few kB: the pipes never fill while another is read
-        _, stderr = p.communicate()
-        reports[f] = (p.returncode, stderr)
-    return reports
-
-
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 @pytest.mark.parametrize("file", K.kernel_files())
-def test_nvcc_compiles_without_spills(file, nvcc_reports):
-    code, stderr = nvcc_reports[file]
+def test_nvcc_compiles_without_spills(file, compiled):
+    code, stderr = compiled["nvcc"][file]
     p = subprocess.CompletedProcess([], code, "", stderr)
     assert p.returncode == 0, p.stderr
     for arch in (75, 80, 90):
