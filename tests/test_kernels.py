@@ -464,7 +464,8 @@ def test_every_registered_concept_has_its_kernels():
     """Each activation, cost and optimizer names kernels that exist for float and double."""
     stems = [a.forward_kernel for a in (*ACTIVATIONS.values(), SOFTMAX)]
     stems += [a.delta_kernel for a in ACTIVATIONS.values()]
-    stems += [c.delta_kernel for c in COSTS.values()]
+    stems += [f"layer_{k}_{a}_{t}" for k in ("forward", "delta") for a in ACTIVATIONS for t in K.LAYER_TILES]
+    stems += [k for c in COSTS.values() for k in (c.delta_kernel, c.value_kernel, c.output_kernel)]
     stems += [o.kernel_name for o in OPTIMIZERS.values()]
     for stem in stems:
         for sfx in ("_f32", "_f64"):
