@@ -86,6 +86,7 @@ class Workspace:
             self.ones = be.empty((1, m), dtype)
             self.ones.fill(1)
         self._targets = None
+        self.plans = None  # the fused update's prepared products (Network._update_plans)
 
     def targets(self, be, n_out, dtype):
         """A one-hot target buffer (m, n_out) for evaluation, made on first use."""
@@ -312,9 +313,13 @@ class Network:
             if l > 0:  # BP2 before this layer's update, which changes W[l]
                 be.matmul(D[l], self.weights[l], out=D[l - 1], tf32=tf)  # delta W ...
                 self._act_delta(D[l - 1].size, D[l - 1], A[l], D[l - 1].size)  # ... (.) f'(z), from a = A[l]
-            if fused:  # BP4 and BP3, and network2's update in the same products
+            if fused and tf:  # BP4 and BP3, and network2's update in the same products
                 be.gemm(ws.DT[l], A[l], out=self.weights[l], alpha=-optimizer.eta, beta=optimizer.decay, tf32=tf)
                 be.gemm(ws.ones, D[l], out=self._bias_rows[l], alpha=-optimizer.eta, beta=1.0)
+            elif fused:  # the same, through products prepared once per workspace (a step's input varies)
+                update_w, update_b = self._update_plans(ws)[l]
+                update_w(-optimizer.eta, optimizer.decay, A[0] if l == 0 else None)
+                update_b(-optimizer.eta, 1.0)
             else:
                 be.matmul(ws.DT[l], A[l], out=self.grad_weights[l], tf32=tf)  # BP4: delta^T a
                 be.matmul(ws.ones, D[l], out=self._grad_bias_rows[l])  # BP3: sum over rows (a sum: not TF32)
@@ -357,8 +362,17 @@ class Network:
             self._backward(Y, ws, optimizer)
 
     def _fuses(self, optimizer) -> bool:
-        """Whether this step folds the optimizer's update into BP3/BP4 (plain SGD, where it pays)."""
-        return optimizer is not None and optimizer.fused and self.n_weights >= self.be.fused_update_min_weights
+        """Whether this step folds the optimizer's update into BP3/BP4 (plain SGD)."""
+        return optimizer is not None and optimizer.fused
+
+    def _update_plans(self, ws) -> list:
+        """Per layer, the fused update's two products (W <- decay W - eta D^T A, b <- b - eta 1 D)
+        prepared once for this workspace: their arrays never change, but for layer 0's input."""
+        if ws.plans is None:
+            be = self.be
+            ws.plans = [(be.gemm_plan(ws.DT[l], ws.A[l], self.weights[l]),
+                         be.gemm_plan(ws.ones, ws.D[l], self._bias_rows[l])) for l in range(self.L)]
+        return ws.plans
 
     def step(self, X, Y, optimizer: Optimizer) -> None:
         """One training step on device arrays X (m, n_0) and one-hot Y (m, n_L): forward, BP1-BP4 and

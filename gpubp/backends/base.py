@@ -40,10 +40,7 @@ class Backend:
     """What every backend shares: the counters, and the array plumbing over ``xp``.
 
     Capabilities are class attributes, so callers ask rather than probe for methods:
-    ``compiles_kernels`` (our CUDA runs here: CuPy and the emulator), and
-    ``fused_update_min_weights``: networks with at least this many weights get plain SGD's update
-    folded into the BP4 product (0: always, as on a GPU, where it saves a pass over the parameters
-    and costs nothing; the NumPy backend sets its own threshold).
+    ``compiles_kernels`` (our CUDA runs here: CuPy and the emulator).
     """
 
     name = "?"
@@ -51,12 +48,15 @@ class Backend:
     reason = ""  # why this backend was chosen (for "auto")
     device = "CPU"
     compiles_kernels = False
-    fused_update_min_weights = 0
+    capturing = False  # inside capture() (the kernel backends): launches are recorded into a graph
     counts_own_allocs = True  # the CuPy backend counts real pool allocations instead
 
     def __init__(self) -> None:
         self._active: list[Counters] = []
         self._scratch: dict = {}
+        # xp.matmul may run a plain product: not on the CPU when NumPy's BLAS could not be found
+        # (hostblas then does every product, on one BLAS)
+        self._plain_matmul = self.xp is not np or hostblas.uses_numpy_pool()
 
     def _count(self, what: str, k: int = 1) -> None:
         for c in self._active:
@@ -147,7 +147,10 @@ class Backend:
     def matmul(self, a, b, out, tf32: bool = False):
         """out <- a @ b (a or b may be transposed views; out is written in place); tf32: the product
         reads its float32 inputs as TF32."""
-        self._count("gemms")
+        if self._active:
+            self._count("gemms")
+        if not tf32 and self._plain_matmul:  # the common case, without a call in between (small steps)
+            return self.xp.matmul(a, b, out=out)
         self._product(a, b, out, None, None, tf32)
         return out
 
@@ -155,6 +158,23 @@ class Backend:
         """out <- alpha * (a @ b) + beta * out, in one BLAS call (2-D; a or b may be transposed views)."""
         self._count("gemms")
         self._product(a, b, out, alpha, beta, tf32)
+
+    def gemm_plan(self, a, b, out):
+        """``plan(alpha, beta, b=None)``: ``gemm(a, b, out, alpha, beta)`` prepared once for products a
+        step repeats on the same arrays (``b`` may change each call, same shape and layout). On the
+        CPU with NumPy's own CBLAS the arguments are converted once (a call costs ~1 us, not ~5)."""
+        b0 = b
+        if not (self.xp is np and hostblas.uses_numpy_pool()):
+            return lambda alpha, beta, b=None: self.gemm(a, b0 if b is None else b, out, alpha, beta)
+        plan = hostblas.Plan(a, b, out)
+
+        def run(alpha, beta, b=None):
+            if self.capturing:  # a capture records products (the emulator): through gemm, which does
+                return self.gemm(a, b0 if b is None else b, out, alpha, beta)
+            if self._active:
+                self._count("gemms")
+            plan(alpha, beta, b)
+        return run
 
     def _product(self, a, b, out, alpha, beta, tf32) -> None:
         """The host product itself (alpha None: a plain matmul), uncounted, for matmul, gemm and replays."""

@@ -269,7 +269,6 @@ class KernelBackend(Backend):
 
     compiles_kernels = True
     sm_count = 1
-    capturing = False  # inside capture(): launches are recorded into a graph, not counted as eager
 
     def load_kernel(self, file: str, name: str):
         raise NotImplementedError(f"{type(self).__name__} does not compile kernels")

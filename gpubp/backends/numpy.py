@@ -18,10 +18,6 @@ from .base import Backend
 
 class NumpyBackend(Backend):
     name = "numpy"
-    # Measured here (2 cores, OpenBLAS): folding SGD's update into BP4 made network B's step ([784,
-    # 1024,1024,10], batch 128) about 13 % faster, and network A's ([784,30,10], batch 10) about 30 %
-    # slower, where the BLAS call's overhead outweighs the pass over 24k parameters it saves.
-    fused_update_min_weights = 131_072
 
     def __init__(self) -> None:
         super().__init__()
