@@ -1,9 +1,10 @@
 """Model files: one .npz (never pickled), written to a temporary file and renamed into place.
 
-Version 2 holds a format tag, the version, ``meta`` (JSON: the model's config, the optimizer's
-config, the epochs trained, the shuffle's RNG state) and arrays: ``params`` (every W[l]
-row-major, then every b[l]) and the optimizer's state as ``optimizer_<name>``. Version 1 files
-(sizes, cost, dtype, params) still load, as a sigmoid network with no optimizer state.
+Version 2 holds a format tag, the version, ``meta`` (JSON: the gpubp version and time that wrote
+it, the model's config, the optimizer's config, the epochs trained, the batch size, the shuffle's
+RNG state) and arrays: ``params`` (every W[l] row-major, then every b[l]) and the optimizer's
+state as ``optimizer_<name>``, every member stored uncompressed. Version 1 files (sizes, cost,
+dtype, params) still load, as a sigmoid network with no optimizer state.
 
 This module knows the file format, not the network: gpubp.network builds the contents and
 checks them against the sizes they declare before it allocates anything.
@@ -12,13 +13,14 @@ checks them against the sizes they declare before it allocates anything.
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import GpubpError, ModelFileError
-from .fileio import atomic_path
+from .fileio import atomic_path, provenance
 
 FORMAT = "gpubp-model"
 VERSION = 2
@@ -32,6 +34,7 @@ def save(path, meta: dict, arrays: dict) -> Path:
         raise GpubpError(f"cannot save the model to {path}: it is a directory")
     if not path.parent.is_dir():
         raise GpubpError(f"cannot save the model to {path}: directory {path.parent} does not exist")
+    meta = {**{k: v for k, v in provenance().items() if k != "argv"}, **meta}  # which gpubp wrote it, and when
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, format=np.array(FORMAT), version=np.array(VERSION), meta=np.array(json.dumps(meta)), **arrays)
     return path
@@ -47,8 +50,11 @@ def load(path) -> tuple[dict, dict]:
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path} is not a gpubp model: not an .npz (zip) archive")
     try:
+        _check_members(path)
         with np.load(path, allow_pickle=False) as z:
             fields = {k: z[k] for k in z.files}
+    except MemoryError:
+        raise ModelFileError(f"{path} asks for more memory than there is: the file is damaged") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelFileError(f"{path} is not a readable gpubp model (.npz): {why}") from None
@@ -66,6 +72,35 @@ def load(path) -> tuple[dict, dict]:
         raise ModelFileError(f"{path} holds NaN or infinite parameters")
     arrays = {k: v for k, v in fields.items() if k not in ("format", "version", "meta", "sizes", "cost", "dtype")}
     return meta, arrays
+
+
+def _check_members(path: Path) -> None:
+    """Before np.load allocates anything: every member is stored uncompressed (as np.savez writes it)
+    and together they hold no more than the file does, and each .npy header declares exactly the
+    bytes its member holds. So no array can be larger than the file, and a small file cannot ask
+    for huge memory with a forged header or zip directory."""
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        for info in infos:
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ModelFileError(f"{path}: {info.filename} is compressed, and gpubp writes model files "
+                                     f"uncompressed: it was not written by gpubp (re-save it with Network.save)")
+        if sum(i.file_size for i in infos) > path.stat().st_size:
+            raise ModelFileError(f"{path}: its zip directory declares {sum(i.file_size for i in infos):,} bytes "
+                                 f"of members, more than the file's {path.stat().st_size:,}: the file is damaged")
+        for info in infos:
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                if version not in read:
+                    raise ModelFileError(f"{path}: {info.filename} has .npy format {version}, which gpubp "
+                                         f"does not write")
+                shape, _, dtype = read[version](f)
+                declared = math.prod(shape) * dtype.itemsize  # exact: Python integers
+                held = info.file_size - f.tell()
+            if declared != held:
+                raise ModelFileError(f"{path}: {info.filename} declares {declared:,} bytes of {dtype} {shape} but "
+                                     f"holds {held:,}: the file is damaged")
 
 
 def _meta_v2(path, fields) -> dict:

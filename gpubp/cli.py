@@ -1,4 +1,4 @@
-"""The command line: gpubp train | evaluate | bench | sweep | info.
+"""The command line: gpubp train | evaluate | bench | sweep | plot | info.
 
 Every error (bad argument, file, model or data) is one line on stderr and exit status 2.
 """
@@ -8,20 +8,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from .activations import ACTIVATIONS
 from .backends import BACKEND_NAMES
 from .costs import COSTS
 from .data import N_CLASSES
-from .errors import GpubpError
-from .fileio import write_json
-from .network import INIT_CHOICES
+from .errors import GpubpError, TrainingInterrupted
+from .fileio import provenance, write_json
+from .network import GEMM_ROUTES, INIT_CHOICES, check_sizes
 from .optimizers import OPTIMIZERS
+from .training import graph_mode
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, no usage dump
+    def error(self, message):  # one line, exit 2, no usage dump; a subcommand's prog is "gpubp train"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -32,7 +35,13 @@ def _sizes(text):
         raise argparse.ArgumentTypeError(f"sizes must be comma-separated integers like 784,30,10, got {text!r}") from None
     if len(sizes) < 2 or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"sizes need two or more positive layer widths, got {text!r}")
-    return sizes
+    try:  # the parameter bound, before any data is read
+        return check_sizes(sizes)
+    except GpubpError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+_KIND_NAMES = {int: "an integer", float: "a number"}
 
 
 def _number(kind, lo, inclusive):
@@ -40,7 +49,7 @@ def _number(kind, lo, inclusive):
         try:
             v = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {_KIND_NAMES[kind]}, got {text!r}") from None
         if v != v or v in (float("inf"), float("-inf")) or (v < lo if inclusive else v <= lo):
             raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {lo}, got {text}")
         return v
@@ -50,17 +59,73 @@ def _number(kind, lo, inclusive):
 def _list(kind):
     def parse(text):
         try:
-            return [kind(s) for s in text.split(",") if s.strip()]
+            values = [kind(s.strip()) for s in text.split(",") if s.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected comma-separated {_KIND_NAMES.get(kind, 'value')}s, "
+                                             f"got {text!r}") from None
+        if not values:  # "," would otherwise silently mean the defaults
+            raise argparse.ArgumentTypeError(f"the list {text!r} is empty: give at least one value")
+        return values
     return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="gpubp", description="Backpropagation from scratch on the CPU (NumPy) and the GPU (CuPy).")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from .version import __version__
 
-    t = sub.add_parser("train", help="train a network on MNIST (defaults: network.py's run)")
+    p = _Parser(prog="gpubp", description="Backpropagation from scratch on the CPU (NumPy) and the GPU (CuPy).")
+    p.add_argument("--version", action="version", version=f"gpubp {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _train_parser(sub.add_parser("train", help="train a network on MNIST (defaults: network.py's run)"))
+
+    e = sub.add_parser("evaluate", help="accuracy of a saved model on the MNIST test set")
+    e.add_argument("model", type=Path, metavar="MODEL.npz")
+    _common(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("bench", help="benchmark training steps on CPU and GPU (and PyTorch eager when it imports)")
+    b.add_argument("--backends", type=_list(str), default=None,
+                   help="e.g. numpy,cupy,emulated (default: numpy, and cupy; cupy is skipped, saying why, "
+                        "without a GPU)")
+    b.add_argument("--sizes", type=_sizes, nargs="+", default=None, metavar="784,30,10",
+                   help="networks, each as widths joined by commas, several allowed (default: 784,30,10 "
+                        "784,100,10 784,1024,1024,10 784,4096,4096,10; --quick drops the last)")
+    b.add_argument("--batch-sizes", type=_list(int), default=None, help="e.g. 10,128,1024 (default 10,128,1024)")
+    b.add_argument("--steps", type=_number(int, 1, True), default=None,
+                   help="timed steps per repeat (default 20, 10 with --quick)")
+    b.add_argument("--repeats", type=_number(int, 1, True), default=None,
+                   help="repeats per case, the median reported (default 5, 3 with --quick)")
+    b.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="floating-point type of the parameters and the data (default float32)")
+    b.add_argument("--routes", type=_list(str), default=None,
+                   help="the products' routes to time on the kernel backends: blas, own (default: blas,own)")
+    b.add_argument("--modes", type=_list(str), default=None,
+                   help="eager, graph: steps issued one by one, or replayed as one captured graph where the "
+                        "backend can (default: eager,graph)")
+    b.add_argument("--quick", action="store_true", help="a small sweep that finishes in under a minute")
+    b.add_argument("--json", type=Path, metavar="OUT.json",
+                   help="write every number and the machine (default: not written)")
+    b.add_argument("--plot", type=Path, metavar="OUT.png",
+                   help="plot GPU/CPU speed-up vs batch size (default: no plot)")
+    _data_args(b)
+    b.set_defaults(func=cmd_bench)
+
+    _sweep_parser(sub.add_parser("sweep", help="train a grid of runs (seeds x eta x lambda), many models at once"))
+
+    c = sub.add_parser("plot", help="training curves (validation accuracy, training cost) of runs saved with "
+                                    "train --metrics-out")
+    c.add_argument("runs", nargs="+", type=Path, metavar="RUN.json", help="one or more metrics files, overlaid")
+    c.add_argument("-o", "--out", type=Path, default=Path("curves.png"), metavar="OUT.png",
+                   help="the PNG to write (default curves.png)")
+    c.set_defaults(func=cmd_plot)
+
+    i = sub.add_parser("info", help="backend, device, library versions, BLAS threads")
+    i.add_argument("--backend", choices=list(BACKEND_NAMES), default=None,
+                   help="the backend to describe (default: $GPUBP_BACKEND or auto)")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def _train_parser(t):
     t.add_argument("--sizes", type=_sizes, default=[784, 30, 10], help="layer widths (default 784,30,10)")
     t.add_argument("--cost", choices=list(COSTS), default="quadratic",
                    help="output cost (default quadratic; log_likelihood has a softmax output layer)")
@@ -71,80 +136,93 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mu for --optimizer momentum (default 0.9)")
     t.add_argument("--eta", type=_number(float, 0, False), default=None,
                    help="learning rate (default: 3.0 for sgd, 0.3 for momentum, 0.001 for adam)")
-    t.add_argument("--lmbda", type=_number(float, 0, True), default=0.0, help="L2 strength lambda (default 0)")
+    t.add_argument("--lmbda", type=_number(float, 0, True), default=0.0, help="L2 strength lambda (default 0.0)")
     t.add_argument("--batch-size", type=_number(int, 1, True), default=10, help="mini-batch size (default 10)")
-    t.add_argument("--epochs", type=_number(int, 0, True), default=30, help="epochs (default 30)")
-    t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    t.add_argument("--epochs", type=_number(int, 0, True), default=30,
+                   help="epochs to train (default 30); with --resume, this many MORE epochs")
+    t.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="floating-point type of the parameters and the data (default float32)")
     t.add_argument("--init", choices=list(INIT_CHOICES), default="default",
                    help="weights: the activation's default (network2's N(0,1/n_in); he, N(0,2/n_in), for relu), "
-                        "or network2, large (network.py's N(0,1)), he")
+                        "or network2, large (network.py's N(0,1)), he (default: default)")
     t.add_argument("--early-stopping", type=_number(int, 1, True), default=None, metavar="N",
-                   help="stop after N epochs without a better validation accuracy")
+                   help="stop after N epochs without a better validation accuracy (default: train every epoch)")
     t.add_argument("--no-train-cost", action="store_true",
                    help="skip the per-epoch training-cost pass over the training set (train_cost is null)")
+    t.add_argument("--gemm", choices=list(GEMM_ROUTES), default="blas",
+                   help="how a step's products run: blas (the BLAS, cuBLAS on a GPU, then fused kernels) or own "
+                        "(our layer kernels, 3L-1 launches a step; --backend cupy or emulated) (default blas)")
+    graph = t.add_mutually_exclusive_group()
+    graph.add_argument("--graph", dest="graph", action="store_true", default=None,
+                       help="replay each epoch as one captured CUDA graph, or fail saying why not (default: on "
+                            "for the cupy backend when the route can be captured, eager elsewhere)")
+    graph.add_argument("--no-graph", dest="graph", action="store_false", default=None,
+                       help="issue every launch eagerly (default: see --graph)")
+    t.add_argument("--tf32", action="store_true",
+                   help="float32 products read their inputs as TF32 (tensor cores on a GPU; rounded inputs "
+                        "elsewhere, to see the effect on accuracy) (default: off)")
     _common(t)
-    t.add_argument("--seed", type=int, default=None, help="seed for weights and shuffling")
-    t.add_argument("--save", type=Path, metavar="MODEL.npz", help="write the trained model here")
-    t.add_argument("--metrics-out", type=Path, metavar="RUN.json", help="write config and per-epoch metrics as JSON")
+    t.add_argument("--seed", type=_number(int, 0, True), default=None,
+                   help="seed for weights and shuffling, >= 0 (default: a random one, printed in the metrics)")
+    t.add_argument("--resume", type=Path, metavar="MODEL.npz",
+                   help="continue the run saved in MODEL.npz: its model, optimizer state, shuffle, epoch count and "
+                        "batch size; --optimizer, --eta, --lmbda, --momentum, --batch-size override the file's only "
+                        "when given; --sizes, --cost, --activation, --dtype, --init, --seed must agree with it "
+                        "(default: a new run)")
+    t.add_argument("--save", type=Path, metavar="MODEL.npz",
+                   help="write the trained model here; it may be the --resume file (default: not saved)")
+    t.add_argument("--metrics-out", type=Path, metavar="RUN.json",
+                   help="write config and per-epoch metrics as JSON (default: not written)")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="accuracy of a saved model on the MNIST test set")
-    e.add_argument("model", type=Path, metavar="MODEL.npz")
-    _common(e)
-    e.set_defaults(func=cmd_evaluate)
 
-    b = sub.add_parser("bench", help="benchmark training steps on CPU and GPU (and PyTorch eager when it imports)")
-    b.add_argument("--backends", type=_list(str), default=None, help="e.g. numpy,cupy (default: numpy, and cupy with a GPU)")
-    b.add_argument("--sizes", type=_sizes, nargs="+", default=None, metavar="784,30,10",
-                   help="networks, each as widths joined by commas (several allowed)")
-    b.add_argument("--batch-sizes", type=_list(int), default=None, help="e.g. 10,128,1024")
-    b.add_argument("--steps", type=_number(int, 1, True), default=None, help="timed steps per repeat")
-    b.add_argument("--repeats", type=_number(int, 1, True), default=None, help="repeats per case (median reported)")
-    b.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    b.add_argument("--quick", action="store_true", help="a small sweep that finishes in under a minute")
-    b.add_argument("--json", type=Path, metavar="OUT.json", help="write every number and the machine")
-    b.add_argument("--plot", type=Path, metavar="OUT.png", help="plot GPU/CPU speed-up vs batch size")
-    b.add_argument("--data-dir", metavar="DIR", help="MNIST directory (default $GPUBP_DATA_DIR or the cache)")
-    b.set_defaults(func=cmd_bench)
-
-    s = sub.add_parser("sweep", help="train a grid of runs (seeds x eta x lambda), K models at once per group")
+def _sweep_parser(s):
     s.add_argument("--sizes", type=_sizes, default=[784, 30, 10], help="layer widths (default 784,30,10)")
     s.add_argument("--cost", choices=list(COSTS), default="quadratic", help="output cost (default quadratic)")
-    s.add_argument("--activation", choices=list(ACTIVATIONS), default="sigmoid", help="hidden layers' activation")
+    s.add_argument("--activation", choices=list(ACTIVATIONS), default="sigmoid",
+                   help="hidden layers' activation (default sigmoid)")
     s.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd", help="update rule (default sgd)")
     s.add_argument("--momentum", type=_number(float, 0, True), default=0.9, metavar="MU",
                    help="mu for --optimizer momentum (default 0.9)")
-    s.add_argument("--seeds", default="1", help="seeds, e.g. 1-8 or 1,3,5 (default 1)")
-    s.add_argument("--eta", type=_list(float), default=[None], help="learning rates, e.g. 0.1,0.5 (default: the optimizer's)")
-    s.add_argument("--lmbda", type=_list(float), default=[0.0], help="L2 strengths, e.g. 0,5 (default 0)")
+    s.add_argument("--seeds", default="1", help="seeds for weights and shuffling, e.g. 1-8 or 1,3,5 (default 1)")
+    s.add_argument("--eta", type=_list(float), default=None,
+                   help="learning rates, e.g. 0.1,0.5 (default: the optimizer's, 3.0 for sgd)")
+    s.add_argument("--lmbda", type=_list(float), default=None, help="L2 strengths, e.g. 0,5 (default 0)")
     s.add_argument("--batch-size", type=_number(int, 1, True), default=10, help="mini-batch size (default 10)")
-    s.add_argument("--epochs", type=_number(int, 1, True), default=30, help="epochs (default 30)")
-    s.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    s.add_argument("--init", choices=list(INIT_CHOICES), default="default", help="weight initialisation (as train's)")
+    s.add_argument("--epochs", type=_number(int, 1, True), default=30, help="epochs to train (default 30)")
+    s.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="floating-point type of the parameters and the data (default float32)")
+    s.add_argument("--init", choices=list(INIT_CHOICES), default="default",
+                   help="weight initialisation, as train's (default: default)")
     s.add_argument("--group-size", type=_number(int, 1, True), default=None, metavar="K",
-                   help="models trained at once per group (default 16)")
+                   help="models trained at once as one stack (default 16)")
     s.add_argument("--threads", type=_number(int, 1, True), default=1,
-                   help="groups trained at once, a thread each (NumPy on several cores; default 1)")
-    s.add_argument("--train-cost", action="store_true", help="also record each epoch's training cost (a forward pass)")
+                   help="groups trained at once here, a thread each: NumPy on several cores (default 1)")
+    s.add_argument("--train-cost", action="store_true",
+                   help="also record each epoch's training cost, a forward pass over the training set (default off)")
     s.add_argument("--ray", metavar="auto|HOST:PORT", default=None,
-                   help="send the groups to a Ray cluster as tasks (needs the ray extra)")
+                   help="send the groups to a Ray cluster as tasks, retried if a worker dies (the ray extra; "
+                        "default: train them here)")
     _common(s)
-    s.add_argument("--json", type=Path, metavar="OUT.json", help="write every run's history, config and the machine")
-    s.add_argument("--plot", type=Path, metavar="OUT.png", help="plot test accuracy per config with the seed spread")
+    s.add_argument("--json", type=Path, metavar="OUT.json",
+                   help="write every run's config and per-epoch history, and the machine (default: not written)")
+    s.add_argument("--plot", type=Path, metavar="OUT.png",
+                   help="plot test accuracy per config with the spread over seeds (default: no plot)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sweep)
-
-    i = sub.add_parser("info", help="backend, device, library versions, BLAS threads")
-    i.add_argument("--backend", choices=list(BACKEND_NAMES), default=None)
-    i.set_defaults(func=cmd_info)
-    return p
 
 
 def _common(p):
     p.add_argument("--backend", choices=list(BACKEND_NAMES), default=None,
                    help="default: $GPUBP_BACKEND or auto (CuPy when a GPU answers, else NumPy)")
-    p.add_argument("--data-dir", metavar="DIR", help="MNIST directory (default $GPUBP_DATA_DIR, then ~/.cache/gpubp/mnist)")
+    _data_args(p)
+
+
+def _data_args(p):
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="MNIST directory (default: $GPUBP_DATA_DIR, then ~/.cache/gpubp/mnist, downloaded on "
+                        "first use)")
     p.add_argument("--no-verify", action="store_true", help="skip the MD5 check (other MNIST-format data sets)")
 
 
@@ -161,56 +239,179 @@ def _check_writable(path: Path | None, what: str) -> None:
         raise GpubpError(f"cannot write {what} {path}: directory {parent} is not writable")
 
 
-def _load_data(args, n_in=None, n_out=None):
-    from .data import load_mnist
+def _write_outputs(outputs, say) -> tuple[list[str], str]:
+    """Write each (what, path, write) whose path is set, each on its own, so that one failure (a full
+    disk) loses only that file. Returns (written, "" or one line: what was not written and why, and
+    what was). Every writer is atomic, so a failed output leaves no file and no partial file."""
+    written, failed = [], []
+    for what, path, write in outputs:
+        if path is None:
+            continue
+        try:
+            write(path)
+        except (OSError, GpubpError) as e:
+            failed.append(f"the {what} {path} ({e.strerror if isinstance(e, OSError) and e.strerror else e})")
+        else:
+            written.append(f"the {what} {path}")
+            say(f"wrote the {what} {path}")
+    if not failed:
+        return written, ""
+    return written, "did not write " + " nor ".join(failed) + ("; wrote " + " and ".join(written) if written else "")
+
+
+def _load_data(args, sizes, source, split="train"):
+    """Load the data and check that ``sizes`` (from ``source``: --sizes or a model file) fit it;
+    the error names both sides, since a mismatch is found far from where either was chosen."""
+    from .data import load_mnist, resolve_dir
 
     data = load_mnist(args.data_dir, verify=not args.no_verify)
-    width = data["train"][0].shape[1]
-    if n_in is not None and (n_in != width or n_out != N_CLASSES):
-        raise GpubpError(f"sizes must start with {width} (pixels per image) and end with {N_CLASSES} (classes), "
-                         f"got {n_in}...{n_out}")
+    width = data[split][0].shape[1]
+    if sizes[0] != width or sizes[-1] != N_CLASSES:
+        images = resolve_dir(args.data_dir)[0] / f"{'t10k' if split == 'test' else 'train'}-images-idx3-ubyte"
+        raise GpubpError(f"{source} has {sizes[0]} inputs and {sizes[-1]} outputs, but the images in {images} have "
+                         f"{width} pixels and the labels {N_CLASSES} classes: the sizes must start with {width} "
+                         f"and end with {N_CLASSES}")
     return data
 
 
 def cmd_train(args) -> int:
     from .backends import get_backend
-    from .network import Network
 
-    if args.momentum is not None and args.optimizer != "momentum":
-        raise GpubpError(f"--momentum applies to --optimizer momentum, not {args.optimizer}")
     _check_writable(args.save, "model file")
     _check_writable(args.metrics_out, "metrics file")
+    given = _given(args)
     be = get_backend(args.backend)
-    data = _load_data(args, args.sizes[0], args.sizes[-1])
-    net = Network(args.sizes, cost=args.cost, activation=args.activation, backend=be, dtype=args.dtype,
-                  seed=args.seed, init=args.init)
+    _check_route(be, args)
+    net, data = _model_and_data(args, given, be)
+    start = net.epochs_trained
     say = (lambda *a: None) if args.quiet else print
     say(f"gpubp train: {net} on {be.device} ({be.reason})")
+    graph, graph_why = graph_mode(net, args.graph)
+    say(f"each epoch is one captured graph ({graph_why})" if graph else f"each epoch runs {graph_why}")
     if be.compiles_kernels:
         say(f"kernels compiled (or loaded from cache) in {be.warmup():.2f} s")
+    if args.resume:
+        say(f"resuming {args.resume} after epoch {start} ({net.optimizer.name}, batch size {net.mini_batch_size}): "
+            f"{args.epochs} more epochs")
+        if "optimizer" in given and args.optimizer != net.optimizer.name:
+            say(f"--optimizer {args.optimizer} replaces the file's {net.optimizer.name}: its state starts from zero, "
+                f"so this is not an exact continuation")
+
+    def keep(dest):
+        """With --resume, what was not given comes from the file (None tells training to keep the saved value)."""
+        return getattr(args, dest) if dest in given or not args.resume else None
 
     def on_epoch(r):
         cost = "" if r["train_cost"] is None else f"train cost {r['train_cost']:.4f}, "
-        say(f"epoch {r['epoch']}/{args.epochs}: validation accuracy {r['validation_accuracy']:.4f}, "
-            f"{cost}{r['seconds']:.2f} s")
+        say(f"epoch {r['epoch']}/{start + args.epochs}: validation accuracy {r['validation_accuracy']:.4f}, "
+            f"{cost}{r['seconds']:.2f} s ({r['mode']})")
 
-    history = net.sgd(data["train"], epochs=args.epochs, mini_batch_size=args.batch_size, eta=args.eta,
-                      lmbda=args.lmbda, evaluation_data=data["validation"], early_stopping=args.early_stopping,
-                      monitor_training_cost=not args.no_train_cost, progress=False if args.quiet else None,
-                      on_epoch=on_epoch, optimizer=args.optimizer,
-                      momentum=0.9 if args.momentum is None else args.momentum)
-    config = {**net.config(), **net.optimizer.config(), "batch_size": args.batch_size, "epochs": args.epochs,
-              "early_stopping": args.early_stopping, "train_cost": not args.no_train_cost}
-    test = net.measure(*data["test"], cost=False)
-    print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']})")
-    if args.save:
-        net.save(args.save)
-        say(f"model saved to {args.save}")
-    if args.metrics_out:
-        write_json(args.metrics_out, {"config": config, "backend": be.name, "device": be.device,
-                                      "epochs": history, "test_accuracy": test["accuracy"]})
-        say(f"metrics written to {args.metrics_out}")
+    interrupted = None
+    try:
+        with _warnings_as_lines("train"):
+            history = net.sgd(data["train"], epochs=args.epochs, mini_batch_size=keep("batch_size"), eta=args.eta,
+                              lmbda=keep("lmbda"), evaluation_data=data["validation"],
+                              early_stopping=args.early_stopping, monitor_training_cost=not args.no_train_cost,
+                              progress=False if args.quiet else None, on_epoch=on_epoch,
+                              optimizer=keep("optimizer"), momentum=args.momentum, resume=bool(args.resume),
+                              graph=graph)
+    except TrainingInterrupted as e:
+        history, interrupted = e.history, e
+    test = None
+    if interrupted is None:
+        if history.restored_best:
+            say(f"early stopping: restored the weights of epoch {history.best_epoch} (validation accuracy "
+                f"{history.best_accuracy:.4f}), the best of this run")
+        try:
+            test = net.measure(*data["test"], cost=False)
+            print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']})")
+        except KeyboardInterrupt:  # every epoch finished: keep them all
+            interrupted = TrainingInterrupted(history, net.epochs_trained, None)
+    config = {**net.config(), **net.optimizer.config(), "batch_size": net.mini_batch_size, "epochs": args.epochs,
+              "early_stopping": args.early_stopping, "train_cost": not args.no_train_cost, "graph": graph,
+              "graph_reason": graph_why}
+    metrics = {**provenance(args.argv), "config": config, "backend": be.name, "device": be.device,
+               "resumed_from": {"path": str(args.resume), "epochs": start} if args.resume else None,
+               "epochs": history, **history.summary(),
+               "interrupted": {"epoch": interrupted.epoch, "completed": interrupted.completed} if interrupted else None,
+               "test_accuracy": test["accuracy"] if test else None}
+    written, failed = _write_outputs([("model", args.save, net.save),
+                                      ("metrics", args.metrics_out, lambda p: write_json(p, metrics))], say)
+    if interrupted is not None:
+        print(f"gpubp train: {_interrupted_line(interrupted, written, failed)}", file=sys.stderr)
+        return 130
+    if failed:
+        raise GpubpError(failed)
     return 0
+
+
+def _interrupted_line(e, written, failed) -> str:
+    """'interrupted in epoch K: saved the model M and the metrics R after epoch K-1', and what failed."""
+    where = f"in epoch {e.epoch}" if e.epoch else f"after epoch {e.completed}"
+    if written:
+        kept = f"saved {' and '.join(written)} after epoch {e.completed}"
+    elif not failed:
+        kept = f"nothing saved (no --save or --metrics-out); epoch {e.completed} was the last to finish"
+    else:
+        kept = ""
+    return f"interrupted {where}: " + "; ".join(x for x in (kept, failed) if x)
+
+
+def _model_and_data(args, given, be):
+    """The network (new, or loaded from --resume and checked against the flags) and the data it fits."""
+    from .network import Network
+
+    if args.resume:
+        net = Network.load(args.resume, backend=be, gemm=args.gemm, tf32=args.tf32 if "tf32" in given else None)
+        _check_resume(args, given, net)
+        optimizer = args.optimizer if "optimizer" in given else net.optimizer.name
+    else:
+        optimizer = args.optimizer
+    if args.momentum is not None and optimizer != "momentum":
+        raise GpubpError(f"--momentum applies to --optimizer momentum, not {optimizer}")
+    if args.resume:
+        return net, _load_data(args, net.sizes, f"model {args.resume}")
+    data = _load_data(args, args.sizes, f"--sizes {','.join(map(str, args.sizes))}")
+    return Network(args.sizes, cost=args.cost, activation=args.activation, backend=be, dtype=args.dtype,
+                   seed=args.seed, init=args.init, gemm=args.gemm, tf32=args.tf32), data
+
+
+def _check_resume(args, given, net) -> None:
+    """A resumed run keeps the model it saved: flags that say otherwise are an error, not a surprise."""
+    if net.optimizer is None:
+        raise GpubpError(f"{args.resume} holds no optimizer state (it was saved before any training, or by gpubp "
+                         f"0.1): there is no run to resume; train it without --resume")
+    init = net.activation.init if args.init == "default" else args.init
+    saved = {"sizes": (args.sizes, net.sizes), "cost": (args.cost, net.cost.name),
+             "activation": (args.activation, net.activation.name), "dtype": (args.dtype, net.dtype.name),
+             "init": (init, net.init), "seed": (args.seed, net.seed)}
+    for dest, (flag, file) in saved.items():
+        if dest in given and flag != file:
+            show = (lambda v: ",".join(map(str, v))) if dest == "sizes" else str
+            raise GpubpError(f"--{dest} {show(flag)} conflicts with {args.resume}, whose {dest} is {show(file)}: "
+                             f"a resumed run keeps the model it saved; leave --{dest} out")
+
+
+def _given(args) -> set[str]:
+    """The destinations of the options given on the command line, as opposed to defaulted: the
+    arguments parsed again with every default suppressed."""
+    parser = build_parser()
+    sub = _subparser(parser, args.command)
+    for a in sub._actions:
+        a.default = argparse.SUPPRESS
+    ns, _ = parser.parse_known_args(args.argv[1:])
+    return set(vars(ns))
+
+
+@contextmanager
+def _warnings_as_lines(command):
+    """TrainingWarnings as one line each on stderr ("gpubp train: warning: ..."), every time they occur."""
+    from .errors import TrainingWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TrainingWarning)
+        warnings.showwarning = lambda message, *a, **k: print(f"gpubp {command}: warning: {message}", file=sys.stderr)
+        yield
 
 
 def cmd_evaluate(args) -> int:
@@ -219,7 +420,7 @@ def cmd_evaluate(args) -> int:
 
     be = get_backend(args.backend)
     net = Network.load(args.model, backend=be)
-    data = _load_data(args, net.sizes[0], net.sizes[-1])
+    data = _load_data(args, net.sizes, f"model {args.model}", split="test")
     test = net.measure(*data["test"], cost=False)
     print(f"{args.model}: {net}")
     print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']})")
@@ -233,52 +434,84 @@ def cmd_bench(args) -> int:
     _check_writable(args.json, "JSON file")
     _check_writable(args.plot, "plot")
     if args.plot:
-        pyplot()  # fail now, not after the sweep
+        pyplot("--plot", "gpubp bench ...")  # fail now, not after the sweep
+    for what, given, allowed in (("--routes", args.routes, bench.ROUTES), ("--modes", args.modes, bench.MODES)):
+        if given is not None and (not given or not set(given) <= set(allowed)):
+            raise GpubpError(f"{what} takes one or more of {', '.join(allowed)}, got {','.join(given) or 'nothing'}")
     result = bench.run(backends=args.backends, sizes=args.sizes, batch_sizes=args.batch_sizes, steps=args.steps,
                        repeats=args.repeats, dtype=args.dtype, quick=args.quick, data_dir=args.data_dir,
-                       log=lambda m: print(m, file=sys.stderr))
+                       verify=not args.no_verify, log=lambda m: print(m, file=sys.stderr),
+                       routes=args.routes or bench.ROUTES, modes=args.modes or bench.MODES)
     m = result["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, NumPy {m['numpy']} ({m['blas']['name']} "
           f"{m['blas']['version']}, {m['blas']['threads']} threads), GPU: {m['gpu'] or 'none'}")
     print(f"{result['dtype']}, cost {result['cost']}, {result['steps']} steps x {result['repeats']} repeats per case, "
-          f"epoch = {bench.EPOCH_ROWS} samples; GEMM rate {result['gemm_gflops']:.0f} GFLOP/s\n")
+          f"epoch = {result['epoch_rows']} samples; GEMM rate {result['gemm_gflops']:.0f} GFLOP/s\n")
     print(bench.table(result))
     for s in result["skipped"]:
         print(f"\nskipped: {s}")
-    if args.json:
-        write_json(args.json, result)
-    if args.plot:
-        plot(result, args.plot)
+    if result["warnings"]:
+        where = "on stderr above" + (", and in the JSON" if args.json else "")
+        print(f"\n{len(result['warnings'])} warning(s) {where}: some of these numbers may not be trusted")
+    result = {**provenance(args.argv), **result}
+    outputs = [("JSON", args.json, lambda p: write_json(p, result))]
+    if result["cases"]:
+        outputs.append(("plot", args.plot, lambda p: plot(result, p)))
+    written, failed = _write_outputs(outputs, lambda m: print(m, file=sys.stderr))
+    if result["interrupted"]:
+        n = len(result["cases"])
+        kept = f"; the table above and {' and '.join(written)} hold them" if written else "; the table above holds them"
+        print(f"gpubp bench: interrupted in case {result['interrupted']}: {n} case{'' if n == 1 else 's'} "
+              f"finished{kept}" + (f"; {failed}" if failed else ""), file=sys.stderr)
+        return 130
+    if failed:
+        raise GpubpError(failed)
     return 0
 
 
 def cmd_sweep(args) -> int:
-    from . import sweeping as sweep
-    from .bench.plot import pyplot
+    from . import sweeping
+    from .plotting import pyplot
 
     _check_writable(args.json, "JSON file")
     _check_writable(args.plot, "plot")
     if args.plot:
-        pyplot()  # fail now, not after the sweep
-    runs = sweep.grid(sweep.parse_seeds(args.seeds), etas=args.eta or [None], lmbdas=args.lmbda or [0.0],
-                      sizes=args.sizes, cost=args.cost, activation=args.activation, optimizer=args.optimizer,
-                      momentum=args.momentum, dtype=args.dtype, init=args.init, batch_size=args.batch_size,
-                      epochs=args.epochs)
-    data = _load_data(args, args.sizes[0], args.sizes[-1])
-    plan = sweep.groups(runs, args.group_size)
+        pyplot("--plot", "gpubp sweep ...")  # fail now, not after the sweep
+    runs = sweeping.grid(sweeping.parse_seeds(args.seeds), etas=args.eta or [None], lmbdas=args.lmbda or [0.0],
+                         sizes=args.sizes, cost=args.cost, activation=args.activation, optimizer=args.optimizer,
+                         momentum=args.momentum, dtype=args.dtype, init=args.init, batch_size=args.batch_size,
+                         epochs=args.epochs)
+    data = _load_data(args, args.sizes, "--sizes")
+    plan = sweeping.groups(runs, args.group_size)
     where = f"on Ray ({args.ray})" if args.ray else f"on backend {args.backend or 'auto'}"
     print(f"gpubp sweep: {len(runs)} runs in {len(plan)} group(s) of up to {max(map(len, plan))} models, {where}",
           file=sys.stderr)
-    result = sweep.sweep(runs, data=data, backend=args.backend, group_size=args.group_size, ray=args.ray,
-                         threads=args.threads, progress=False if args.quiet else None,
-                         monitor_training_cost=args.train_cost)
-    print(sweep.table(result))
+    result = sweeping.sweep(runs, data=data, backend=args.backend, group_size=args.group_size, ray=args.ray,
+                            threads=args.threads, progress=False if args.quiet else None,
+                            monitor_training_cost=args.train_cost)
+    result = {**result, **provenance(args.argv)}  # the command line, where the API has none
+    print(sweeping.table(result))
     print()
-    print(sweep.summary(result))
-    if args.json:
-        write_json(args.json, result)
-    if args.plot:
-        sweep.plot(result, args.plot)
+    print(sweeping.summary(result))
+    _, failed = _write_outputs([("JSON", args.json, lambda p: write_json(p, result)),
+                                ("plot", args.plot, lambda p: sweeping.plot(result, p))],
+                               lambda m: print(m, file=sys.stderr))
+    if failed:
+        raise GpubpError(failed)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from . import curves
+    from .plotting import pyplot
+
+    _check_writable(args.out, "plot")
+    pyplot("gpubp plot", "gpubp plot ...")  # fail before reading anything
+    runs = [curves.load_run(p) for p in args.runs]
+    names = curves.labels(runs, args.runs)
+    _, failed = _write_outputs([("plot", args.out, lambda p: curves.save(curves.figure(runs, names), p))], print)
+    if failed:
+        raise GpubpError(failed)
     return 0
 
 
@@ -293,6 +526,7 @@ def cmd_info(args) -> int:
     try:
         be = get_backend(args.backend)
         lines.append(f"backend: {be.name} on {be.device} ({be.reason})")
+        lines += _routes(be)
     except GpubpError as e:
         lines.append(f"backend: unavailable: {e}")
     lines += [f"GPU: {'yes, ' + why if ok else 'no: ' + why}",
@@ -305,8 +539,36 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _check_route(be, args) -> None:
+    """--gemm own without a kernel backend, or a --graph that cannot be captured: said before the data loads."""
+    from .network import Network
+
+    graph_mode(Network([2, 2], backend=be, gemm=args.gemm, dtype=args.dtype, tf32=args.tf32), args.graph)
+
+
+def _routes(be) -> list[str]:
+    """What `gpubp train` will do on ``be``: the products' route and whether an epoch is one graph."""
+    from .network import Network
+
+    lines = []
+    for gemm in GEMM_ROUTES:
+        try:
+            graph, why = graph_mode(Network([2, 2], backend=be, gemm=gemm))
+        except GpubpError as e:
+            lines.append(f"--gemm {gemm}: cannot run here: {e}")
+            continue
+        default = " (the default)" if gemm == "blas" else ""
+        lines.append(f"--gemm {gemm}{default}: " + (f"each epoch is one graph ({why})" if graph else why))
+    return lines
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, extra = parser.parse_known_args(argv)
+    args.argv = ["gpubp", *argv]
+    if extra:  # the subcommand's parser says it, so the hint is "gpubp train --help"
+        _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except GpubpError as e:
@@ -315,6 +577,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"gpubp {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _subparser(parser, command):
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
 
 
 if __name__ == "__main__":

@@ -1,58 +1,46 @@
-"""Costs: each a small object with its value ``fn``, its output layer's activation and the kernel
-of its output error delta^L (BP1), as network2.py's cost classes have ``fn`` and ``delta``.
+"""Costs: each a small object naming its output layer's activation and its kernels: its value and
+its output error delta^L (BP1), as network2.py's cost classes have ``fn`` and ``delta``.
 
-The value is computed for reporting (in float64, on the device); delta^L is one fused kernel
-(or its NumPy reference) that also applies the 1/m of the mean cost.
+The value is summed on the device in float64 (``<name>_cost``), so a data set's cost comes back
+in one copy; delta^L is one fused kernel (or its NumPy reference) that also applies the 1/m of
+the mean cost; the own route fuses the output layer's forward and delta^L (``layer_output_<name>``).
 
-Adding a cost: one entry here, and, if its delta^L is not one the kernels already have, the
-kernel in kernels/<name>.cu and its reference in gpubp/reference.py.
+Adding a cost: one entry here, its kernels in kernels/<name>.cu (its delta^L may be one the
+kernels already have) and their references in gpubp/reference.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 from .activations import SIGMOID, SOFTMAX, Activation
 from .errors import GpubpError
 
-# A saturated wrong answer costs -ln(CLIP) = 27.6 per output rather than inf (network2 used nan_to_num).
-CLIP = 1e-12
-
-
-def _quadratic(xp, A, Y):
-    """C = 0.5*||a - y||^2 summed over the rows of A, Y (m, n_out), as a float64 device scalar."""
-    diff = A.astype(xp.float64) - Y
-    return 0.5 * xp.sum(diff * diff)
-
-
-def _cross_entropy(xp, A, Y):
-    """C = -sum [y ln a + (1-y) ln(1-a)] over the rows (sigmoid outputs)."""
-    a = xp.clip(A.astype(xp.float64), CLIP, 1 - CLIP)
-    return -xp.sum(Y * xp.log(a) + (1 - Y) * xp.log(1 - a))
-
-
-def _log_likelihood(xp, A, Y):
-    """C = -sum y ln a over the rows (softmax outputs: -ln of the right class's probability)."""
-    a = xp.clip(A.astype(xp.float64), CLIP, 1.0)
-    return -xp.sum(Y * xp.log(a))
-
 
 @dataclass(frozen=True)
 class Cost:
-    """fn(xp, A, Y): the summed cost of a batch; output: the output layer's activation;
-    delta_kernel: ``<kernel>(D, A, Y, n, scale)``: D <- scale * delta^L."""
+    """output: the output layer's activation; delta_kernel: ``<kernel>(D, A, Y, n, scale)``:
+    D <- scale * delta^L; and, by name, ``<name>_cost(total, A, Y, rows, cols)``: total[0] += the
+    summed cost, and ``layer_output_<name>``: the own route's fused output layer."""
 
     name: str
-    fn: Callable
     output: Activation
     delta_kernel: str
     formula: str
 
+    @property
+    def value_kernel(self) -> str:
+        return f"{self.name}_cost"
 
-QUADRATIC = Cost("quadratic", _quadratic, SIGMOID, "quadratic_delta", "delta^L = (a - y) * sigma'(z^L)")
-CROSS_ENTROPY = Cost("cross_entropy", _cross_entropy, SIGMOID, "difference_delta", "delta^L = a - y")
-LOG_LIKELIHOOD = Cost("log_likelihood", _log_likelihood, SOFTMAX, "difference_delta", "delta^L = a - y (softmax)")
+    @property
+    def output_kernel(self) -> str:
+        return f"layer_output_{self.name}"
+
+
+QUADRATIC = Cost("quadratic", SIGMOID, "quadratic_delta", "C = 0.5 ||a - y||^2, delta^L = (a - y) sigma'(z^L)")
+CROSS_ENTROPY = Cost("cross_entropy", SIGMOID, "difference_delta",
+                     "C = -[y ln a + (1 - y) ln(1 - a)], delta^L = a - y")
+LOG_LIKELIHOOD = Cost("log_likelihood", SOFTMAX, "difference_delta", "C = -ln a_y (softmax), delta^L = a - y")
 
 COSTS = {c.name: c for c in (QUADRATIC, CROSS_ENTROPY, LOG_LIKELIHOOD)}
 DEFAULT = "quadratic"

@@ -19,16 +19,35 @@ def atomic_path(path):
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result gets the usual mode
         yield Path(tmp)
+        _fsync(tmp)  # a full disk can surface only here (delayed allocation, network file systems)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
 
 
+def _fsync(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def provenance(argv=None) -> dict:
+    """What every JSON output starts with: the gpubp version, when (ISO 8601, UTC) and the command line."""
+    from datetime import datetime, timezone
+
+    from .version import __version__
+
+    return {"gpubp_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "argv": list(argv) if argv is not None else None}
 
 
 def write_json(path, obj) -> None:

@@ -90,6 +90,14 @@ class Workspace:
         if backward:
             self.ones = be.empty((1, m), dtype)
             self.ones.fill(1)
+        self._targets = None
+        self.plans = None  # the fused update's prepared products (Network._update_plans)
+
+    def targets(self, be, n_out, dtype):
+        """A one-hot target buffer (m, n_out) for evaluation, made on first use."""
+        if self._targets is None:
+            self._targets = be.empty((self.m, n_out), dtype)
+        return self._targets
 
 
 class Network:
@@ -109,12 +117,15 @@ class Network:
         gemm: "blas" (default: BLAS products, then fused elementwise kernels) or "own" (our layer
             kernels, 3L - 1 launches a step; needs the cupy or emulated backend). Training steps
             take the route; evaluation always runs the forward pass through the BLAS.
+        tf32: float32 products read their inputs as TF32 (10-bit mantissa): cuBLAS's tensor-core
+            math on a GPU; our layer kernels and the CPU backends round the inputs (so TF32's effect
+            on accuracy is measured anywhere). Off by default.
     """
 
     lead: tuple = ()  # leading model axes of every parameter and activation array: (K,) in a Stack
 
     def __init__(self, sizes, cost="quadratic", activation="sigmoid", backend=None, dtype="float32",
-                 seed=None, init="default", gemm="blas"):
+                 seed=None, init="default", gemm="blas", tf32=False):
         self.sizes = check_sizes(sizes)
         if init not in INIT_CHOICES:
             raise GpubpError(f"unknown init {init!r}: choose one of {', '.join(INIT_CHOICES)}")
@@ -127,12 +138,16 @@ class Network:
         self.be = get_backend(backend)
         self.xp = self.be.xp
         self.gemm = self._check_route(gemm)
+        self.tf32 = bool(tf32)
+        if self.tf32 and self.dtype != np.float32:
+            raise GpubpError(f"tf32 is a float32 format: it cannot apply to a {self.dtype.name} network")
         self.seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else int(seed)
         if self.seed < 0:
             raise GpubpError(f"seed must be a non-negative integer, got {seed}")
         self.rng = np.random.default_rng(self.seed)  # the shuffle's generator (gpubp.training draws from it)
         self.optimizer: Optimizer | None = None  # the last one trained with, and its state
         self.epochs_trained = 0
+        self.mini_batch_size: int | None = None  # the last training run's, so that a resumed run keeps it
 
         self.L = len(self.sizes) - 1
         self.shapes = list(zip(self.sizes[1:], self.sizes[:-1]))  # W[l]: (n_out, n_in)
@@ -292,7 +307,7 @@ class Network:
         A = ws.A
         A[0] = X
         for l in range(self.L):
-            self.be.matmul(A[l], self._weights_T[l], out=A[l + 1])  # z = a W^T (+ b below)
+            self.be.matmul(A[l], self._weights_T[l], out=A[l + 1], tf32=self.tf32)  # z = a W^T (+ b below)
             self._bias_activate(l, A[l + 1])  # a = f(z + b), fused
         return A[self.L]
 
@@ -305,20 +320,22 @@ class Network:
         """BP1-BP4 from the activations in ws.A. With no optimizer, or one that is not fused, the
         mean-cost gradient goes to ``grads``; a fused one (plain SGD) writes its update into
         ``params`` inside the BP3/BP4 products, and the gradient is never stored."""
-        be, A, D, m = self.be, ws.A, ws.D, ws.m
+        be, A, D, m, tf = self.be, ws.A, ws.D, ws.m, self.tf32
         n_out = D[-1].size
         self._cost_delta(n_out, D[-1], A[-1], Y, n_out, 1.0 / m)  # BP1, over m: the mean cost
         fused = self._fuses(optimizer)
         for l in range(self.L - 1, -1, -1):
             if l > 0:  # BP2 before this layer's update, which changes W[l]
-                be.matmul(D[l], self.weights[l], out=D[l - 1])  # delta W ...
+                be.matmul(D[l], self.weights[l], out=D[l - 1], tf32=tf)  # delta W ...
                 self._act_delta(D[l - 1].size, D[l - 1], A[l], D[l - 1].size)  # ... (.) f'(z), from a = A[l]
-            if fused:  # BP4 and BP3, and network2's update in the same products
-                be.gemm(ws.DT[l], A[l], out=self.weights[l], alpha=-optimizer.eta, beta=optimizer.decay)
+            if fused and tf:  # BP4 and BP3, and network2's update in the same products
+                be.gemm(ws.DT[l], A[l], out=self.weights[l], alpha=-optimizer.eta, beta=optimizer.decay, tf32=tf)
                 be.gemm(ws.ones, D[l], out=self._bias_rows[l], alpha=-optimizer.eta, beta=1.0)
+            elif fused:  # the same, through products prepared once per workspace (a step's input varies)
+                self._fused_update(ws, l, optimizer)
             else:
-                be.matmul(ws.DT[l], A[l], out=self.grad_weights[l])  # BP4: delta^T a
-                be.matmul(ws.ones, D[l], out=self._grad_bias_rows[l])  # BP3: sum over rows
+                be.matmul(ws.DT[l], A[l], out=self.grad_weights[l], tf32=tf)  # BP4: delta^T a
+                be.matmul(ws.ones, D[l], out=self._grad_bias_rows[l])  # BP3: sum over rows (a sum: not TF32)
         if optimizer is not None and not fused:
             optimizer.update()
 
@@ -327,23 +344,24 @@ class Network:
         optimizer with state), no cuBLAS: forward layers, then the output layer's forward with BP1,
         then per layer from the top BP2 (before this layer's update changes W[l]) and BP3+BP4,
         into ``grads`` or, for plain SGD, as the update itself."""
-        k, A, D, m = ws.own, ws.A, ws.D, ws.m
+        k, A, D, m, tf = ws.own, ws.A, ws.D, ws.m, int(self.tf32)
         A[0] = X
         for l in range(self.L - 1):
-            k["forward"][l](A[l + 1], A[l], self.weights[l], self.biases[l], m, self.sizes[l], self.sizes[l + 1])
+            k["forward"][l](A[l + 1], A[l], self.weights[l], self.biases[l], m, self.sizes[l], self.sizes[l + 1], tf)
         L = self.L
         k["output"](A[L], D[L - 1], A[L - 1], self.weights[L - 1], self.biases[L - 1], Y, m, self.sizes[L - 1],
-                    self.sizes[L], 1.0 / m)
+                    self.sizes[L], 1.0 / m, tf)
         fused = self._fuses(optimizer)
         for l in range(L - 1, -1, -1):
             n_out, n_in = self.shapes[l]
             if l > 0:
-                k["delta"][l - 1](D[l - 1], D[l], self.weights[l], A[l], m, n_out, n_in)
+                k["delta"][l - 1](D[l - 1], D[l], self.weights[l], A[l], m, n_out, n_in, tf)
             if fused:
                 k["update"][l](self.weights[l], self.biases[l], D[l], A[l], m, n_out, n_in,
-                               -optimizer.eta, optimizer.decay, 1.0)
+                               -optimizer.eta, optimizer.decay, 1.0, tf)
             else:
-                k["update"][l](self.grad_weights[l], self.grad_biases[l], D[l], A[l], m, n_out, n_in, 1.0, 0.0, 0.0)
+                k["update"][l](self.grad_weights[l], self.grad_biases[l], D[l], A[l], m, n_out, n_in, 1.0, 0.0, 0.0,
+                               tf)
         if optimizer is not None and not fused:
             optimizer.update()
 
@@ -357,8 +375,23 @@ class Network:
             self._backward(Y, ws, optimizer)
 
     def _fuses(self, optimizer) -> bool:
-        """Whether this step folds the optimizer's update into BP3/BP4 (plain SGD, where it pays)."""
-        return optimizer is not None and optimizer.fused and self.n_weights >= self.be.fused_update_min_weights
+        """Whether this step folds the optimizer's update into BP3/BP4 (plain SGD)."""
+        return optimizer is not None and optimizer.fused
+
+    def _fused_update(self, ws, l, optimizer) -> None:
+        """BP4 and BP3 of layer l with network2's update in them: W <- decay W - eta D^T A, b <- b - eta 1 D."""
+        update_w, update_b = self._update_plans(ws)[l]
+        update_w(-optimizer.eta, optimizer.decay, ws.A[0] if l == 0 else None)
+        update_b(-optimizer.eta, 1.0)
+
+    def _update_plans(self, ws) -> list:
+        """Per layer, the fused update's two products (W <- decay W - eta D^T A, b <- b - eta 1 D)
+        prepared once for this workspace: their arrays never change, but for layer 0's input."""
+        if ws.plans is None:
+            be = self.be
+            ws.plans = [(be.gemm_plan(ws.DT[l], ws.A[l], self.weights[l]),
+                         be.gemm_plan(ws.ones, ws.D[l], self._bias_rows[l])) for l in range(self.L)]
+        return ws.plans
 
     def step(self, X, Y, optimizer: Optimizer) -> None:
         """One training step on device arrays X (m, n_0) and one-hot Y (m, n_L): forward, BP1-BP4 and
@@ -399,40 +432,74 @@ class Network:
     def measure(self, X, y, lmbda=0.0, cost=True, accuracy=True) -> dict:
         """Total cost (mean over rows, plus network2's L2 term 0.5*lmbda/n*sum w^2) and accuracy of
         (X (n, n_0), y (n,) labels), computed on the device and brought back in one copy."""
-        return self.measure_models(X, y, lmbda, cost, accuracy)[0]
+        return self.measure_all([(X, y, lmbda, cost, accuracy)])[0]
 
-    def measure_models(self, X, y, lmbda=0.0, cost=True, accuracy=True) -> list[dict]:
-        """``measure`` of every model on the same (X, y): [one dict] for a network, K for a stack
-        (whose ``lmbda`` may be one value per model)."""
-        X = self.to_device(X)
-        n = X.shape[0]
-        if n == 0:
-            raise GpubpError("cannot evaluate on an empty data set")
-        labels = self.labels(y, n)
-        xp = self.xp
-        models = list(np.ndindex(*self.lead))  # [()] for one network
-        totals = xp.zeros((2, *self.lead), dtype=xp.float64)  # [summed cost, number correct] per model
-        argmax_hits = self.be.kernel("argmax_hits", self.dtype)
-        for k in range(0, n, EVAL_ROWS):
+    def measure_all(self, sets) -> list[dict]:
+        """``measure`` for several data sets [(X, y, lmbda, cost, accuracy), ...], every sum kept
+        on the device in float64 and all of them brought back in ONE copy. With neither cost nor
+        accuracy asked for, a set still gets "finite": whether every parameter is finite."""
+        return [models[0] for models in self.measure_models(sets)]
+
+    def measure_models(self, sets) -> list[list[dict]]:
+        """``measure_all`` for every model: per set, [one dict] for a network, K for a stack (whose
+        lmbda may be one value per model). Still one copy back for everything."""
+        models = list(np.ndindex(*self.lead))  # [()] for one network, [(0,), ..., (K-1,)] for a stack
+        prepared = []
+        for X, y, lmbda, cost, accuracy in sets:
+            X = self.to_device(X)
+            if X.shape[0] == 0:
+                raise GpubpError("cannot evaluate on an empty data set")
+            lmbdas = np.broadcast_to(np.asarray(lmbda, dtype=np.float64), self.lead)
+            prepared.append((X, self.labels(y, X.shape[0]), lmbdas, bool(cost), bool(accuracy)))
+        per = 3 * len(models)  # per set and model: [summed cost, correct, sum of w^2 or of params]
+        totals = self._totals(per * len(prepared))
+        self.be.kernel("fill", np.float64)(totals.size, totals, totals.size, 0.0)
+        for i, (X, labels, lmbdas, cost, accuracy) in enumerate(prepared):
+            self._accumulate(X, labels, totals[per * i:per * (i + 1)], lmbdas, cost, accuracy, models)
+        host = self.be.to_host(totals).reshape(len(prepared), len(models), 3)
+        out = []
+        for (X, _, lmbdas, cost, accuracy), sums in zip(prepared, host):
+            n, per_model = X.shape[0], []
+            for i, (summed, correct, extra) in zip(models, sums):
+                per_model.append({"cost": (summed + 0.5 * float(lmbdas[i]) * extra) / n if cost else None,
+                                  "correct": int(correct) if accuracy else None,
+                                  "accuracy": float(correct) / n if accuracy else None, "n": n,
+                                  "finite": bool(np.isfinite(summed + extra))})
+            out.append(per_model)
+        return out
+
+    def _totals(self, size: int):
+        """A float64 device buffer of ``size`` sums, made once per size."""
+        key = ("totals", size)
+        if key not in self._ws:
+            self._ws[key] = self.be.empty((size,), np.float64)
+        return self._ws[key]
+
+    def _accumulate(self, X, labels, slots, lmbdas, cost, accuracy, models) -> None:
+        """Add one data set's summed cost, number correct and (for L2, or for the finiteness check)
+        sum of squared weights or of parameters into slots[3j], [3j + 1], [3j + 2] for the j-th of
+        ``models`` (indices into the leading axes), on the device: one forward pass for all of them."""
+        be, dt = self.be, self.dtype
+        for k in range(0, X.shape[0] if cost or accuracy else 0, EVAL_ROWS):
             Xc, lc = X[k:k + EVAL_ROWS], labels[k:k + EVAL_ROWS]
             rows = Xc.shape[0]
-            out = self._forward(Xc, self.workspace(rows, False))
-            Y = self.one_hot(lc) if cost else None
-            hits = self.be.empty((rows,), np.int32) if accuracy else None
-            for i in models:
+            ws = self.workspace(rows, False)
+            out = self._forward(Xc, ws)  # (*lead, rows, n_L)
+            if cost:
+                Y = ws.targets(be, self.sizes[-1], dt)
+                be.kernel("one_hot", dt)(Y.size, Y, lc, rows, Y.shape[1])
+            for j, i in enumerate(models):
                 if cost:
-                    totals[(0, *i)] += self.cost.fn(xp, out[i], Y)
+                    be.kernel(self.cost.value_kernel, dt)(rows, slots[3 * j:3 * j + 1], out[i], Y, rows, Y.shape[1])
                 if accuracy:
-                    argmax_hits(rows, hits, out[i], lc, rows, out.shape[-1])
-                    totals[(1, *i)] += xp.sum(hits)
-        lmbdas = np.broadcast_to(np.asarray(lmbda, dtype=np.float64), self.lead)  # one per model, or shared
-        for i in models:
+                    be.kernel("argmax_count", dt)(rows, slots[3 * j + 1:3 * j + 2], out[i], lc, rows, out.shape[-1])
+        for j, i in enumerate(models):
+            params = self.params[i]
             if cost and lmbdas[i]:
-                totals[(0, *i)] += 0.5 * lmbdas[i] * sum(xp.sum(w[i].astype(xp.float64) ** 2) for w in self.weights)
-        host = self.be.to_host(totals)
-        return [{"cost": float(host[(0, *i)]) / n if cost else None,
-                 "correct": int(host[(1, *i)]) if accuracy else None,
-                 "accuracy": float(host[(1, *i)]) / n if accuracy else None, "n": n} for i in models]
+                w = params[:self.n_weights]
+                be.kernel("sum_squares_into", dt)(w.size, slots[3 * j + 2:3 * j + 3], w, w.size)
+            elif not (cost or accuracy):
+                be.kernel("sum_into", dt)(self.n_params, slots[3 * j + 2:3 * j + 3], params, self.n_params)
 
     def evaluate(self, X, y) -> float:
         """Fraction of rows of X (n, n_0) whose largest output is the label y (n,)."""
@@ -446,9 +513,10 @@ class Network:
     # Training and files
     # -----------------------------------------------------------------------------------------
 
-    def sgd(self, training_data, epochs=30, mini_batch_size=10, eta=None, lmbda=0.0,
+    def sgd(self, training_data, epochs=30, mini_batch_size=None, eta=None, lmbda=None,
             evaluation_data=None, **options):
-        """Mini-batch training; see gpubp.training.train for every option. Returns the per-epoch history."""
+        """Mini-batch training (mini_batch_size 10 and lmbda 0 unless given, or the saved run's with
+        resume=True); see gpubp.training.train for every option. Returns the per-epoch History."""
         from .training import train
 
         return train(self, training_data, epochs=epochs, mini_batch_size=mini_batch_size, eta=eta,
@@ -457,21 +525,21 @@ class Network:
     def config(self) -> dict:
         """What rebuilds this network (with ``Network(**config)``), as JSON-ready values."""
         return {"sizes": list(self.sizes), "cost": self.cost.name, "activation": self.activation.name,
-                "dtype": self.dtype.name, "seed": self.seed, "init": self.init, "gemm": self.gemm}
+                "dtype": self.dtype.name, "seed": self.seed, "init": self.init, "gemm": self.gemm, "tf32": self.tf32}
 
     def save(self, path) -> None:
         """Write the model, its optimizer's state and its training progress to ``path`` (.npz, no
         pickle), atomically: a crash leaves the old file or none, never half of one."""
         arrays = {"params": self.get_params()}
         meta = {"model": self.config(), "epochs_trained": self.epochs_trained,
-                "rng": self.rng.bit_generator.state}
+                "rng": self.rng.bit_generator.state, "mini_batch_size": self.mini_batch_size}
         if self.optimizer is not None:
             meta["optimizer"] = self.optimizer.config()
             arrays.update({f"optimizer_{k}": v for k, v in self.optimizer.state_arrays().items()})
         checkpoint.save(path, meta, arrays)
 
     @classmethod
-    def load(cls, path, backend=None) -> Network:
+    def load(cls, path, backend=None, gemm="blas", tf32=None) -> Network:
         """The network saved in ``path``, with its optimizer state and training progress when the
         file has them; ModelFileError if it is not a whole, consistent gpubp model."""
         meta, arrays = checkpoint.load(path)
@@ -485,9 +553,11 @@ class Network:
             raise ModelFileError(f"{path} is inconsistent: {e}") from None
         try:
             net = cls(cfg["sizes"], cost=cfg["cost"], activation=cfg.get("activation", "sigmoid"),
-                      backend=backend, dtype=cfg["dtype"], seed=cfg.get("seed"), init=cfg.get("init", "default"))
+                      backend=backend, dtype=cfg["dtype"], seed=cfg.get("seed"), init=cfg.get("init", "default"),
+                      gemm=gemm, tf32=cfg.get("tf32", False) if tf32 is None else tf32)
             net.set_params(arrays["params"])
             net.epochs_trained = int(meta.get("epochs_trained", 0))
+            net.mini_batch_size = int(meta["mini_batch_size"]) if meta.get("mini_batch_size") else None
             if meta.get("rng"):
                 net.rng.bit_generator.state = meta["rng"]
             if meta.get("optimizer"):

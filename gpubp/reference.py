@@ -12,6 +12,7 @@ a = f(z), as the kernels compute it, so z is never kept); then the kernels, in t
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit as _expit
 
 
 def _buffer(scratch, like):
@@ -35,12 +36,9 @@ def _per_model(x):
 # ---------------------------------------------------------------------------------------------
 
 def sigmoid(z, out=None):
-    """sigma(z) = 0.5 + 0.5*tanh(z/2), elementwise: equal to 1/(1+exp(-z)) and never overflows."""
-    out = np.multiply(z, 0.5, out=out)
-    np.tanh(out, out=out)
-    out *= 0.5
-    out += 0.5
-    return out
+    """sigma(z) = 1/(1+exp(-z)), elementwise, by SciPy's expit: one pass that never overflows (the
+    kernels' 0.5 + 0.5*tanh(z/2) is the same function; tests tie the two to 1e-7)."""
+    return _expit(z, out=out)
 
 
 def sigmoid_prime_from_output(a, out=None):
@@ -137,9 +135,29 @@ relu_delta = _delta_kernel(relu_prime_from_output, "relu")
 # The tile (_s, _l) changes how a GPU computes the product, not what it is.
 # ---------------------------------------------------------------------------------------------
 
+def round_tf32(x, out=None):
+    """float32 x rounded to TF32, the 10 mantissa bits tensor cores read (to nearest, ties to even; NaN
+    and inf kept), as kernels/gpubp.cuh's gpubp_tf32; other dtypes are returned as they are (copied
+    into out when given)."""
+    if out is None:
+        out = np.array(x)
+    else:
+        np.copyto(out, x)
+    if out.dtype != np.float32:
+        return out
+    u = out.view(np.uint32)
+    finite = (u & 0x7F800000) != 0x7F800000
+    u[finite] = (u[finite] + 0x0FFF + ((u[finite] >> 13) & 1)) & 0xFFFFE000
+    return out
+
+
+def _tf32(x, tf32):
+    return round_tf32(x) if tf32 and x.dtype == np.float32 else x
+
+
 def _layer_forward_kernel(f, name, tile):
-    def layer_forward(A_out, A_in, W, b, m, n_in, n_out):
-        np.matmul(A_in, W.T, out=A_out)
+    def layer_forward(A_out, A_in, W, b, m, n_in, n_out, tf32):
+        np.matmul(_tf32(A_in, tf32), _tf32(W, tf32).T, out=A_out)
         np.add(A_out, b, out=A_out)
         f(A_out, out=A_out)
 
@@ -149,8 +167,8 @@ def _layer_forward_kernel(f, name, tile):
 
 
 def _layer_delta_kernel(prime, name, tile):
-    def layer_delta(D_prev, D, W, A_prev, m, n_out, n_in, *, scratch=None):
-        np.matmul(D, W, out=D_prev)
+    def layer_delta(D_prev, D, W, A_prev, m, n_out, n_in, tf32, *, scratch=None):
+        np.matmul(_tf32(D, tf32), _tf32(W, tf32), out=D_prev)
         D_prev *= prime(A_prev, out=_buffer(scratch, A_prev))
 
     layer_delta.__name__ = layer_delta.__qualname__ = f"layer_delta_{name}_{tile}"
@@ -165,10 +183,10 @@ for _name, _f, _prime in (("sigmoid", sigmoid, sigmoid_prime_from_output), ("tan
         globals()[f"layer_delta_{_name}_{_tile}"] = _layer_delta_kernel(_prime, _name, _tile)
 
 
-def layer_update_s(W, b, D, A_in, m, n_out, n_in, alpha, beta, beta_b):
+def layer_update_s(W, b, D, A_in, m, n_out, n_in, alpha, beta, beta_b, tf32):
     """W (n_out, n_in) <- beta W + alpha D^T A_in;  b <- beta_b b + alpha sum_rows D. beta = 0 does not
     read the old W (nor beta_b = 0 the old b), so poisoned buffers are overwritten."""
-    product = D.T @ A_in
+    product = _tf32(D, tf32).T @ _tf32(A_in, tf32)
     if beta == 0:
         np.multiply(product, alpha, out=W)
     else:
@@ -186,8 +204,8 @@ layer_update_l = layer_update_s
 
 
 def _layer_output_kernel(f, delta, name):
-    def layer_output(A_out, D, A_in, W, b, Y, m, n_in, n_out, scale):
-        np.matmul(A_in, W.T, out=A_out)
+    def layer_output(A_out, D, A_in, W, b, Y, m, n_in, n_out, scale, tf32):
+        np.matmul(_tf32(A_in, tf32), _tf32(W, tf32).T, out=A_out)
         np.add(A_out, b, out=A_out)
         f(A_out, out=A_out)
         delta(D, A_out, Y, A_out.size, scale)
@@ -315,8 +333,17 @@ def adam_update_models(p, g, m, v, steps, done, n, n_params, n_weights, eta, bet
 
 
 # ---------------------------------------------------------------------------------------------
-# Labels  (kernels: one_hot.cu, argmax_hits.cu)
+# Data and evaluation  (kernels: gather.cu, one_hot.cu, argmax_count.cu, the costs' *_cost, accumulate.cu)
 # ---------------------------------------------------------------------------------------------
+
+CLIP = 1e-12  # a saturated wrong answer costs -ln(CLIP) = 27.6 per output rather than inf (GPUBP_COST_CLIP)
+
+
+def gather_rows(Xs, Ys, X, Y, perm, rows, cols_x, cols_y):
+    """Xs <- X[perm], Ys <- Y[perm]: one epoch's shuffle."""
+    np.take(X, perm, axis=0, out=Xs)
+    np.take(Y, perm, axis=0, out=Ys)
+
 
 def one_hot(Y, labels, rows, classes):
     """Y (rows, classes) <- one-hot rows of the int labels (rows,)."""
@@ -324,6 +351,38 @@ def one_hot(Y, labels, rows, classes):
     Y[np.arange(rows), labels] = 1
 
 
-def argmax_hits(hits, A, labels, rows, cols):
-    """hits (rows,) int32 <- (argmax of each row of A == label); ties to the first, NaN is the max."""
-    hits[...] = np.argmax(A, axis=1) == labels
+def argmax_count(total, A, labels, rows, cols):
+    """total[0] += the number of rows whose argmax is the label (ties to the first, NaN is the max)."""
+    total[0] += np.count_nonzero(np.argmax(A, axis=1) == labels)
+
+
+def _cost_kernel(term, name):
+    def cost(total, A, Y, rows, cols):
+        total[0] += np.sum(term(np.asarray(A, dtype=np.float64), Y))
+
+    cost.__name__ = cost.__qualname__ = f"{name}_cost"
+    cost.__doc__ = f"total[0] += the {name} cost summed over the rows of A, Y (rows, cols), in float64."
+    return cost
+
+
+quadratic_cost = _cost_kernel(lambda a, y: 0.5 * (a - y) ** 2, "quadratic")
+cross_entropy_cost = _cost_kernel(
+    lambda a, y: -(y * np.log(np.clip(a, CLIP, 1 - CLIP)) + (1 - y) * np.log(1 - np.clip(a, CLIP, 1 - CLIP))),
+    "cross_entropy")
+log_likelihood_cost = _cost_kernel(lambda a, y: -y * np.log(np.clip(a, CLIP, 1.0)), "log_likelihood")
+
+
+def fill(x, n, value):
+    """x[...] <- value."""
+    x[...] = value
+
+
+def sum_into(total, x, n):
+    """total[0] += sum of x, in float64."""
+    total[0] += np.sum(x, dtype=np.float64)
+
+
+def sum_squares_into(total, x, n):
+    """total[0] += sum of x^2, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    total[0] += np.dot(x, x)

@@ -13,10 +13,16 @@ differ per model take the model's index: the bias (``bias_<act>_models``, whose 
 model k's b) and the update (``<optimizer>_update_models``, with model k's eta and lambda).
 Launches and GEMMs per step therefore do not grow with K.
 
+Plain SGD: one network folds its update into the BP3/BP4 products (W <- decay W - eta D^T A, one
+GEMM with alpha and beta). A batched product has one alpha and one beta for all K models, so on the
+GPU a stack computes the gradient in one batched product and updates with sgd_update_models; on the
+CPU (Backend.fuses_per_model) it folds each model's update into that model's own product, prepared
+once, as one network does.
+
 Model k starts from exactly Network(seed=seeds[k])'s parameters and shuffles with its own
 generator, seeded as Network(seed=seeds[k]) seeds its own, so it trains as that network would,
 step for step: on NumPy the same BLAS calls on the same numbers (bit for bit, as the tests check);
-on a GPU within rounding, since a stack never folds plain SGD's update into BP4.
+on a GPU within rounding (the update is not folded there).
 """
 
 from __future__ import annotations
@@ -63,9 +69,25 @@ class Stack(Network):
         work = rows if self.layer_activations[l].row_wise else Z.size
         self._bias_act_models[l](work, Z, self._bias_from[l], rows, n, m, self.n_params)
 
+    def _fused_update(self, ws, l, group) -> None:
+        """Layer l's BP4 and BP3 with each model's own SGD update in them: 2K prepared host products."""
+        for k, (update_w, update_b) in enumerate(self._update_plans(ws)[l]):
+            o = group.optimizers[k]
+            update_w(-o.eta, o.decay, ws.A[0][k] if l == 0 else None)
+            update_b(-o.eta, 1.0)
+
+    def _update_plans(self, ws) -> list:
+        """Per layer and model, the fused update's two products, prepared once for this workspace."""
+        if ws.plans is None:
+            be = self.be
+            ws.plans = [[(be.gemm_plan(ws.DT[l][k], ws.A[l][k], self.weights[l][k]),
+                          be.gemm_plan(ws.ones, ws.D[l][k], self._bias_rows[l][k])) for k in range(self.K)]
+                        for l in range(self.L)]
+        return ws.plans
+
     def measure(self, X, y, lmbda=0.0, cost=True, accuracy=True) -> list[dict]:
-        """Network.measure for each model, on the same (X, y): a list of K dicts."""
-        return self.measure_models(X, y, lmbda, cost, accuracy)
+        """Network.measure for each model, on the same (X, y) (lmbda: one, or one per model): K dicts."""
+        return self.measure_models([(X, y, lmbda, cost, accuracy)])[0]
 
     def network(self, k: int) -> Network:
         """Model k as a Network of its own (a copy of its parameters, its seed, its shuffle state)."""

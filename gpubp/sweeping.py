@@ -22,8 +22,6 @@ import math
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
-
 import numpy as np
 
 from .errors import GpubpError
@@ -154,40 +152,50 @@ class Group:
         self.X, self.labels = s.to_device(X), s.labels(y, self.n)  # the training set goes up once
         self.Y = s.one_hot(self.labels)
         self.validation = (s.to_device(Xv), s.labels(yv, len(yv)))
+        self.order = s.be.empty((s.K * self.n,), np.int64)  # an epoch's K permutations, batch by batch
+        self.gather = s.be.kernel("gather_rows", s.dtype)
         self.batches: dict[int, tuple] = {}  # rows -> the gathered (K, rows, n_0) and (K, rows, n_L) batches
 
     def epoch(self) -> float:
         """One epoch of every model; its seconds, synchronized. Each model's permutation comes from its
-        own generator (as Network(seed=s).rng draws one per epoch) and all K go up at once; each step
-        gathers the K models' batches with one take per array, into the same buffers every time."""
-        s, n, xp = self.stack, self.n, self.stack.xp
-        perms = s.be.to_device(np.stack([rng.permutation(n) for rng in s.rngs]))  # (K, n)
+        own generator (as Network(seed=s).rng draws one per epoch); all K go up in one copy, laid out
+        batch by batch, so each step gathers its K batches (K*m rows) with one launch, into the same
+        buffers every step."""
+        s, n, bs = self.stack, self.n, self.bs
+        perms = np.stack([rng.permutation(n) for rng in s.rngs])  # (K, n)
+        full = n // bs * bs  # step j's K*bs rows: model 0's batch j, then model 1's, ...
+        s.be.upload(self.order, np.concatenate([perms[:, :full].reshape(s.K, -1, bs).transpose(1, 0, 2).ravel(),
+                                                perms[:, full:].ravel()]))
+        n_in, n_out = s.sizes[0], s.sizes[-1]
         s.be.synchronize()
         t0 = time.perf_counter()
-        for k in range(0, n, self.bs):  # the last, partial batch is used too
-            m = min(self.bs, n - k)
+        for k in range(0, n, bs):  # the last, partial batch is used too
+            m = min(bs, n - k)
             if m not in self.batches:
-                self.batches[m] = tuple(s.be.empty((s.K, m, w), s.dtype) for w in (s.sizes[0], s.sizes[-1]))
+                self.batches[m] = tuple(s.be.empty((s.K, m, w), s.dtype) for w in (n_in, n_out))
             Xb, Yb = self.batches[m]
-            idx = perms[:, k:k + m]
-            xp.take(self.X, idx, axis=0, out=Xb)
-            xp.take(self.Y, idx, axis=0, out=Yb)
+            rows = s.K * m
+            self.gather(rows * (n_in + n_out), Xb.reshape(rows, n_in), Yb.reshape(rows, n_out), self.X, self.Y,
+                        self.order[s.K * k:s.K * k + rows], rows, n_in, n_out)
             s.step(Xb, Yb, self.opt)
         s.be.synchronize()
         s.epochs_trained += 1
         return time.perf_counter() - t0
 
-    def evaluate(self, epoch, seconds, monitor_training_cost) -> tuple[np.ndarray, list[dict]]:
-        """(whether each model's parameters are finite, each model's record of this epoch)."""
-        s, xp = self.stack, self.stack.xp
+    def evaluate(self, epoch, seconds, monitor_training_cost) -> tuple[list[bool], list[dict]]:
+        """(whether each model's parameters are finite, each model's record of this epoch), from one
+        copy back: the validation accuracy, the finiteness check and, if asked, the training cost."""
+        s = self.stack
         t1 = time.perf_counter()
-        finite = s.be.to_host(xp.isfinite(xp.sum(s.params, axis=1)))
-        costs = (s.measure(self.X, self.labels, lmbda=self.lmbdas, accuracy=False) if monitor_training_cost
-                 else [{"cost": None}] * s.K)
-        accuracy = s.measure(*self.validation, cost=False)
+        sets = [(*self.validation, 0.0, False, True), (*self.validation, 0.0, False, False)]
+        if monitor_training_cost:
+            sets.append((self.X, self.labels, self.lmbdas, True, False))
+        accuracy, finite, *costs = s.measure_models(sets)
+        costs = costs[0] if costs else [{"cost": None}] * s.K
         eval_seconds = time.perf_counter() - t1
-        return finite, [{"epoch": epoch, "seconds": seconds, "eval_seconds": eval_seconds, "train_cost": c["cost"],
-                         "validation_accuracy": a["accuracy"]} for c, a in zip(costs, accuracy)]
+        return [f["finite"] for f in finite], [
+            {"epoch": epoch, "seconds": seconds, "eval_seconds": eval_seconds, "train_cost": c["cost"],
+             "validation_accuracy": a["accuracy"]} for c, a in zip(costs, accuracy)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,16 +287,15 @@ def result(groups_done, backend=None, ray=None, seconds=None) -> dict:
     """The sweep's JSON-ready record: every run (settings, history, results, its group), each
     group's size, seconds and device, and what ran it (gpubp version, machine, time)."""
     from . import sysinfo
-    from .version import __version__
+    from .fileio import provenance
 
     runs, info = [], []
     for i, g in enumerate(groups_done):
         info.append({"group": i, "size": g["size"], "seconds": g["seconds"], "backend": g["backend"],
                      "device": g["device"], **({"node": g["node"]} if "node" in g else {})})
         runs += [{**r, "group": i} for r in g["runs"]]
-    return {"gpubp": __version__, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": sysinfo.machine(), "backend": backend or "auto", "ray": ray, "seconds": seconds,
-            "groups": info, "runs": runs}
+    return {**provenance(), "machine": sysinfo.machine(), "backend": backend or "auto", "ray": ray,
+            "seconds": seconds, "groups": info, "runs": runs}
 
 
 def _bar(show, total):
@@ -360,26 +367,20 @@ def summary(result) -> str:
 
 def plot(result, path) -> None:
     """Test accuracy per config (PNG): each seed a dot, the mean a bar, the seeds' min..max a line."""
-    from .bench.plot import pyplot
-    from .fileio import atomic_path
+    from .plotting import pyplot, save
 
-    plt = pyplot()
     configs = _configs(result)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(configs) + 2), 4.2))
-    try:
-        for x, runs in enumerate(configs.values()):
-            test = [100 * r["test_accuracy"] for r in runs]
-            jitter = np.linspace(-0.12, 0.12, len(test)) if len(test) > 1 else [0.0]
-            ax.plot([x, x], [min(test), max(test)], color="C0", lw=2, alpha=0.5)
-            ax.scatter(x + np.asarray(jitter), test, color="C0", s=18, zorder=3)
-            ax.plot([x - 0.25, x + 0.25], [statistics.fmean(test)] * 2, color="C3", lw=2)
-        ax.set_xticks(range(len(configs)), list(configs), rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel("test accuracy (%)")
-        run = result["runs"][0]["run"]
-        ax.set_title(f"{','.join(map(str, run['sizes']))} {run['cost']}, {run['epochs']} epochs: "
-                     f"each seed a dot, mean a red bar", fontsize=9)
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
+    fig, ax = pyplot().subplots(figsize=(max(5.0, 1.6 * len(configs) + 2), 4.2))
+    for x, runs in enumerate(configs.values()):
+        test = [100 * r["test_accuracy"] for r in runs]
+        jitter = np.linspace(-0.12, 0.12, len(test)) if len(test) > 1 else [0.0]
+        ax.plot([x, x], [min(test), max(test)], color="C0", lw=2, alpha=0.5)
+        ax.scatter(x + np.asarray(jitter), test, color="C0", s=18, zorder=3)
+        ax.plot([x - 0.25, x + 0.25], [statistics.fmean(test)] * 2, color="C3", lw=2)
+    ax.set_xticks(range(len(configs)), list(configs), rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    run = result["runs"][0]["run"]
+    ax.set_title(f"{','.join(map(str, run['sizes']))} {run['cost']}, {run['epochs']} epochs: "
+                 f"each seed a dot, mean a red bar", fontsize=9)
+    fig.tight_layout()
+    save(fig, path)

@@ -60,8 +60,8 @@ def _openblas_threads():
 
 
 # gpubp is installed from a clone, not from a package index, so the hints name the clone's commands.
-GPU_INSTALL_HINT = ("from the clone: uv run --extra cuda13 ... or pip install -e '.[cuda13]'; "
-                    "cuda12 for a CUDA 12 driver")
+GPU_INSTALL_HINT = ("from the clone: uv run --extra cuda13 gpubp ... or pip install -e '.[cuda13]'; "
+                    "with a CUDA 12 driver, --extra cuda12 or '.[cuda12]'")
 
 
 def first_line(e: BaseException) -> str:

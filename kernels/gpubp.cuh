@@ -20,6 +20,19 @@ __host__ __device__ __forceinline__ double gpubp_expm1(double x) { return expm1(
 __host__ __device__ __forceinline__ float gpubp_log1p(float x) { return log1pf(x); }
 __host__ __device__ __forceinline__ double gpubp_log1p(double x) { return log1p(x); }
 
+// x rounded to TF32 (the 10 mantissa bits tensor cores read; to nearest, ties to even; NaN and inf
+// kept): the layer kernels' operands under --tf32. TF32 is a float32 format: a double is kept as is.
+__host__ __device__ __forceinline__ float gpubp_tf32(float x) {
+    union {
+        float f;
+        unsigned int u;
+    } v;
+    v.f = x;
+    if ((v.u & 0x7f800000u) != 0x7f800000u) v.u = (v.u + 0x0fffu + ((v.u >> 13) & 1u)) & 0xffffe000u;
+    return v.f;
+}
+__host__ __device__ __forceinline__ double gpubp_tf32(double x) { return x; }
+
 template <typename T>
 __host__ __device__ __forceinline__ T gpubp_sigmoid(T z) {
     return T(0.5f) + T(0.5f) * gpubp_tanh(T(0.5f) * z);

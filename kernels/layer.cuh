@@ -25,6 +25,9 @@
 //              units): 16 FMAs per 8 shared-memory loads per k, the usual SGEMM register blocking.
 //   TileOutput 64 x 32, BK 16, 4 x 2 per thread: the output layer, whose N = n_out (10 classes)
 //              fits one tile column, so the softmax's row reduction stays inside the block.
+// tf32 (an argument of every layer kernel): round the staged float operands to TF32, so the own
+// route's products take TF32's inputs as cuBLAS's tensor cores do under --tf32; the sums stay FP32
+// and the multiplies run on the FP32 units (these tiles do not use tensor cores).
 // The FLOP efficiency these reach on a GPU is not measured here (no GPU); the README's model
 // states the assumption it makes and where it comes from.
 #ifndef GPUBP_LAYER_CUH
@@ -50,22 +53,24 @@ struct Operand {
 };
 
 // Stage the ROWS x BK slice of operand x that starts at (r0, k0) into s[k][r] (s: any 2-D
-// indexable, so the emulator's bounds-checked shared arrays fit as well as plain ones).
+// indexable, so the emulator's bounds-checked shared arrays fit as well as plain ones), rounded to
+// TF32 when tf32 is set (float data only: the products then have TF32's inputs and FP32's sums).
 template <int ROWS, int BK, int THREADS, bool K_FAST, class S, typename T>
 __device__ __forceinline__ void stage(S& s, const Operand<T>& x, long long r0, long long k0, long long rows,
-                                      long long K, int tid) {
+                                      long long K, int tid, int tf32) {
     for (int idx = tid; idx < ROWS * BK; idx += THREADS) {
         const int r = K_FAST ? idx / BK : idx % ROWS;
         const int k = K_FAST ? idx % BK : idx / ROWS;
         const long long gr = r0 + r, gk = k0 + k;
-        s[k][r] = (gr < rows && gk < K) ? x.p[gr * x.s_r + gk * x.s_k] : T(0);
+        const T v = (gr < rows && gk < K) ? x.p[gr * x.s_r + gk * x.s_k] : T(0);
+        s[k][r] = tf32 ? gpubp_tf32(v) : v;
     }
 }
 
 // acc <- this thread's micro-tile of C for the block's tile (blockIdx.y, blockIdx.x).
 template <typename T, class Tile, bool A_K_FAST, bool B_K_FAST>
 __device__ __forceinline__ void tile_product(T (&acc)[Tile::TM][Tile::TN], const Operand<T>& a, const Operand<T>& b,
-                                             long long M, long long N, long long K) {
+                                             long long M, long long N, long long K, int tf32) {
     constexpr int BM = Tile::BM, BN = Tile::BN, BK = Tile::BK, TM = Tile::TM, TN = Tile::TN;
     constexpr int THREADS = (BM / TM) * (BN / TN);
     __shared__ T As[BK][BM + 1];
@@ -75,8 +80,8 @@ __device__ __forceinline__ void tile_product(T (&acc)[Tile::TM][Tile::TN], const
     for (int u = 0; u < TM; ++u)
         for (int v = 0; v < TN; ++v) acc[u][v] = T(0);
     for (long long k0 = 0; k0 < K; k0 += BK) {
-        stage<BM, BK, THREADS, A_K_FAST>(As, a, i0, k0, M, K, tid);
-        stage<BN, BK, THREADS, B_K_FAST>(Bs, b, j0, k0, N, K, tid);
+        stage<BM, BK, THREADS, A_K_FAST>(As, a, i0, k0, M, K, tid, tf32);
+        stage<BN, BK, THREADS, B_K_FAST>(Bs, b, j0, k0, N, K, tid, tf32);
         __syncthreads();  // the slice is whole before anyone reads it
         for (int k = 0; k < BK; ++k) {
             T ra[TM], rb[TN];
@@ -105,18 +110,20 @@ __device__ __forceinline__ void for_each_element(const T (&acc)[Tile::TM][Tile::
 // A_out (m, n_out) = Act::f(A_in (m, n_in) W^T + b): forward, one layer.
 template <class Act, class Tile, typename T>
 __device__ __forceinline__ void layer_forward(T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W,
-                                              const T* __restrict__ b, long long m, long long n_in, long long n_out) {
+                                              const T* __restrict__ b, long long m, long long n_in, long long n_out,
+                                              int tf32) {
     T acc[Tile::TM][Tile::TN];
-    tile_product<T, Tile, true, true>(acc, Operand<T>{A_in, n_in, 1}, Operand<T>{W, n_in, 1}, m, n_out, n_in);
+    tile_product<T, Tile, true, true>(acc, Operand<T>{A_in, n_in, 1}, Operand<T>{W, n_in, 1}, m, n_out, n_in, tf32);
     for_each_element<Tile>(acc, m, n_out, [&](long long i, long long j, T c) { A_out[i * n_out + j] = Act::f(c + b[j]); });
 }
 
 // D_prev (m, n_in) = (D (m, n_out) W (n_out, n_in)) (.) Act'(from A_prev): BP2.
 template <class Act, class Tile, typename T>
 __device__ __forceinline__ void layer_delta(T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W,
-                                            const T* __restrict__ A_prev, long long m, long long n_out, long long n_in) {
+                                            const T* __restrict__ A_prev, long long m, long long n_out, long long n_in,
+                                            int tf32) {
     T acc[Tile::TM][Tile::TN];
-    tile_product<T, Tile, true, false>(acc, Operand<T>{D, n_out, 1}, Operand<T>{W, 1, n_in}, m, n_in, n_out);
+    tile_product<T, Tile, true, false>(acc, Operand<T>{D, n_out, 1}, Operand<T>{W, 1, n_in}, m, n_in, n_out, tf32);
     for_each_element<Tile>(acc, m, n_in, [&](long long i, long long j, T c) {
         D_prev[i * n_in + j] = c * Act::prime_from_output(A_prev[i * n_in + j]);
     });
@@ -129,9 +136,9 @@ __device__ __forceinline__ void layer_delta(T* __restrict__ D_prev, const T* __r
 template <class Tile, typename T>
 __device__ __forceinline__ void layer_update(T* __restrict__ W, T* __restrict__ b, const T* __restrict__ D,
                                              const T* __restrict__ A_in, long long m, long long n_out,
-                                             long long n_in, T alpha, T beta, T beta_b) {
+                                             long long n_in, T alpha, T beta, T beta_b, int tf32) {
     T acc[Tile::TM][Tile::TN];
-    tile_product<T, Tile, false, false>(acc, Operand<T>{D, 1, n_out}, Operand<T>{A_in, 1, n_in}, n_out, n_in, m);
+    tile_product<T, Tile, false, false>(acc, Operand<T>{D, 1, n_out}, Operand<T>{A_in, 1, n_in}, n_out, n_in, m, tf32);
     for_each_element<Tile>(acc, n_out, n_in, [&](long long i, long long j, T c) {
         T* w = W + i * n_in + j;
         *w = beta == T(0) ? alpha * c : beta * *w + alpha * c;
@@ -152,10 +159,10 @@ __device__ __forceinline__ void layer_update(T* __restrict__ W, T* __restrict__ 
 template <class Act, class Delta, typename T>
 __device__ __forceinline__ void layer_output(T* __restrict__ A_out, T* __restrict__ D, const T* __restrict__ A_in,
                                              const T* __restrict__ W, const T* __restrict__ b, const T* __restrict__ Y,
-                                             long long m, long long n_in, long long n_out, T scale) {
+                                             long long m, long long n_in, long long n_out, T scale, int tf32) {
     using Tile = TileOutput;
     T acc[Tile::TM][Tile::TN];
-    tile_product<T, Tile, true, true>(acc, Operand<T>{A_in, n_in, 1}, Operand<T>{W, n_in, 1}, m, n_out, n_in);
+    tile_product<T, Tile, true, true>(acc, Operand<T>{A_in, n_in, 1}, Operand<T>{W, n_in, 1}, m, n_out, n_in, tf32);
     if constexpr (Act::row_wise) {  // softmax: each row's max and sum from the block's shared copy of z
         __shared__ T Z[Tile::BM][Tile::BN + 1];
         __shared__ T top[Tile::BM], inv[Tile::BM];
@@ -207,27 +214,27 @@ struct DifferenceDelta {  // a - y: cross-entropy with sigmoid, log-likelihood w
 #define GPUBP_LAYER_KERNELS(NAME, ACT)                                                                   \
     GPUBP_EXPORT(layer_forward_##NAME##_s, (layer_forward<ACT, TileSmall, T>),                          \
                  (T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W,            \
-                  const T* __restrict__ b, long long m, long long n_in, long long n_out),                \
-                 (A_out, A_in, W, b, m, n_in, n_out))                                                    \
+                  const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32),      \
+                 (A_out, A_in, W, b, m, n_in, n_out, tf32))                                              \
     GPUBP_EXPORT(layer_forward_##NAME##_l, (layer_forward<ACT, TileLarge, T>),                          \
                  (T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W,            \
-                  const T* __restrict__ b, long long m, long long n_in, long long n_out),                \
-                 (A_out, A_in, W, b, m, n_in, n_out))                                                    \
+                  const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32),      \
+                 (A_out, A_in, W, b, m, n_in, n_out, tf32))                                              \
     GPUBP_EXPORT(layer_delta_##NAME##_s, (layer_delta<ACT, TileSmall, T>),                              \
                  (T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W,              \
-                  const T* __restrict__ A_prev, long long m, long long n_out, long long n_in),           \
-                 (D_prev, D, W, A_prev, m, n_out, n_in))                                                 \
+                  const T* __restrict__ A_prev, long long m, long long n_out, long long n_in, int tf32), \
+                 (D_prev, D, W, A_prev, m, n_out, n_in, tf32))                                           \
     GPUBP_EXPORT(layer_delta_##NAME##_l, (layer_delta<ACT, TileLarge, T>),                              \
                  (T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W,              \
-                  const T* __restrict__ A_prev, long long m, long long n_out, long long n_in),           \
-                 (D_prev, D, W, A_prev, m, n_out, n_in))
+                  const T* __restrict__ A_prev, long long m, long long n_out, long long n_in, int tf32), \
+                 (D_prev, D, W, A_prev, m, n_out, n_in, tf32))
 
 // The fused output layer of one cost: its output activation and its delta^L functor.
 #define GPUBP_OUTPUT_KERNEL(NAME, ACT, DELTA)                                                            \
     GPUBP_EXPORT(layer_output_##NAME, (layer_output<ACT, DELTA, T>),                                    \
                  (T* __restrict__ A_out, T* __restrict__ D, const T* __restrict__ A_in,                  \
                   const T* __restrict__ W, const T* __restrict__ b, const T* __restrict__ Y, long long m, \
-                  long long n_in, long long n_out, T scale),                                             \
-                 (A_out, D, A_in, W, b, Y, m, n_in, n_out, scale))
+                  long long n_in, long long n_out, T scale, int tf32),                                   \
+                 (A_out, D, A_in, W, b, Y, m, n_in, n_out, scale, tf32))
 
 #endif  // GPUBP_LAYER_CUH

@@ -9,18 +9,18 @@
 // Tolerance vs float64, |x - ref| <= atol + rtol*(|beta*w| + |alpha|*sum_r |d_r a_r|) (a sum of m products):
 // float32 atol=1e-30 rtol=2e-6; float64 atol=1e-300 rtol=4e-15
 // sm_90 (nvcc -Xptxas -v, 256-thread blocks): registers, shared memory, occupancy
-//   layer_update_l_f32                56 regs   8320 B smem  50% occupancy (registers)
+//   layer_update_l_f32                64 regs   8320 B smem  50% occupancy (registers)
 //   layer_update_l_f64                80 regs  16640 B smem  38% occupancy (registers)
-//   layer_update_s_f32                40 regs   6400 B smem  75% occupancy (registers)
+//   layer_update_s_f32                48 regs   6400 B smem  62% occupancy (registers)
 //   layer_update_s_f64                48 regs  12800 B smem  62% occupancy (registers)
 #include "gpubp.cuh"
 #include "layer.cuh"
 
 GPUBP_EXPORT(layer_update_s, (layer_update<TileSmall, T>),
              (T* __restrict__ W, T* __restrict__ b, const T* __restrict__ D, const T* __restrict__ A_in, long long m,
-              long long n_out, long long n_in, T alpha, T beta, T beta_b),
-             (W, b, D, A_in, m, n_out, n_in, alpha, beta, beta_b))
+              long long n_out, long long n_in, T alpha, T beta, T beta_b, int tf32),
+             (W, b, D, A_in, m, n_out, n_in, alpha, beta, beta_b, tf32))
 GPUBP_EXPORT(layer_update_l, (layer_update<TileLarge, T>),
              (T* __restrict__ W, T* __restrict__ b, const T* __restrict__ D, const T* __restrict__ A_in, long long m,
-              long long n_out, long long n_in, T alpha, T beta, T beta_b),
-             (W, b, D, A_in, m, n_out, n_in, alpha, beta, beta_b))
+              long long n_out, long long n_in, T alpha, T beta, T beta_b, int tf32),
+             (W, b, D, A_in, m, n_out, n_in, alpha, beta, beta_b, tf32))

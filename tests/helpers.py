@@ -75,3 +75,27 @@ def assert_close(actual, expected, atol=0.0, rtol=0.0, scale=None, what="array")
             f"{what}: {int(bad.sum())} of {bad.size} elements out of tolerance; worst at index {tuple(map(int, i))}: "
             f"got {actual[i]!r}, expected {expected[i]!r}, error {err[i]:.3e} > allowed {allowed[i]:.3e} "
             f"(atol={atol:g}, rtol={rtol:g})")
+
+
+def idx_file(path, arr) -> None:
+    """Write ``arr`` (uint8) as an uncompressed IDX file, as MNIST's are."""
+    import struct
+
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    head = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    path.write_bytes(head + arr.tobytes())
+
+
+def write_mnist_like(directory, n_train=12_000, n_test=200, shape=(2, 5), test_shape=None, seed=0):
+    """An MNIST-format data set small enough for CLI tests (load it with --no-verify): images of
+    ``shape`` (10 pixels by default) in which pixel ``label`` is bright and the rest are noise, so a
+    tiny network learns it in one epoch. n_train - 10 000 rows are left for training."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, n, shp in (("train", n_train, shape), ("t10k", n_test, test_shape or shape)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 60, (n, shp[0] * shp[1]))
+        images[np.arange(n), labels % images.shape[1]] = 255
+        idx_file(directory / f"{prefix}-images-idx3-ubyte", images.reshape(n, *shp))
+        idx_file(directory / f"{prefix}-labels-idx1-ubyte", labels)
+    return directory

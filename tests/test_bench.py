@@ -31,7 +31,8 @@ def run_bench(capsys, tmp_path, *extra):
 
 @pytest.mark.slow
 def test_bench_sweep_writes_table_json_and_plot(capsys, tmp_path, mnist_dir):
-    out, result, png = run_bench(capsys, tmp_path, "--data-dir", mnist_dir, "--backends", "numpy,emulated")
+    out, result, png = run_bench(capsys, tmp_path, "--data-dir", mnist_dir, "--backends", "numpy,emulated",
+                                 "--routes", "blas", "--modes", "eager")
     assert "| backend | network | batch |" in out
     cases = result["cases"]
     ours = [c for c in cases if c["backend"] in ("numpy", "emulated")]
@@ -116,3 +117,99 @@ def test_speedups_pair_each_case_with_numpy():
              {"backend": "cupy", "sizes": [1, 2], "batch": 99, "seconds_per_epoch": 0.5}]
     speedups(cases)
     assert [c["speedup_vs_numpy"] for c in cases] == [1.0, 8.0, None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Honest numbers: the rows a step really ran, a busy machine, an interrupted sweep
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_bench(capsys, tmp_path, tiny_dir, monkeypatch):
+    """`gpubp bench` on the 2x5-pixel data set (2 000 training rows), without the 2048^3 GEMM."""
+    monkeypatch.setattr(bench, "gemm_rate", lambda dtype: 100.0)
+
+    def go(*extra, code=0):
+        argv = ["bench", "--data-dir", tiny_dir, "--no-verify", "--backends", "numpy", "--sizes", "10,8,10",
+                "--steps", "2", "--json", str(tmp_path / "b.json"), *extra]
+        with pytest.raises(SystemExit) as e:
+            sys.exit(main(argv))
+        out, err = capsys.readouterr()
+        assert e.value.code == code, err
+        return out, err, json.loads((tmp_path / "b.json").read_text())
+    return go
+
+
+def test_a_batch_larger_than_the_data_counts_the_rows_that_ran(tiny_bench):
+    out, _, result = tiny_bench("--batch-sizes", "100000", "--repeats", "1")
+    c = result["cases"][0]
+    assert result["epoch_rows"] == 2000 and c["batch"] == 100000 and c["batch_rows"] == 2000
+    t = c["per_step_seconds"][0]
+    assert c["samples_per_second"] == pytest.approx(2000 / t)
+    assert c["flops_per_step"] == bench.flops_per_sample([10, 8, 10]) * 2000
+    assert c["seconds_per_epoch"] == pytest.approx(t)  # one step is the whole epoch
+    assert "| 100000 (2000 ran) |" in out and "epoch = 2000 samples" in out
+
+
+def test_a_busy_machine_and_disagreeing_repeats_are_warned_about(tiny_bench, monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (4.0 * os.cpu_count(), 1.0, 1.0))
+    times = iter([0.001, 0.01])  # the second repeat 10x slower than the first
+
+    def timed(self):
+        self.per_step.append(next(times))
+
+    monkeypatch.setattr(bench.contenders.Contender, "time", timed)
+    _, err, result = tiny_bench("--batch-sizes", "10", "--repeats", "2")
+    warnings = result["warnings"]
+    assert any("load average" in w and "4.00 per core" in w for w in warnings), warnings
+    assert any("repeats disagree by 10.0x" in w for w in warnings), warnings
+    for w in warnings:
+        assert f"warning: {w}" in err.splitlines()
+    assert result["load"]["before"]["per_core"] == pytest.approx(4.0) and result["load"]["cores"] == os.cpu_count()
+    assert result["cases"][0]["load_per_core"] == pytest.approx(4.0)
+
+
+def test_an_interrupted_bench_prints_and_keeps_the_cases_it_finished(tiny_bench, monkeypatch):
+    calls = []
+    real = bench.contenders.Contender.time
+
+    def time_until_ctrl_c(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(self)
+
+    monkeypatch.setattr(bench.contenders.Contender, "time", time_until_ctrl_c)
+    out, err, result = tiny_bench("--batch-sizes", "10,100", "--repeats", "1", code=130)
+    assert "| numpy | 10,8,10 | 10 |" in out and "| 100 |" not in out
+    assert [c["batch"] for c in result["cases"]] == [10]
+    assert result["interrupted"] == "numpy 10,8,10 batch 100"
+    last = err.strip().splitlines()[-1]
+    assert "interrupted in case numpy 10,8,10 batch 100" in last and "1 case finished" in last and "b.json" in last
+
+
+def test_bench_rows_for_each_route_and_mode(capsys, tmp_path, mnist_dir):
+    """The emulated backend runs both routes, eagerly and as a graph: four rows, each with its counters
+    (a graph row's are for one replay of its steps)."""
+    with pytest.raises(SystemExit) as e:
+        sys.exit(main(["bench", "--backends", "emulated", "--sizes", "784,16,10", "--batch-sizes", "10", "--steps", "3",
+                       "--repeats", "1", "--data-dir", mnist_dir, "--json", str(tmp_path / "b.json")]))
+    assert e.value.code == 0
+    rows = {c["backend"]: c for c in json.loads((tmp_path / "b.json").read_text())["cases"]}
+    assert set(rows) == {"emulated", "emulated-own", "emulated-graph", "emulated-own-graph"}
+    assert rows["emulated-own"]["counters_per_step"] | {"launches": 5, "gemms": 0} == rows["emulated-own"]["counters_per_step"]
+    for name in ("emulated-graph", "emulated-own-graph"):
+        c = rows[name]["counters_per_step"]  # one replay of the 3 captured steps
+        assert (c["graph_launches"], c["launches"], c["gemms"], c["allocs"]) == (1, 0, 0, 0)
+    assert "| emulated-own-graph | 784,16,10 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag,value,needle", [("--routes", "cublas", "--routes takes one or more of blas, own"),
+                                               ("--modes", "lazy", "--modes takes one or more of eager, graph"),
+                                               ("--routes", ",", "is empty")])
+def test_bench_routes_and_modes_are_checked(capsys, flag, value, needle):
+    with pytest.raises(SystemExit) as e:
+        sys.exit(main(["bench", flag, value]))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1

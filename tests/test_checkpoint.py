@@ -1,13 +1,14 @@
 """Model files: round trip, atomic writes, and a clear error for every kind of bad file."""
 
 import io
+import json
 import os
 import zipfile
 
 import numpy as np
 import pytest
 
-from gpubp import Network, checkpoint
+from gpubp import Network, __version__, checkpoint
 from gpubp.errors import GpubpError, ModelFileError
 
 load = Network.load
@@ -32,6 +33,8 @@ def test_round_trip(tmp_path, dtype, cost, activation):
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not the temp file's private 0600
     with np.load(path, allow_pickle=False) as z:  # loads without pickle
         assert str(z["format"]) == "gpubp-model" and int(z["version"]) == checkpoint.VERSION == 2
+        meta = json.loads(str(z["meta"]))
+    assert meta["gpubp_version"] == __version__ and meta["created"].endswith("+00:00")
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
@@ -127,3 +130,48 @@ def test_bad_model_files(tmp_path):
         z.writestr("params.npy", buf.getvalue())
     with pytest.raises(ModelFileError):
         load(tmp_path / "pickle.npz")
+
+
+def forged(path, header_shape=None, compress=False):
+    """A model file whose params.npy header declares ``header_shape`` over the real 23 values."""
+    fields = good_fields()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as z:
+        for k, v in fields.items():
+            b = io.BytesIO()
+            if k == "params" and header_shape is not None:
+                np.lib.format.write_array_header_1_0(b, {"descr": "<f4", "fortran_order": False, "shape": header_shape})
+                b.write(v.astype("<f4").tobytes())
+            else:
+                np.save(b, v)
+            z.writestr(f"{k}.npy", b.getvalue())
+    return path
+
+
+def test_a_forged_array_header_cannot_ask_for_memory(tmp_path):
+    """A 3 KB file whose params header declares 100 GB: refused before np.load allocates anything."""
+    path = forged(tmp_path / "liar.npz", header_shape=(25_000_000_000,))
+    assert path.stat().st_size < 4000
+    with pytest.raises(ModelFileError, match=r"params.npy declares 100,000,000,000 bytes .* holds 92"):
+        load(path)
+
+
+def test_compressed_members_are_refused(tmp_path):
+    """Stored (uncompressed) members bound every array by the file's own size; deflate would not."""
+    with pytest.raises(ModelFileError, match="compressed"):
+        load(forged(tmp_path / "zipped.npz", compress=True))
+
+
+def test_a_zip_directory_that_lies_about_sizes_is_refused(tmp_path):
+    """Header and zip directory agree on 4 GB of parameters, in a 3 KB file: the members cannot hold
+    more than the file does, so it is refused before np.load reserves 4 GB."""
+    n = 1_000_000_000  # float32: 4e9 bytes, within the 32-bit sizes of a plain zip directory
+    path = forged(tmp_path / "m.npz", header_shape=(n,))
+    blob = bytearray(path.read_bytes())
+    at = blob.find(b"PK\x01\x02")
+    while blob[at + 46:at + 46 + int.from_bytes(blob[at + 28:at + 30], "little")] != b"params.npy":
+        at = blob.find(b"PK\x01\x02", at + 4)
+    header = 128  # write_array_header_1_0 pads the header to 128 bytes here
+    blob[at + 20:at + 28] = (4 * n + header).to_bytes(4, "little") * 2  # compressed and uncompressed size
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ModelFileError, match="more than the file"):
+        load(path)

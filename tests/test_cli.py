@@ -126,7 +126,7 @@ def test_relu_log_likelihood_momentum_trains_from_the_command_line(capsys, tmp_p
 
 def test_sizes_must_fit_the_data(capsys, mnist_dir):
     one_line_error(*run(capsys, "train", "--sizes", "785,30,10", "--data-dir", mnist_dir)[::2],
-                   "must start with 784")
+                   "must start with 784", "--sizes 785,30,10")
 
 
 def test_info(capsys):
@@ -142,3 +142,186 @@ def test_console_entry_point_runs_as_a_process(tmp_path):
     p = subprocess.run([sys.executable, "-m", "gpubp", "evaluate", str(tmp_path / "none.npz")],
                        capture_output=True, text=True, env=env)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments are refused before the data loads, in one line that says what to do
+# ---------------------------------------------------------------------------------------------
+
+NO_DATA = ["--data-dir", "/nonexistent/gpubp-test"]  # an error about this would mean the data loaded first
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["train", "--seed", "-1"], ["argument --seed", ">= 0"]),
+    (["train", "--seed", "x"], ["expected an integer, got 'x'"]),
+    (["train", "--epochs", "x"], ["expected an integer, got 'x'"]),
+    (["train", "--eta", "x"], ["expected a number, got 'x'"]),
+    (["train", "--sizes", "784,100000000,10"],
+     ["argument --sizes", "79,500,000,010 parameters", "at most 1,000,000,000"]),
+    (["bench", "--batch-sizes", ","], ["argument --batch-sizes", "empty"]),
+    (["bench", "--backends", " , "], ["argument --backends", "empty"]),
+    (["train", "--bogus"], ["unrecognized arguments: --bogus", "see gpubp train --help"]),
+])
+def test_arguments_are_refused_before_the_data_loads(capsys, argv, needles):
+    code, _, err = run(capsys, *argv, *NO_DATA)
+    one_line_error(code, err, *needles)
+    assert "nonexistent" not in err
+
+
+def test_huge_sizes_are_refused_quickly(capsys):
+    import time
+
+    t0 = time.perf_counter()
+    code, _, err = run(capsys, "train", "--sizes", "784,100000000,10", *NO_DATA)
+    one_line_error(code, err, "at most 1,000,000,000")
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_evaluate_a_small_file_that_declares_a_huge_model(capsys, tmp_path):
+    from gpubp import Network
+
+    path = tmp_path / "huge.npz"
+    Network([4, 3, 2], seed=1).save(path)
+    with np.load(path) as z:
+        fields = {k: z[k] for k in z.files}
+    meta = json.loads(str(fields["meta"]))
+    meta["model"]["sizes"] = [784, 100_000_000, 10]
+    fields["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **fields)
+    code, _, err = run(capsys, "evaluate", str(path), *NO_DATA)
+    one_line_error(code, err, str(path), "at most 1,000,000,000")
+
+
+def test_evaluate_a_directory_says_so(capsys, tmp_path):
+    one_line_error(*run(capsys, "evaluate", str(tmp_path))[::2], f"{tmp_path} is a directory")
+
+
+def test_version(capsys):
+    from gpubp import __version__
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"gpubp {__version__}"
+
+
+def _subcommands():
+    import argparse
+
+    from gpubp.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "bench", "info", "plot"])
+def test_help_shows_every_default(command):
+    """Every option's help gives its default: the value itself, or words for what None means."""
+    parser = _subcommands()[command]
+    for a in parser._actions:
+        if not a.option_strings or a.help == "==SUPPRESS==" or a.dest in ("help", "version"):
+            continue
+        if a.const is True or a.default is False:  # a flag: off unless given
+            continue
+        shown = a.help % {"default": a.default} if "%(default)" in (a.help or "") else (a.help or "")
+        assert "default" in shown, f"{command} {a.option_strings[0]}: help does not say the default: {a.help!r}"
+        if a.default is not None:
+            value = ",".join(map(str, a.default)) if isinstance(a.default, list) else str(a.default)
+            assert value in shown, f"{command} {a.option_strings[0]}: default {value} not in {shown!r}"
+
+
+def test_a_model_that_does_not_fit_the_data_names_the_file(capsys, tmp_path, tiny_dir):
+    from gpubp import Network
+
+    model = tmp_path / "wide.npz"
+    Network([784, 5, 10], seed=1).save(model)
+    code, _, err = run(capsys, "evaluate", str(model), "--data-dir", tiny_dir, "--no-verify")
+    one_line_error(code, err, str(model), "784", "10 pixels", "t10k-images-idx3-ubyte")
+    code, _, err = run(capsys, "train", "--sizes", "11,5,10", "--data-dir", tiny_dir, "--no-verify")
+    one_line_error(code, err, "--sizes 11,5,10", "10 pixels", "train-images-idx3-ubyte")
+
+
+def test_a_bad_label_names_its_file(capsys, tmp_path):
+    from helpers import idx_file, write_mnist_like
+
+    d = write_mnist_like(tmp_path / "d", n_train=10_020, n_test=20)
+    idx_file(d / "t10k-labels-idx1-ubyte", np.full(20, 12))
+    code, _, err = run(capsys, "train", "--sizes", "10,5,10", "--data-dir", str(d), "--no-verify", "--epochs", "1")
+    one_line_error(code, err, str(d / "t10k-labels-idx1-ubyte"), "label 12")
+
+
+def test_test_images_of_another_shape_fail_before_any_epoch(capsys, tmp_path):
+    """Items 4/5/7 of the issue: 28x29 test images under --no-verify fail at load time, naming both files."""
+    from helpers import write_mnist_like
+
+    d = write_mnist_like(tmp_path / "d", n_train=10_020, n_test=20, shape=(28, 28), test_shape=(28, 29))
+    code, out, err = run(capsys, "train", "--data-dir", str(d), "--no-verify", "--epochs", "1", "--backend", "numpy")
+    one_line_error(code, err, "28x28", "28x29", "train-images-idx3-ubyte", "t10k-images-idx3-ubyte")
+    assert "epoch" not in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Training that goes nowhere, diverges or stops early says so
+# ---------------------------------------------------------------------------------------------
+
+def tiny_train(tiny_dir, *extra):
+    return ["train", "--data-dir", tiny_dir, "--no-verify", "--sizes", "10,8,10", "--backend", "numpy", "--seed", "1",
+            *extra]
+
+
+def test_a_run_at_chance_exits_0_with_one_warning_line_each(capsys, tiny_dir):
+    code, out, err = run(capsys, *tiny_train(tiny_dir, "--eta", "1e9", "--epochs", "3", "--quiet"))
+    assert code == 0 and out.startswith("test accuracy")
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and all(l.startswith("gpubp train: warning: ") for l in lines), err
+    assert "validation accuracy at chance" in lines[0] and "eta=1e+09 is probably too large" in lines[0]
+    assert "training cost has not moved" in lines[1]
+
+
+def test_a_huge_lmbda_diverges_naming_eta_and_lmbda(capsys, tiny_dir):
+    code, out, err = run(capsys, *tiny_train(tiny_dir, "--lmbda", "100000", "--epochs", "3"))
+    one_line_error(code, err, "training diverged", "in epoch 1 with eta=3 and lmbda=100000",
+                   "lmbda is the likely cause")
+    assert "epoch 1/3:" not in out  # the message's epoch is the one the progress line would have shown
+
+
+def test_early_stopping_restores_and_records_the_best_epoch(capsys, tmp_path, tiny_dir):
+    metrics = tmp_path / "run.json"
+    code, out, err = run(capsys, *tiny_train(tiny_dir, "--epochs", "30", "--eta", "30", "--early-stopping", "2",
+                                             "--metrics-out", str(metrics)))
+    assert code == 0, err
+    m = json.loads(metrics.read_text())
+    accs = [e["validation_accuracy"] for e in m["epochs"]]
+    assert m["stopped_early"] and m["best_epoch"] == 1 + accs.index(max(accs))
+    assert m["best_validation_accuracy"] == max(accs)
+    assert m["restored_best"] == (m["best_epoch"] != m["epochs"][-1]["epoch"])
+    if m["restored_best"]:
+        assert f"restored the weights of epoch {m['best_epoch']}" in out
+
+
+def test_evaluate_a_file_with_a_forged_array_header_is_one_line(capsys, tmp_path):
+    from test_checkpoint import forged
+
+    path = forged(tmp_path / "liar.npz", header_shape=(25_000_000_000,))
+    one_line_error(*run(capsys, "evaluate", str(path), *NO_DATA)[::2], str(path), "declares 100,000,000,000 bytes")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--gemm", "own", "--backend", "numpy"], "gemm='own' runs our CUDA layer kernels"),
+    (["--graph", "--backend", "numpy"], "a graph was asked for but cannot be captured: the numpy backend has no"),
+    (["--tf32", "--dtype", "float64", "--backend", "numpy"], "tf32 is a float32 format"),
+])
+def test_routes_and_modes_that_cannot_run_fail_before_the_data_loads(capsys, tmp_path, argv, needle):
+    one_line_error(*run(capsys, "train", *argv, "--data-dir", str(tmp_path / "absent"))[::2], needle)
+
+
+def test_a_graph_with_tf32_from_the_command_line(capsys, tmp_path, mnist_dir):
+    """--graph and --tf32 reach training and the metrics (the own route's graphs are tested through
+    the Python API: its tiled kernels on the emulator take too long for 50,000 rows here)."""
+    metrics = tmp_path / "run.json"
+    code, out, err = run(capsys, "train", "--epochs", "2", "--sizes", "784,12,10", "--backend", "emulated",
+                         "--graph", "--tf32", "--batch-size", "1000", "--data-dir", mnist_dir,
+                         "--metrics-out", str(metrics), "--no-train-cost", "--seed", "1")
+    assert code == 0, err
+    assert "each epoch is one captured graph" in out and "(graph)" in out
+    m = json.loads(metrics.read_text())
+    assert m["config"]["graph"] is True and m["config"]["gemm"] == "blas" and m["config"]["tf32"] is True
+    assert [e["mode"] for e in m["epochs"]] == ["graph", "graph"] and m["test_accuracy"] > 0.3

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import kernel_resources
 import numpy as np
@@ -61,22 +62,45 @@ def cupy_options(arch_option):
             "--device-as-default-execution-space"]
 
 
-def nvrtc_compile(file, arch_option, get):
-    nvrtc = need_nvrtc()
+def nvrtc_compile(nvrtc, file, arch_option, get):
+    """NVRTC's output (getCUBIN or getPTX) for one kernel file, or the error and NVRTC's log."""
     prog = nvrtc.createProgram(K.source(file), file, [], [])
     try:
         try:
             nvrtc.compileProgram(prog, cupy_options(arch_option))
         except nvrtc.NVRTCError as e:
-            pytest.fail(f"NVRTC failed on {file} with {arch_option}: {e}\n{nvrtc.getProgramLog(prog)}")
-        return getattr(nvrtc, get)(prog)
+            return f"NVRTC failed on {file} with {arch_option}: {e}\n{nvrtc.getProgramLog(prog)}"
+        out = getattr(nvrtc, get)(prog)
+        return out.decode() if get == "getPTX" and isinstance(out, bytes) else out
     finally:
         nvrtc.destroyProgram(prog)
 
 
-def nvrtc_ptx(file, arch):
-    ptx = nvrtc_compile(file, f"-arch=compute_{arch}", "getPTX")
-    return ptx.decode() if isinstance(ptx, bytes) else ptx
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """Every kernel file through nvcc (sm_75/80/90, -Xptxas -v) and NVRTC (a cubin for sm_75/80/90 and
+    PTX for compute_90), all at once: the nvcc processes start first and the NVRTC compiles run on
+    two threads beside them (NVRTC lets go of the GIL), so the compiles share the machine's cores.
+    Returns {"nvcc": {file: (status, report)}, "nvrtc": {(file, arch): cubin or error text}, "ptx": {...}}."""
+    nvrtc = need_nvrtc()
+    procs = {}
+    if shutil.which("nvcc"):
+        tmp = tmp_path_factory.mktemp("nvcc")
+        gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in (75, 80, 90)]
+        for f in K.kernel_files():
+            (tmp / f).write_text(K.source(f))
+            procs[f] = subprocess.Popen(["nvcc", *gencode, "-Xptxas", "-v", "-c", "-o", os.devnull, str(tmp / f)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    jobs = [(f, a, f"-arch=sm_{a}", "getCUBIN") for f in K.kernel_files() for a in (75, 80, 90)]
+    jobs += [(f, "ptx", "-arch=compute_90", "getPTX") for f in K.kernel_files()]
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda j: nvrtc_compile(nvrtc, j[0], j[2], j[3]), jobs))
+    results = {(f, a): out for (f, a, _, _), out in zip(jobs, outs)}
+    reports = {}
+    for f, p in procs.items():  # a report is a few kB: the pipes never fill while another is read
+        _, stderr = p.communicate()
+        reports[f] = (p.returncode, stderr)
+    return {"nvcc": reports, "nvrtc": results}
 
 
 def ptx_entries(ptx):
@@ -85,19 +109,29 @@ def ptx_entries(ptx):
     return dict(zip(parts[1::2], parts[2::2]))
 
 
+def double_on_purpose(file):
+    """The kernels a file's header says compute in double even for float data ("Double on purpose: ...")."""
+    header = (K.kernel_dir() / file).read_text().split("#include")[0]
+    m = re.search(r"// Double on purpose: ([\w, ]+)", header)
+    return {n.strip() for n in m.group(1).split(",")} if m else set()
+
+
 @pytest.mark.parametrize("arch", [75, 80, 90])
 @pytest.mark.parametrize("file", K.kernel_files())
-def test_nvrtc_compiles_every_kernel_as_cupy_does(file, arch):
-    cubin = nvrtc_compile(file, f"-arch=sm_{arch}", "getCUBIN")  # what CuPy loads on such a GPU
+def test_nvrtc_compiles_every_kernel_as_cupy_does(file, arch, compiled):
+    cubin = compiled["nvrtc"][file, arch]  # what CuPy loads on such a GPU
+    assert isinstance(cubin, bytes), cubin
     assert len(cubin) > 1000
     if arch != 90:  # the PTX checks below do not depend on the architecture: once per file
         return
-    entries = ptx_entries(nvrtc_ptx(file, arch))
+    ptx = compiled["nvrtc"][file, "ptx"]
+    assert isinstance(ptx, str) and ".visible .entry" in ptx, ptx
+    entries = ptx_entries(ptx)
     names = set(K.parse_signatures(K.source(file)))
     assert names and set(entries) == names  # our reading of the macros finds exactly what NVRTC made
     for name, body in entries.items():
         assert name.endswith(("_f32", "_f64"))
-        if name.endswith("_f32"):  # float kernels do no double arithmetic at all
+        if name.endswith("_f32") and name[:-4] not in double_on_purpose(file):  # float kernels: no double
             assert ".f64" not in body, f"{name} uses double precision at compute_{arch}"
 
 
@@ -109,7 +143,10 @@ def test_every_kernel_exists_for_both_precisions():
         for p in f32 + f64:  # sizes travel as 64-bit integers
             if p.name in ("n", "rows", "cols", "classes", "n_weights"):
                 assert p.ctype == "long long" and not p.pointer
-        assert {p.ctype for p in f32 if p.name not in ("labels", "hits")} <= {"float", "long long", "unsigned int"}
+        # float kernels take float data; only a float64 total of a sum (and integer labels) differs
+        assert {p.ctype for p in f32 if p.name not in ("labels", "total", "tf32")} <= {"float", "long long",
+                                                                                        "unsigned int"}
+        assert all(p.ctype == "double" for p in f32 if p.name == "total")
 
 
 def test_entry_points_come_from_one_template():
@@ -119,28 +156,10 @@ def test_entry_points_come_from_one_template():
         assert 'extern "C"' not in text, f"{f} writes an entry point by hand"
 
 
-@pytest.fixture(scope="module")
-def nvcc_reports(tmp_path_factory):
-    """{file: (exit status, nvcc -Xptxas -v report)} for every kernel file at sm_75/80/90, the
-    compilers started all at once so they share the machine's cores."""
-    tmp = tmp_path_factory.mktemp("nvcc")
-    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in (75, 80, 90)]
-    procs = {}
-    for f in K.kernel_files():
-        (tmp / f).write_text(K.source(f))
-        procs[f] = subprocess.Popen(["nvcc", *gencode, "-Xptxas", "-v", "-c", "-o", os.devnull, str(tmp / f)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    reports = {}
-    for f, p in procs.items():  # a report is a few kB: the pipes never fill while another is read
-        _, stderr = p.communicate()
-        reports[f] = (p.returncode, stderr)
-    return reports
-
-
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 @pytest.mark.parametrize("file", K.kernel_files())
-def test_nvcc_compiles_without_spills(file, nvcc_reports):
-    code, stderr = nvcc_reports[file]
+def test_nvcc_compiles_without_spills(file, compiled):
+    code, stderr = compiled["nvcc"][file]
     p = subprocess.CompletedProcess([], code, "", stderr)
     assert p.returncode == 0, p.stderr
     for arch in (75, 80, 90):
@@ -384,17 +403,63 @@ def case_one_hot(be, rng, n, dtype):
     return Y, expected, None
 
 
-def case_argmax_hits(be, rng, n, dtype):
+def case_argmax_count(be, rng, n, dtype):
+    """Added to a total that already holds 2.5 (so an overwrite instead of an add shows)."""
     cols = 10
     A = edges(rng.standard_normal((n, cols)), rng)
     A[::7, 3] = A[::7, 8] = A[::7].max(axis=1) + 1  # ties: the first maximum wins
     A[::11, 5] = np.nan  # a NaN counts as the maximum, as numpy.argmax
     Ad = np.asarray(A, dtype)
     labels = np.where(rng.random(n) < 0.5, np.argmax(Ad, axis=1), rng.integers(0, cols, n))
-    expected = (np.argmax(Ad, axis=1) == labels).astype(np.float64)
-    hits = be.to_device(np.full(n, -7), np.int32)  # poisoned
-    run(be, "argmax_hits", dtype, n, hits, be.to_device(A, dtype), be.to_device(labels, np.int64), n, cols)
-    return hits, expected, None
+    expected = 2.5 + np.count_nonzero(np.argmax(Ad, axis=1) == labels)
+    total = be.to_device(np.array([2.5]), np.float64)
+    run(be, "argmax_count", dtype, n, total, be.to_device(A, dtype), be.to_device(labels, np.int64), n, cols)
+    return total, np.array([expected]), None
+
+
+def case_cost(name):
+    """The summed cost of a batch (with edge activations 0 and 1, where the clip matters), added to 2.5."""
+    terms = {"quadratic": lambda a, y: 0.5 * (a - y) ** 2,
+             "cross_entropy": lambda a, y: -(y * np.log(np.clip(a, 1e-12, 1 - 1e-12))
+                                             + (1 - y) * np.log(1 - np.clip(a, 1e-12, 1 - 1e-12))),
+             "log_likelihood": lambda a, y: -y * np.log(np.clip(a, 1e-12, 1))}
+
+    def case(be, rng, n, dtype):
+        rows, cols = (n, 10) if n > 1 else (1, 1)
+        A = activations(rng, (rows, cols))
+        Y = np.eye(cols)[rng.integers(0, cols, rows)]
+        expected = 2.5 + np.sum(terms[name](cast(A, dtype), Y))
+        total = be.to_device(np.array([2.5]), np.float64)
+        run(be, f"{name}_cost", dtype, rows, total, be.to_device(A, dtype), be.to_device(Y, dtype), rows, cols)
+        return total, np.array([expected]), None
+    return case
+
+
+def case_gather_rows(be, rng, n, dtype):
+    rows, cols_x, cols_y = (n, 3, 2) if n > 1 else (1, 1, 1)
+    X, Y = edges(rng.standard_normal((rows, cols_x)), rng), rng.standard_normal((rows, cols_y))
+    perm = rng.permutation(rows)
+    Xs, Ys = be.to_device(np.full((rows, cols_x), np.nan), dtype), be.to_device(np.full((rows, cols_y), np.nan), dtype)
+    run(be, "gather_rows", dtype, rows * (cols_x + cols_y), Xs, Ys, be.to_device(X, dtype), be.to_device(Y, dtype),
+        be.to_device(perm, np.int64), rows, cols_x, cols_y)
+    assert_close(be.to_host(Ys), cast(Y, dtype)[perm], what="gather_rows Y")
+    return Xs, cast(X, dtype)[perm], None
+
+
+def case_fill(be, rng, n, dtype):
+    x = be.to_device(np.full(n, np.nan), dtype)
+    run(be, "fill", dtype, n, x, n, -3.25)
+    return x, np.full(n, -3.25), None
+
+
+def case_sum(kernel, square):
+    def case(be, rng, n, dtype):
+        x = cast(edges(rng.standard_normal(n), rng), dtype)
+        total = be.to_device(np.array([2.5]), np.float64)
+        run(be, kernel, dtype, n, total, be.to_device(x, dtype), n)
+        terms = x * x if square else x
+        return total, np.array([2.5 + np.sum(terms)]), np.array([2.5 + np.sum(np.abs(terms))])
+    return case
 
 
 # kernel case -> (file, kernel stem, case)
@@ -415,8 +480,15 @@ CASES = {
     "momentum_update_models": ("momentum.cu", "momentum_update_models", case_momentum_update(models=True)),
     "adam_update_models": ("adam.cu", "adam_update_models", case_adam_update(models=True)),
     "one_hot": ("one_hot.cu", "one_hot", case_one_hot),
-    "argmax_hits": ("argmax_hits.cu", "argmax_hits", case_argmax_hits),
+    "argmax_count": ("argmax_count.cu", "argmax_count", case_argmax_count),
+    **{f"{c}_cost": (f"{c}.cu", f"{c}_cost", case_cost(c)) for c in ("quadratic", "cross_entropy", "log_likelihood")},
+    "gather_rows": ("gather.cu", "gather_rows", case_gather_rows),
+    "fill": ("accumulate.cu", "fill", case_fill),
+    "sum_into": ("accumulate.cu", "sum_into", case_sum("sum_into", False)),
+    "sum_squares_into": ("accumulate.cu", "sum_squares_into", case_sum("sum_squares_into", True)),
 }
+TOTALS = {"argmax_count", "quadratic_cost", "cross_entropy_cost", "log_likelihood_cost", "sum_into",
+          "sum_squares_into"}  # kernels that add into a float64 total
 
 
 # The own route's layer kernels, tested in tests/test_layer_kernels.py.
@@ -440,7 +512,7 @@ def test_kernel_matches_float64_reference(kernel, n, dtype, backend):
     be = get_backend(backend)
     out, expected, scale = case(be, np.random.default_rng(hash((kernel, n)) % 2**32), n, dtype)
     out = be.to_host(out)
-    assert out.dtype == (np.int32 if kernel == "argmax_hits" else dtype)
+    assert out.dtype == (np.float64 if kernel in TOTALS else dtype)
     atol, rtol = K.tolerance(file, dtype, stem)
     assert_close(out, expected, atol=atol, rtol=rtol, scale=scale, what=f"{kernel} n={n} on {backend}")
 
@@ -473,7 +545,8 @@ def test_every_registered_concept_has_its_kernels():
     """Each activation, cost and optimizer names kernels that exist for float and double."""
     stems = [a.forward_kernel for a in (*ACTIVATIONS.values(), SOFTMAX)]
     stems += [a.delta_kernel for a in ACTIVATIONS.values()]
-    stems += [c.delta_kernel for c in COSTS.values()]
+    stems += [f"layer_{k}_{a}_{t}" for k in ("forward", "delta") for a in ACTIVATIONS for t in K.LAYER_TILES]
+    stems += [k for c in COSTS.values() for k in (c.delta_kernel, c.value_kernel, c.output_kernel)]
     stems += [o.kernel_name for o in OPTIMIZERS.values()]
     for stem in stems:
         for sfx in ("_f32", "_f64"):

@@ -14,7 +14,7 @@ from gpubp.backends import get_backend
 from gpubp.backends import kernel as K
 from gpubp.costs import COSTS
 from gpubp.errors import GpubpError
-from gpubp.optimizers import SGD, make_optimizer
+from gpubp.optimizers import make_optimizer
 
 BACKENDS = ["emulated", pytest.param("cupy", marks=pytest.mark.gpu)]
 DTYPES = [np.float32, np.float64]
@@ -72,7 +72,8 @@ def test_layer_forward_and_delta(backend, dtype, tile, act, m, n_in, n_out):
     a, w, b64 = cast(A_in, dtype), cast(W, dtype), cast(b, dtype)
     scale = np.abs(a) @ np.abs(w).T + np.abs(b64)
     stem = f"layer_forward_{act}_{tile}"
-    dev, ref = launch(be, stem, dtype, m, n_out, K.LAYER_TILES[tile], poisoned((m, n_out)), A_in, W, b, m, n_in, n_out)
+    dev, ref = launch(be, stem, dtype, m, n_out, K.LAYER_TILES[tile], poisoned((m, n_out)), A_in, W, b, m, n_in, n_out,
+                      0)
     check(be, dev[0], ref[0], ACT64[act](a @ w.T + b64), scale, TOL_FILE[act], stem, dtype,
           f"{stem} {m}x{n_in}->{n_out}")
 
@@ -83,7 +84,8 @@ def test_layer_forward_and_delta(backend, dtype, tile, act, m, n_in, n_out):
         A_prev = np.maximum(A_prev, 0)
     d, ap = cast(D, dtype), cast(A_prev, dtype)
     stem = f"layer_delta_{act}_{tile}"
-    dev, ref = launch(be, stem, dtype, m, n_in, K.LAYER_TILES[tile], poisoned((m, n_in)), D, W, A_prev, m, n_out, n_in)
+    dev, ref = launch(be, stem, dtype, m, n_in, K.LAYER_TILES[tile], poisoned((m, n_in)), D, W, A_prev, m, n_out, n_in,
+                      0)
     check(be, dev[0], ref[0], (d @ w) * PRIME64[act](ap), np.abs(d) @ np.abs(w), TOL_FILE[act], stem, dtype,
           f"{stem} {m}x{n_out}->{n_in}")
 
@@ -109,7 +111,7 @@ def test_layer_update(backend, dtype, tile, mode, m, n_in, n_out):
     b = b0 if beta_b else poisoned((n_out,))
     stem = f"layer_update_{tile}"
     dev, ref = launch(be, stem, dtype, n_out, n_in, K.LAYER_TILES[tile], W, b, D, A_in, m, n_out, n_in,
-                      alpha, beta, beta_b)
+                      alpha, beta, beta_b, 0)
     check(be, dev[0], ref[0], be_ * w0 + al * (d.T @ ai), np.abs(be_ * w0) + abs(al) * (np.abs(d).T @ np.abs(ai)),
           "layer_update.cu", stem, dtype, f"{stem} W {mode}")
     check(be, dev[1], ref[1], bb * c0 + al * d.sum(axis=0), np.abs(bb * c0) + abs(al) * np.abs(d).sum(axis=0),
@@ -138,8 +140,8 @@ def test_layer_output(backend, dtype, cost, m, n_in, n_out):
     S = np.abs(a) @ np.abs(w).T + np.abs(b64)
     stem = f"layer_output_{cost}"
     dev, ref = launch(be, stem, dtype, m, n_out, "TileOutput", poisoned((m, n_out)), poisoned((m, n_out)), A_in, W, b,
-                      Y, m, n_in, n_out, s)
-    file = "quadratic.cu" if cost == "quadratic" else "difference_delta.cu"
+                      Y, m, n_in, n_out, s, 0)
+    file = f"{cost}.cu"
     assert np.isfinite(be.to_host(dev[0])).all()
     check(be, dev[0], ref[0], A_ref, S, file, stem, dtype, f"{stem} A")
     check(be, dev[1], ref[1], s * delta(A_ref, Y), s * S, file, stem, dtype, f"{stem} D")
@@ -237,7 +239,66 @@ def test_the_emulator_catches_a_missing_barrier_in_our_layer_kernel(barrier):
         W, b = np.full((n_out, n_in), np.nan), np.full(n_out, np.nan)
         grid, block = K.layer_launch(n_out, n_in, "TileLarge")
         kernel(grid, block, (W, b, D, A, np.int64(m), np.int64(n_out), np.int64(n_in), np.float64(1.0),
-                             np.float64(0.0), np.float64(0.0)), seed=11)
+                             np.float64(0.0), np.float64(0.0), np.int32(0)), seed=11)
         results[label] = W
     assert_close(results["real"], expected, rtol=1e-12, atol=1e-12, what="the real kernel")
     assert not np.allclose(results["planted"], expected, equal_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# TF32: the kernels' rounding of their operands, and the network's
+# ---------------------------------------------------------------------------------------------
+
+def test_tf32_rounding_is_to_nearest_even_on_ten_mantissa_bits():
+    from gpubp.reference import round_tf32
+
+    one = np.float32(1)
+    ulp = np.float32(2.0 ** -10)  # TF32's spacing at 1
+    x = np.array([1, 1 + ulp / 2, 1 + ulp, 1 + 1.5 * ulp, 1 + 0.75 * ulp, np.inf, -3.0e38], np.float32)
+    got = round_tf32(x)
+    assert list(got[:5]) == [one, one, one + ulp, one + 2 * ulp, one + ulp]  # ties go to the even one
+    assert got[5] == np.inf and np.isfinite(got[6]) and (got.view(np.uint32) & 0x1FFF == 0).all()
+    assert round_tf32(np.array([1 + 2.0 ** -20])).item() == 1 + 2.0 ** -20  # float64 is not TF32's business
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("tile", ["s", "l"])
+def test_layer_forward_under_tf32_reads_rounded_operands(backend, tile):
+    """tf32 = 1: the product of the TF32-rounded inputs, summed in float32; visibly not the plain one."""
+    from gpubp.reference import round_tf32
+
+    be = get_backend(backend)
+    rng = np.random.default_rng(9)
+    m, n_in, n_out = 33, 257, 7
+    A_in, W, b = rng.standard_normal((m, n_in)), rng.standard_normal((n_out, n_in)) / 16, rng.standard_normal(n_out)
+    a, w = round_tf32(np.float32(A_in)).astype(np.float64), round_tf32(np.float32(W)).astype(np.float64)
+    expected = np.tanh(a @ w.T + np.float32(b))
+    stem = f"layer_forward_tanh_{tile}"
+    dev, ref = launch(be, stem, np.float32, m, n_out, K.LAYER_TILES[tile], poisoned((m, n_out)), A_in, W, b, m,
+                      n_in, n_out, 1)
+    check(be, dev[0], ref[0], expected, np.abs(a) @ np.abs(w).T + np.abs(b), "tanh.cu", stem, np.float32, stem)
+    plain = np.tanh(np.float32(A_in).astype(np.float64) @ np.float32(W).astype(np.float64).T + np.float32(b))
+    assert np.abs(be.to_host(dev[0]) - plain).max() > 1e-4  # TF32's 10 bits show
+
+
+@pytest.mark.parametrize("backend", ["emulated", pytest.param("cupy", marks=pytest.mark.gpu)])
+def test_tf32_training_agrees_across_backends_and_routes(backend):
+    """Two epochs under tf32 on numpy (rounded copies), and on the kernel backend's both routes; and
+    TF32 changed the weights, so it really ran."""
+    rng = np.random.default_rng(12)
+    X, y = rng.random((45, 20)), rng.integers(0, 5, 45)
+    out = {}
+    for b, gemm, tf32 in (("numpy", "blas", True), (backend, "blas", True), (backend, "own", True),
+                          ("numpy", "blas", False)):
+        net = Network([20, 9, 5], cost="cross_entropy", backend=b, seed=3, gemm=gemm, tf32=tf32)
+        net.sgd((X, y), epochs=2, mini_batch_size=8, eta=0.5, monitor_training_cost=False)
+        out[b, gemm, tf32] = net.get_params()
+    ref = out["numpy", "blas", True]
+    for key in ((backend, "blas", True), (backend, "own", True)):  # TF32 runs agree to float32's sums
+        assert rel(out[key], ref) <= 1e-6, (key, rel(out[key], ref))
+    assert rel(out["numpy", "blas", False], ref) > 1e-5  # and TF32's inputs made a difference 10x larger
+
+
+def test_tf32_is_for_float32_only():
+    with pytest.raises(GpubpError, match="tf32 is a float32 format"):
+        Network([4, 3], dtype="float64", tf32=True)

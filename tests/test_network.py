@@ -109,13 +109,12 @@ def test_batch_gradient_is_mean_of_network_py_per_example_gradients(cost):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_fused_sgd_equals_gradient_then_update(dtype, monkeypatch):
+def test_fused_sgd_equals_gradient_then_update(dtype):
     """Plain SGD writes its update inside BP3/BP4 (one GEMM with alpha and beta); the same step
     through the gradient buffer and the sgd_update kernel gives the same parameters."""
     rng = np.random.default_rng(14)
     X, y, _ = batch(rng, m=23)
     nets = [small_net("cross_entropy", "tanh", dtype=dtype) for _ in range(2)]
-    monkeypatch.setattr(nets[0].be, "fused_update_min_weights", 0)  # fuse even this small network
     for net, fused in zip(nets, (True, False)):
         opt = SGD(0.7, lmbda=3.0, n=100, fused=fused)
         net.grads.fill(np.nan)  # the fused path never writes the gradient buffer

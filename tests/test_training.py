@@ -1,10 +1,12 @@
 """The training loop: MNIST accuracy, shuffling, the partial last batch, early stopping, divergence."""
 
+import warnings
+
 import numpy as np
 import pytest
 
 from gpubp import Network, train
-from gpubp.errors import GpubpError, TrainingDiverged
+from gpubp.errors import GpubpError, TrainingDiverged, TrainingWarning
 from gpubp.optimizers import OPTIMIZERS
 
 
@@ -45,7 +47,8 @@ def test_history_records_and_callback():
               evaluation_data=(X, y), on_epoch=seen.append, progress=False)
     assert [r["epoch"] for r in h] == [1, 2, 3] and seen == h  # counted from 1, as the console does
     for r in h:
-        assert set(r) == {"epoch", "seconds", "eval_seconds", "train_cost", "validation_accuracy"}
+        assert set(r) == {"epoch", "seconds", "eval_seconds", "train_cost", "validation_accuracy", "mode"}
+        assert r["mode"] == "eager"  # numpy has no graphs
         assert 0 <= r["validation_accuracy"] <= 1 and r["train_cost"] > 0
 
 
@@ -53,16 +56,73 @@ def test_early_stopping_stops_after_patience_without_improvement():
     X, y = toy(n=30)
     net = Network([6, 4, 3], seed=1)
     # eta so small that validation accuracy cannot improve after the first epoch
-    h = train(net, (X, y), epochs=50, mini_batch_size=10, eta=1e-12, evaluation_data=(X, y), early_stopping=3)
-    assert len(h) == 4
+    with pytest.warns(TrainingWarning, match="training cost has not moved"):
+        h = train(net, (X, y), epochs=50, mini_batch_size=10, eta=1e-12, evaluation_data=(X, y), early_stopping=3)
+    assert len(h) == 4 and h.stopped_early and h.best_epoch == 1
 
 
-def test_divergence_names_eta():
+def test_early_stopping_restores_the_best_epochs_weights():
+    """Keeps a device copy of the best epoch's parameters and puts them back at the end."""
+    X, y = toy(n=60, seed=5)
+    Xv, yv = toy(n=40, seed=6)
+    kw = dict(mini_batch_size=10, eta=2.0, evaluation_data=(Xv, yv), monitor_training_cost=False, progress=False)
+    h = train(Network([6, 12, 3], seed=1, dtype="float64"), (X, y), epochs=12, **kw)
+    accs = [r["validation_accuracy"] for r in h]
+    best = int(np.argmax(accs)) + 1  # the first epoch with the best accuracy
+    assert best < len(h) - 2, accs  # the data must make this test meaningful: later epochs do worse
+    net = Network([6, 12, 3], seed=1, dtype="float64")
+    h = train(net, (X, y), epochs=12, early_stopping=len(h) - best, **kw)
+    assert h.best_epoch == best and h.restored_best and net.epochs_trained == len(h)
+    ref = Network([6, 12, 3], seed=1, dtype="float64")
+    train(ref, (X, y), epochs=best, **kw)
+    assert np.array_equal(net.get_params(), ref.get_params())
+    assert net.evaluate(Xv, yv) == max(accs)
+
+
+def test_divergence_names_eta_and_lmbda_and_the_epoch():
     X, y = toy(n=30)
     net = Network([6, 4, 3], seed=1)
     # float32 cannot hold eta/m: delta^L overflows to inf and the weights to NaN
-    with pytest.raises(TrainingDiverged, match=r"cost became nan in epoch 1 with eta=1e\+40.*--eta 1e\+39"):
+    with pytest.raises(TrainingDiverged, match=r"cost became nan in epoch 1 with eta=1e\+40 and lmbda=0.*--eta 1e\+39"):
         train(net, (X, y), epochs=3, mini_batch_size=10, eta=1e40)
+
+
+def test_divergence_from_a_huge_lmbda_blames_lmbda():
+    """network2's decay 1 - eta*lmbda/n below -1 makes the weights grow each step: lmbda is the culprit."""
+    X, y = toy(n=50)
+    net = Network([6, 4, 3], seed=1)
+    train(net, (X, y), epochs=1, mini_batch_size=10, eta=0.5, monitor_training_cost=False)
+    seen = []
+    with pytest.raises(TrainingDiverged) as e:
+        train(net, (X, y), epochs=20, mini_batch_size=10, eta=3.0, lmbda=100_000, on_epoch=seen.append)
+    msg = str(e.value)
+    # the epoch as the progress lines count it: from 1 over the network's life, one past the last line
+    assert seen and [r["epoch"] for r in seen] == list(range(2, net.epochs_trained))
+    assert f"in epoch {net.epochs_trained} with eta=3 and lmbda=100000: lmbda is the likely cause" in msg
+    assert "--lmbda" in msg and "eta*lmbda/n = 6000" in msg and "--eta" in msg
+
+
+def test_training_that_goes_nowhere_is_warned_about():
+    """eta=1e9 saturates every unit: validation accuracy stays at chance and the cost stops moving."""
+    X, _ = toy(n=200, k=10, seed=3)
+    y = np.arange(200) % 10  # balanced: a network stuck on one class scores exactly 1/10
+    X[np.arange(200), y % 6] += 2.0
+    net = Network([6, 8, 10], seed=1)
+    with pytest.warns(TrainingWarning) as w:
+        h = train(net, (X, y), epochs=4, mini_batch_size=10, eta=1e9, evaluation_data=(X, y))
+    messages = [str(m.message) for m in w]
+    assert h.warnings == messages and len(messages) == 2, messages
+    assert "at chance" in messages[0] and "eta=1e+09 is probably too large" in messages[0]
+    assert "training cost has not moved" in messages[1]
+
+
+def test_a_healthy_run_is_not_warned_about():
+    X, y = toy(n=200, k=3, seed=3)
+    y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        h = train(Network([6, 8, 3], seed=2), (X, y), epochs=4, mini_batch_size=10, eta=1.0, evaluation_data=(X, y))
+    assert h.warnings == []
 
 
 def test_epochs_count_on_across_calls_and_the_optimizer_is_kept():

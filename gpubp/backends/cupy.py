@@ -1,8 +1,8 @@
 """The CuPy backend: device arrays in CuPy, GEMMs in cuBLAS, our kernels through RawModule.
 
-The products of a gpubp.stack.Stack (3-D: a leading model axis) are one strided-batched cuBLAS call
-each (``batched_gemm``): cupy.matmul would first copy every operand that is not C-contiguous, and
-a stack's weights are strided views of its (K, P) parameters and its forward GEMM reads W^T.
+The products of a gpubp.stack.Stack (3-D: a leading model axis) are one strided-batched call each
+through our cuBLAS binding (``Cublas.gemm_batched``): cupy.matmul would first copy every operand
+that is not C-contiguous, and a stack's are strided views (W and W^T of the (K, P) parameters, D^T).
 
 Each kernel file is one ``cupy.RawModule(code=kernel.source(file), options=NVRTC_OPTIONS)``,
 compiled on first use (or by ``warmup()``) and cached on disk by CuPy, keyed on the code
@@ -19,6 +19,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from .. import sysinfo
+from ..errors import GpubpError
+from . import cublas
 from . import kernel as K
 
 
@@ -59,6 +61,14 @@ class CupyBackend(K.KernelBackend):
         self.device = f"{name} (sm_{dev.compute_capability}, {self.sm_count} SMs)"
         self._modules: dict[str, object] = {}
         self._functions: dict[str, object] = {}
+        self._capture_stream = None
+        self._graph_blas = None  # our cuBLAS handle on the capture stream
+        self._eager_blas = None  # and one on the current stream, for TF32 products
+
+    def upload(self, dst, host) -> None:
+        """Copy ``host`` into device array ``dst`` in place (cupy.ndarray.set: no allocation)."""
+        self._count("h2d")
+        dst.set(np.ascontiguousarray(host, dtype=dst.dtype))
 
     def to_host(self, a) -> np.ndarray:
         self._count("d2h")
@@ -68,21 +78,78 @@ class CupyBackend(K.KernelBackend):
         self._count("syncs")
         self.xp.cuda.get_current_stream().synchronize()
 
-    def matmul(self, a, b, out):
-        """out <- a @ b; with a model axis (out 3-D, a or b 3-D or a 2-D operand shared by every
-        model), one strided-batched cuBLAS call on the views as they are."""
-        if out.ndim == 2:
-            return super().matmul(a, b, out)
-        self._count("gemms")
-        batched_gemm(self.xp, a, b, out)
+    def matmul(self, a, b, out, tf32: bool = False):
+        """out <- a @ b: cupy.matmul; inside a capture (where CuPy refuses cuBLAS) or under TF32,
+        through our own cuBLAS handle (gpubp/backends/cublas.py); with a model axis (out 3-D), one
+        strided-batched call through that handle, on the operands' views as they are."""
+        if out.ndim == 3:
+            self._own_blas(tf32).gemm_batched(a, b, out, tf32)
+            return out
+        if self.capturing or tf32:
+            self._own_blas(tf32).gemm(a, b, out, 1.0, 0.0, tf32)
+            return out
+        return super().matmul(a, b, out)
 
-    def gemm(self, a, b, out, alpha: float, beta: float) -> None:
+    def gemm(self, a, b, out, alpha: float, beta: float, tf32: bool = False) -> None:
         """out <- alpha * (a @ b) + beta * out in one cuBLAS call: cupy.cublas.gemm reads C- or
         F-contiguous operands (a transposed view is F-contiguous) and writes a contiguous out in place."""
-        from cupy import cublas
+        if self.capturing or tf32:
+            self._own_blas(tf32).gemm(a, b, out, alpha, beta, tf32)
+            return
+        from cupy import cublas as cupy_cublas
 
         self._count("gemms")
-        cublas.gemm("N", "N", a, b, out=out, alpha=alpha, beta=beta)
+        cupy_cublas.gemm("N", "N", a, b, out=out, alpha=alpha, beta=beta)
+
+    def _own_blas(self, tf32: bool) -> cublas.Cublas:
+        """Our cuBLAS handle: the capture stream's during a capture (made by prepare_capture), else
+        one on the current stream for TF32 and batched products (CuPy's TF32 switch is process-wide)."""
+        if self.capturing:
+            return self._graph_blas
+        self._count("gemms")  # an eager product (captured ones are graph nodes)
+        if self._eager_blas is None:
+            workspace = self.xp.empty((cublas.WORKSPACE_BYTES,), dtype=self.xp.uint8)
+            self._eager_blas = cublas.Cublas(cublas.load(), self.xp.cuda.get_current_stream().ptr, workspace)
+        return self._eager_blas
+
+    # -----------------------------------------------------------------------------------------
+    # Graphs: CuPy's stream capture; the blas route's products through our own cuBLAS binding
+    # -----------------------------------------------------------------------------------------
+
+    def graph_support(self, gemm: str) -> tuple[bool, str]:
+        if gemm == "own":
+            return True, "the own route's layer kernels are captured as they are"
+        try:
+            cublas.load()
+        except (OSError, GpubpError) as e:
+            return False, f"the blas route needs libcublas for capture, which did not load ({sysinfo.first_line(e)})"
+        return True, "the blas route's products go through a cuBLAS handle bound to the capture stream"
+
+    def prepare_capture(self, gemm: str) -> None:
+        super().prepare_capture(gemm)
+        if self._capture_stream is None:
+            self._capture_stream = self.xp.cuda.Stream(non_blocking=True)
+        if gemm == "blas" and self._graph_blas is None:  # handle and workspace before capture begins
+            workspace = self.xp.empty((cublas.WORKSPACE_BYTES,), dtype=self.xp.uint8)
+            self._graph_blas = cublas.Cublas(cublas.load(), self._capture_stream.ptr, workspace)
+
+    @contextmanager
+    def capture(self):
+        """CuPy's stream capture (Stream.begin_capture/end_capture, as CuPy documents it): everything
+        launched on the capture stream in the block becomes one cupy.cuda.Graph."""
+        if self._capture_stream is None:
+            raise GpubpError("call prepare_capture before capture")
+        handle = _CapturedGraph(self)
+        stream = self._capture_stream
+        with stream:
+            stream.begin_capture()
+            self.capturing = True
+            try:
+                yield handle
+            finally:
+                self.capturing = False
+                graph = stream.end_capture()
+        handle.graph = graph
 
     @contextmanager
     def counters(self):
@@ -102,47 +169,15 @@ class CupyBackend(K.KernelBackend):
         self.load_kernel(file, name)(grid, block, args, shared_mem=shared_mem)
 
 
-def device_pointer(a) -> int:
-    """The device address of a CuPy array's first element (views included)."""
-    return a.data.ptr
+class _CapturedGraph:
+    """A captured cupy.cuda.Graph; ``launch()`` replays it on the current stream."""
 
+    def __init__(self, be) -> None:
+        self.be, self.graph = be, None
 
-def _operand(x):
-    """How cuBLAS reads the last two axes (r, c) of a row-major operand x, in cuBLAS's column-major
-    terms: ("N", ld) when its rows are contiguous (x is x^T column-major, leading dimension = the row
-    stride), ("T", ld) when its columns are (a transposed view); and the stride between models (0
-    for a 2-D operand every model shares), in elements."""
-    r, c = x.shape[-2:]
-    sr, sc = (s // x.itemsize for s in x.strides[-2:])
-    batch = x.strides[0] // x.itemsize if x.ndim == 3 and x.shape[0] > 1 else 0
-    if (c == 1 or sc == 1) and (r == 1 or sr >= c):
-        return "N", max(sr if r > 1 else c, 1), batch
-    if (r == 1 or sr == 1) and (c == 1 or sc >= r):
-        return "T", max(sc if c > 1 else r, 1), batch
-    raise ValueError(f"batched_gemm: an operand of shape {x.shape} and strides {x.strides} has no contiguous axis")
-
-
-def batched_gemm(cupy, a, b, out) -> None:
-    """out[k] <- a[k] @ b[k] for every model k (a 2-D a or b is shared), one cublas<t>gemmStridedBatched.
-
-    Row-major out = a b is column-major out^T = b^T a^T, so cuBLAS gets b as its A and a as its B;
-    out must have contiguous rows. Scalars alpha = 1 and beta = 0 are read from the host."""
-    from cupy_backends.cuda.libs import cublas
-
-    K, m, n = out.shape
-    k = a.shape[-1]
-    if a.shape[-2:] != (m, k) or b.shape[-2:] != (k, n) or out.strides[-1] != out.itemsize \
-            or not a.dtype == b.dtype == out.dtype or (m > 1 and out.strides[-2] // out.itemsize < n):
-        raise ValueError(f"batched_gemm: {a.shape} @ {b.shape} -> {out.shape} ({a.dtype}, {b.dtype}, {out.dtype})")
-    opb, ldb, sb = _operand(b)
-    opa, lda, sa = _operand(a)
-    ldc = max(out.strides[-2] // out.itemsize if m > 1 else n, 1)
-    sc = out.strides[0] // out.itemsize if K > 1 else 0
-    trans = {"N": cublas.CUBLAS_OP_N, "T": cublas.CUBLAS_OP_T}
-    one, zero = np.ones(1, out.dtype), np.zeros(1, out.dtype)
-    call = cublas.sgemmStridedBatched if out.dtype == np.float32 else cublas.dgemmStridedBatched
-    call(cupy.cuda.device.get_cublas_handle(), trans[opb], trans[opa], n, m, k, one.ctypes.data,
-         device_pointer(b), ldb, sb, device_pointer(a), lda, sa, zero.ctypes.data, device_pointer(out), ldc, sc, K)
+    def launch(self) -> None:
+        self.be._count("graph_launches")
+        self.graph.launch()
 
 
 class _PoolAllocations:

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +276,21 @@ def probe() -> tuple[bool, str]:
         return False, str(e)
 
 
+class RecordedGraph:
+    """The emulator's stand-in for a CUDA graph: the kernel launches and products made while it was
+    captured, in order, each bound to the same arrays and scalars; ``launch()`` replays them all, as
+    cudaGraphLaunch replays a graph's nodes (a kernel's thread order is drawn anew at each replay,
+    as a GPU schedules anew)."""
+
+    def __init__(self, be) -> None:
+        self.be, self.nodes = be, []
+
+    def launch(self) -> None:
+        self.be._count("graph_launches")
+        for node in self.nodes:
+            node()
+
+
 class EmulatedBackend(K.KernelBackend):
     """NumPy arrays; every custom kernel launch runs the CUDA source on the CPU.
 
@@ -313,9 +329,74 @@ class EmulatedBackend(K.KernelBackend):
         return fn
 
     def execute(self, file, name, grid, block, args, shared_mem=0) -> None:
-        self._launch_index += 1
-        seed = self._seed * 0x9E3779B97F4A7C15 + self._launch_index  # the C side mixes it per block
-        self.load_kernel(file, name)(grid, block, args, shared_mem, seed)
+        kernel = self.load_kernel(file, name)  # loaded before a graph records it, as CUDA requires
+
+        def run():
+            self._launch_index += 1
+            seed = self._seed * 0x9E3779B97F4A7C15 + self._launch_index  # the C side mixes it per block
+            kernel(grid, block, args, shared_mem, seed)
+
+        self._record_or_run(run)
+
+    # -----------------------------------------------------------------------------------------
+    # Graphs: what a CUDA stream capture does, on the host, with CUDA's rules enforced
+    # -----------------------------------------------------------------------------------------
+
+    def graph_support(self, gemm: str) -> tuple[bool, str]:
+        return True, "the emulator records a graph's launches and products and replays them"
+
+    @contextmanager
+    def capture(self):
+        if self.capturing:
+            raise GpubpError("a capture is already in progress")
+        graph = RecordedGraph(self)
+        self._graph, self.capturing = graph, True
+        try:
+            yield graph
+        finally:
+            self._graph, self.capturing = None, False
+
+    def _record_or_run(self, work) -> None:
+        if self.capturing:
+            self._graph.nodes.append(work)
+        else:
+            work()
+
+    def _refuse_in_capture(self, what: str) -> None:
+        if self.capturing:
+            raise GpubpError(f"{what} during graph capture: CUDA forbids it (the graph would bake in the "
+                             f"wrong address, or the stream would have to wait)")
+
+    def matmul(self, a, b, out, tf32=False):
+        if not self.capturing:
+            return super().matmul(a, b, out, tf32)
+        self._record_or_run(lambda: self._product(a, b, out, None, None, tf32))
+        return out
+
+    def gemm(self, a, b, out, alpha, beta, tf32=False) -> None:
+        if not self.capturing:
+            return super().gemm(a, b, out, alpha, beta, tf32)
+        self._record_or_run(lambda: self._product(a, b, out, alpha, beta, tf32))
+
+    def empty(self, shape, dtype):
+        self._refuse_in_capture("an allocation")
+        return super().empty(shape, dtype)
+
+    def to_host(self, a):
+        self._refuse_in_capture("a device-to-host copy")
+        return super().to_host(a)
+
+    def to_device(self, a, dtype=None):
+        self._refuse_in_capture("a host-to-device copy")
+        return super().to_device(a, dtype)
+
+    def upload(self, dst, host) -> None:
+        self._refuse_in_capture("a host-to-device copy")
+        super().upload(dst, host)
+
+    def synchronize(self) -> None:
+        self._refuse_in_capture("a synchronization")
+        super().synchronize()
 
 
 BACKEND = EmulatedBackend

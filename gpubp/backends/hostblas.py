@@ -36,9 +36,27 @@ def _loaded_libraries() -> list[str]:
     return sorted(blas, key=lambda p: "numpy" not in p)
 
 
+class CBlas:
+    """NumPy's CBLAS ?gemm: ``fns[dtype]`` with argument types set (converts Python numbers at each
+    call), ``raw[dtype]`` without (for Plan, which passes ctypes values it made once), ``integer``
+    and ``scalars[dtype]`` the C types of its integers and of alpha and beta."""
+
+    def __init__(self, path, lib, pattern, integer):
+        self.path, self.integer, self.fns, self.raw, self.scalars = path, integer, {}, {}, {}
+        for dtype, letter, scalar in ((np.float32, "s", ctypes.c_float), (np.float64, "d", ctypes.c_double)):
+            name = pattern.format(letter)
+            fn = getattr(lib, name)
+            fn.restype = None
+            fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, integer, integer, integer, scalar,
+                           ctypes.c_void_p, integer, ctypes.c_void_p, integer, scalar, ctypes.c_void_p, integer)
+            raw = lib[name]  # a second function object for the same symbol, left without argtypes
+            raw.restype = None
+            self.fns[np.dtype(dtype)], self.raw[np.dtype(dtype)], self.scalars[np.dtype(dtype)] = fn, raw, scalar
+
+
 @functools.cache
-def numpy_cblas():
-    """(library path, {dtype: prepared ctypes function}) of NumPy's CBLAS, or None when not found."""
+def numpy_cblas() -> CBlas | None:
+    """NumPy's own CBLAS, or None when it cannot be found in this process."""
     np.empty(1) @ np.empty(1)  # make sure NumPy's BLAS is loaded
     for path in _loaded_libraries():
         try:
@@ -46,17 +64,8 @@ def numpy_cblas():
         except OSError:
             continue
         for pattern, integer in SYMBOLS:
-            fns = {}
-            for dtype, letter, scalar in ((np.float32, "s", ctypes.c_float), (np.float64, "d", ctypes.c_double)):
-                fn = getattr(lib, pattern.format(letter), None)
-                if fn is None:
-                    break
-                fn.restype = None
-                fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, integer, integer, integer, scalar,
-                               ctypes.c_void_p, integer, ctypes.c_void_p, integer, scalar, ctypes.c_void_p, integer)
-                fns[np.dtype(dtype)] = fn
-            if len(fns) == 2:
-                return path, fns
+            if all(hasattr(lib, pattern.format(letter)) for letter in "sd"):
+                return CBlas(path, lib, pattern, integer)
     return None
 
 
@@ -67,7 +76,7 @@ def uses_numpy_pool() -> bool:
 
 def description() -> str:
     found = numpy_cblas()
-    return f"NumPy's own CBLAS ({os.path.basename(found[0])})" if found else "SciPy's BLAS (scipy.linalg.blas)"
+    return f"NumPy's own CBLAS ({os.path.basename(found.path)})" if found else "SciPy's BLAS (scipy.linalg.blas)"
 
 
 def _row_major(x) -> tuple[int, int]:
@@ -92,8 +101,42 @@ def gemm(a, b, out, alpha, beta) -> None:
     (M, K), N = a.shape, b.shape[1]
     ta, lda = _row_major(a)
     tb, ldb = _row_major(b)
-    found[1][out.dtype](ROW_MAJOR, ta, tb, M, N, K, alpha, a.ctypes.data, lda, b.ctypes.data, ldb, beta,
-                        out.ctypes.data, max(N, 1))
+    found.fns[out.dtype](ROW_MAJOR, ta, tb, M, N, K, alpha, a.ctypes.data, lda, b.ctypes.data, ldb, beta,
+                         out.ctypes.data, max(N, 1))
+
+
+class Plan:
+    """One product a step repeats on the same arrays (a fused update: out <- alpha a b + beta out),
+    its CBLAS arguments made into C values once and passed as they are: a call costs the product
+    and about a microsecond (converting fourteen arguments each call costs more than the small
+    products of network.py's setup). ``b`` may be replaced at each call by an array of the same
+    shape and layout (a step's input batch)."""
+
+    def __init__(self, a, b, out):
+        if not out.flags.c_contiguous:
+            raise GpubpError(f"a planned gemm's output must be C-contiguous (got strides {out.strides})")
+        cblas = numpy_cblas()
+        I, S = cblas.integer, cblas.scalars[out.dtype]  # noqa: E741, N806 (the C types)
+        (M, K), N = a.shape, b.shape[1]
+        ta, lda = _row_major(a)
+        tb, ldb = _row_major(b)
+        self._fn = cblas.raw[out.dtype]
+        self._args = [ctypes.c_int(ROW_MAJOR), ctypes.c_int(ta), ctypes.c_int(tb), I(M), I(N), I(K), S(1),
+                      ctypes.c_void_p(a.ctypes.data), I(lda), ctypes.c_void_p(b.ctypes.data), I(ldb), S(0),
+                      ctypes.c_void_p(out.ctypes.data), I(max(N, 1))]
+        self._alpha, self._beta, self._b = self._args[6], self._args[11], self._args[9]
+        self._b_home, self._b_form = b.ctypes.data, (b.shape, tb)
+        self._keep = (a, b, out)  # the pointers stay valid as long as the plan lives
+
+    def __call__(self, alpha, beta, b=None) -> None:
+        self._alpha.value, self._beta.value = alpha, beta
+        if b is None:
+            self._b.value = self._b_home
+        elif (b.shape, _row_major(b)[0]) != self._b_form:
+            raise GpubpError(f"planned gemm: an operand {b.shape} does not fit the plan's {self._b_form[0]}")
+        else:
+            self._b.value = b.ctypes.data
+        self._fn(*self._args)
 
 
 def _scipy_gemm(a, b, out, alpha, beta) -> None:

@@ -300,7 +300,8 @@ class KernelBackend(Backend):
         file, packed = self._checked(name, args)
         if n <= 0:
             return
-        self._count("launches")
+        if not self.capturing:
+            self._count("launches")
         self.execute(file, name, (grid_size(n, self.sm_count), 1, 1), (BLOCK, 1, 1), packed)
 
     def launch_grid(self, name: str, grid, block, shared_mem: int, *args) -> None:
@@ -314,7 +315,8 @@ class KernelBackend(Backend):
         if isinstance(shared_mem, bool) or not isinstance(shared_mem, (int, np.integer)) \
                 or not 0 <= shared_mem <= MAX_DYNAMIC_SHARED:
             raise GpubpError(f"shared_mem must be 0 to {MAX_DYNAMIC_SHARED} bytes, got {shared_mem!r}")
-        self._count("launches")
+        if not self.capturing:
+            self._count("launches")
         self.execute(file, name, grid, block, packed, shared_mem=int(shared_mem))
 
     def _checked(self, name: str, args: tuple) -> tuple[str, tuple]:

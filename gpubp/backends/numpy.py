@@ -2,8 +2,7 @@
 
 ``kernel(stem, dtype)`` returns gpubp.reference's function of that name, so the network asks the
 same things of every backend. References borrow scratch buffers from here, one per (shape,
-dtype) and thread (a sweep may train two groups in two threads), allocated once, so a training
-step allocates nothing after its first.
+dtype) and thread, allocated once, so a training step allocates nothing after its first.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import threading
 
 from .. import reference
 from ..errors import GpubpError
@@ -20,26 +18,11 @@ from .base import Backend
 
 class NumpyBackend(Backend):
     name = "numpy"
-    # Measured here (2 cores, OpenBLAS): folding SGD's update into BP4 made network B's step ([784,
-    # 1024,1024,10], batch 128) about 13 % faster, and network A's ([784,30,10], batch 10) about 30 %
-    # slower, where the BLAS call's overhead outweighs the pass over 24k parameters it saves.
-    fused_update_min_weights = 131_072
+    fuses_per_model = True
 
     def __init__(self) -> None:
         super().__init__()
-        self._local = threading.local()  # the scratch buffers of each thread
         self.device = f"CPU ({os.cpu_count()} cores)"
-
-    def scratch(self, shape, dtype):
-        """A work buffer per (shape, dtype) and thread, reused: its contents are undefined on return."""
-        buffers = getattr(self._local, "scratch", None)
-        if buffers is None:
-            buffers = self._local.scratch = {}
-        key = (shape, dtype)
-        work = buffers.get(key)
-        if work is None:
-            work = buffers[key] = self.empty(shape, dtype)
-        return work
 
     def kernel(self, stem: str, dtype):
         ref = getattr(reference, stem, None)

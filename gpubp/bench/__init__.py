@@ -4,9 +4,11 @@ Per case (network x batch size): build every contender (our backends, PyTorch wh
 put MNIST on the device, warm up outside the clock (kernel compilation, context creation, first
 allocations, three steps), then time ``repeats`` runs of ``steps`` consecutive training steps,
 each repeat timing every contender in turn and synchronizing before each clock stops. A run's
-seconds per epoch are its seconds per step times ceil(50_000 / batch); we report the median over
-runs and their spread (min..max), samples/s, achieved GFLOP/s from counted FLOPs, and the
-GPU/CPU speed-up for each case both backends ran.
+seconds per epoch are its seconds per step times ceil(rows / batch), rows being the training set
+(50 000 for MNIST; a batch larger than that runs all of them); we report the median over runs and
+their spread (min..max), samples/s, achieved GFLOP/s from counted FLOPs, and the GPU/CPU speed-up
+for each case both backends ran. A busy machine (load average per core) and repeats that disagree
+by more than 2x are warned about and recorded, as is Ctrl-C, which keeps the cases finished.
 
 Modules: contenders (what is timed), report (what the numbers mean, the table), plot (the
 figure), nielsen (network.py's per-example loop, the book's own speed).
@@ -14,16 +16,32 @@ figure), nielsen (network.py's per-example loop, the book's own speed).
 
 from __future__ import annotations
 
+import os
+
 from ..errors import GpubpError
 from .contenders import gemm_rate, ours, pytorch
-from .report import EPOCH_ROWS, flops_per_sample, speedups, step_bytes, summarize, table
+from .report import (
+    EPOCH_ROWS,
+    case_name,
+    flops_per_sample,
+    speedups,
+    step_bytes,
+    summarize,
+    table,
+)
 
 DEFAULT_SIZES = [[784, 30, 10], [784, 100, 10], [784, 1024, 1024, 10], [784, 4096, 4096, 10]]
 DEFAULT_BATCHES = [10, 128, 1024]
 QUICK_SIZES = [[784, 30, 10], [784, 100, 10], [784, 1024, 1024, 10]]
 BENCH_BACKENDS = ("numpy", "cupy", "emulated")
+# Load average per core above which the numbers are suspect. BLAS runs a thread on every core and
+# waits for the slowest, so one other busy process already distorts a CPU case: before the start
+# (only other work counts) a quarter of the cores busy is too many; while running, this benchmark
+# itself keeps every core busy, so only a quarter beyond one per core says that something else competed.
+BUSY_BEFORE, BUSY_DURING = 0.25, 1.25
 
-__all__ = ["run", "plan", "table", "flops_per_sample", "step_bytes", "gemm_rate", "EPOCH_ROWS"]
+__all__ = ["run", "plan", "table", "flops_per_sample", "step_bytes", "gemm_rate", "machine_load", "case_name",
+           "EPOCH_ROWS"]
 
 
 def plan(backends=None, sizes=None, batch_sizes=None, steps=None, repeats=None, quick=False):
@@ -62,9 +80,45 @@ def torch_devices(backends):
     return devices, None
 
 
+ROUTES = ("blas", "own")
+MODES = ("eager", "graph")
+
+
+def variants(backends, routes=ROUTES, modes=MODES) -> tuple[list, list]:
+    """([(row name, backend, route, graph)], [why a variant was left out]): every route and mode each
+    backend can run, named <backend>[-own][-graph]; the default "numpy" and "cupy" rows are the blas
+    route, eager."""
+    from ..backends import get_backend
+
+    found, skipped = [], []
+    for b in backends:
+        be = get_backend(b)
+        for gemm in routes:
+            if gemm == "own" and not be.compiles_kernels:
+                continue  # the NumPy backend runs no kernels: nothing to say
+            for mode in modes:
+                name = b + ("-own" if gemm == "own" else "") + ("-graph" if mode == "graph" else "")
+                if mode == "graph":
+                    ok, why = be.graph_support(gemm)
+                    if not ok:
+                        if b != "numpy":
+                            skipped.append(f"{name}: {why}")
+                        continue
+                found.append((name, b, gemm, mode == "graph"))
+    return found, skipped
+
+
+def _maker(backend, gemm, graph):
+    return lambda s, batch, dtype, steps, data: ours(backend, s, batch, dtype, steps, data, gemm=gemm, graph=graph)
+
+
 def run(backends=None, sizes=None, batch_sizes=None, steps=None, repeats=None, dtype="float32", quick=False,
-        data_dir=None, log=print) -> dict:
-    """Benchmark every case; returns {"machine", "dtype", "cost", "steps", "repeats", "cases", "skipped", ...}."""
+        data_dir=None, log=print, verify=True, routes=ROUTES, modes=MODES) -> dict:
+    """Benchmark every case; returns {"machine", "dtype", "cost", "steps", "repeats", "epoch_rows", "cases",
+    "skipped", "load", "warnings", ...}. Each warning is also logged as "warning: ...".
+
+    Ctrl-C (KeyboardInterrupt) during the cases ends the sweep early: the result holds the cases
+    finished and "interrupted" names the case that was running."""
     from .. import sysinfo
     from ..data import load_mnist
     from .contenders import COST
@@ -73,23 +127,64 @@ def run(backends=None, sizes=None, batch_sizes=None, steps=None, repeats=None, d
     tdevs, why_not = torch_devices(backends)
     if why_not:
         skipped.append(f"PyTorch column: {why_not}")
-    data = load_mnist(data_dir)["train"]
+    before = machine_load()
+    data = load_mnist(data_dir, verify=verify)["train"]
+    rows = len(data[0])
     rate = gemm_rate(dtype)
     log(f"{dtype} GEMM rate (NumPy, 2048^3): {rate:.0f} GFLOP/s")
-    cases = []
-    makers = [(b, lambda *a, b=b: ours(b, *a)) for b in backends]
+    result = {"machine": sysinfo.machine(), "dtype": dtype, "cost": COST, "steps": steps, "repeats": repeats,
+              "epoch_rows": rows, "gemm_gflops": rate, "cases": [], "skipped": skipped,
+              "load": {"cores": before["cores"], "before": before}, "warnings": [], "interrupted": None}
+
+    def warn(message):
+        result["warnings"].append(message)
+        log(f"warning: {message}")
+
+    if before["per_core"] > BUSY_BEFORE:
+        warn(f"the machine was busy before the benchmark started (load average {before['load_1min']:.2f} on "
+             f"{before['cores']} cores, {before['per_core']:.2f} per core): its times include other work")
+    found, why_not = variants(backends, routes, modes)
+    skipped += why_not
+    makers = [(name, _maker(b, gemm, graph)) for name, b, gemm, graph in found]
     makers += [(f"torch-{d}", lambda *a, d=d: pytorch(d, *a)) for d in tdevs]
     for s in sizes:
         for batch in batches:
-            contenders = [(name, make(s, batch, dtype, steps, data)) for name, make in makers]
-            for _ in range(repeats):  # each repeat times every contender in turn: ratios from one run
-                for _, c in contenders:
-                    c.time()
-            for name, c in contenders:
-                cases.append(summarize(name, s, batch, steps, repeats, c, rate))
-                log(f"  {name:10s} {','.join(map(str, s)):>18s} batch {batch:5d}: "
-                    f"{cases[-1]['seconds_per_epoch']:8.3f} s/epoch")
-            del contenders  # free one case's device memory before the next
-    speedups(cases)
-    return {"machine": sysinfo.machine(), "dtype": dtype, "cost": COST, "steps": steps, "repeats": repeats,
-            "epoch_rows": EPOCH_ROWS, "gemm_gflops": rate, "cases": cases, "skipped": skipped}
+            try:
+                _case(result, makers, s, batch, dtype, steps, repeats, data, rate, rows, log, warn)
+            except KeyboardInterrupt:
+                result["interrupted"] = f"{','.join(b for b, _ in makers)} {','.join(map(str, s))} batch {batch}"
+                break
+        if result["interrupted"]:
+            break
+    result["load"]["after"] = machine_load()
+    speedups(result["cases"])
+    return result
+
+
+def _case(result, makers, s, batch, dtype, steps, repeats, data, rate, rows, log, warn) -> None:
+    """Time every contender on one network and batch size; append their summaries to result["cases"]."""
+    contenders = [(name, make(s, batch, dtype, steps, data)) for name, make in makers]
+    for _ in range(repeats):  # each repeat times every contender in turn: ratios from one run
+        for _, c in contenders:
+            c.time()
+    load = machine_load()
+    if load["per_core"] > BUSY_DURING and not any("busier than" in w for w in result["warnings"]):
+        warn(f"the machine was busier than this benchmark alone can make it (load average {load['load_1min']:.2f} "
+             f"on {load['cores']} cores, {load['per_core']:.2f} per core, after {','.join(map(str, s))} batch {batch})")
+    for name, c in contenders:
+        case = summarize(name, s, batch, steps, repeats, c, rate, rows)
+        case["load_per_core"] = load["per_core"]
+        result["cases"].append(case)
+        for w in case["warnings"]:
+            warn(w)
+        log(f"  {name:10s} {','.join(map(str, s)):>18s} batch {batch:5d}: {case['seconds_per_epoch']:8.3f} s/epoch")
+
+
+def machine_load() -> dict:
+    """The 1-minute load average, the core count and their ratio (None where the OS has no load average)."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):  # Windows has none
+        return {"load_1min": None, "cores": cores, "per_core": 0.0}
+    return {"load_1min": load, "cores": cores, "per_core": load / cores}

@@ -38,11 +38,13 @@ def _batches(X, Y, batch, steps):
 
 
 class Contender:
-    """One way of running a case's training steps: warmed up once, then timed on demand."""
+    """One way of running a case's training steps: warmed up once, then timed on demand. ``step`` runs
+    one prepared batch, or (``steps`` given) all of them at once, as a graph's launch does."""
 
-    def __init__(self, step, sync, batches, device, warmup_seconds=0.0, counters=None):
+    def __init__(self, step, sync, batches, device, warmup_seconds=0.0, counters=None, steps=None):
         self.step, self.sync, self.batches, self.device = step, sync, batches, device
         self.warmup_seconds, self.counters, self.per_step = warmup_seconds, counters, []
+        self.steps = steps or len(batches)
 
     def time(self) -> None:
         """Run every prepared batch once; record seconds per step (synchronized before the clock stops)."""
@@ -51,18 +53,20 @@ class Contender:
         for Xb, Yb in self.batches:
             self.step(Xb, Yb)
         self.sync()
-        self.per_step.append((time.perf_counter() - t0) / len(self.batches))
+        self.per_step.append((time.perf_counter() - t0) / self.steps)
 
 
-def ours(backend, sizes, batch, dtype, steps, data) -> Contender:
-    """gpubp on ``backend``, warmed up: kernels compiled, workspaces allocated, three steps run."""
+def ours(backend, sizes, batch, dtype, steps, data, gemm="blas", graph=False) -> Contender:
+    """gpubp on ``backend`` and route ``gemm``, warmed up: kernels compiled, workspaces allocated,
+    three steps run; with ``graph``, the ``steps`` steps captured once as one graph, which each
+    timing replays (as an epoch's graph is)."""
     from ..backends import get_backend
     from ..network import Network
     from ..optimizers import SGD
 
     be = get_backend(backend)
     warm = be.warmup()
-    net = Network(sizes, cost=COST, backend=be, dtype=dtype, seed=0)
+    net = Network(sizes, cost=COST, backend=be, dtype=dtype, seed=0, gemm=gemm)
     opt = SGD(ETA)
     X = net.to_device(data[0])
     Y = net.one_hot(net.labels(data[1]))
@@ -74,6 +78,15 @@ def ours(backend, sizes, batch, dtype, steps, data) -> Contender:
     for Xb, Yb in work[:3]:  # first allocations, BLAS handles, caches
         step(Xb, Yb)
     be.synchronize()
+    if graph:
+        be.prepare_capture(gemm)
+        with be.capture() as captured:
+            for Xb, Yb in work:
+                step(Xb, Yb)
+        with be.counters() as c:
+            captured.launch()
+        return Contender(lambda *_: captured.launch(), be.synchronize, [(None, None)], be.device, warm,
+                         c.as_dict(), steps=len(work))
     with be.counters() as c:
         step(*work[0])
     return Contender(step, be.synchronize, work, be.device, warm, c.as_dict())

@@ -4,32 +4,15 @@ from __future__ import annotations
 
 import textwrap
 
-from ..errors import GpubpError
-from ..fileio import atomic_path
+from ..plotting import pyplot, save
 
-
-def pyplot():
-    """matplotlib.pyplot on the non-interactive backend, or a one-line error naming the extra."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise GpubpError("--plot needs matplotlib: from the clone, uv run --extra plot gpubp ... "
-                         "or pip install -e '.[plot]'") from None
-    return plt
+__all__ = ["plot", "figure", "pyplot"]
 
 
 def plot(result, path) -> None:
     """Write the figure of ``result`` to ``path`` (PNG), atomically."""
-    plt = pyplot()
-    fig = figure(result)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
+    pyplot()
+    save(figure(result), path)
 
 
 def figure(result):
@@ -45,10 +28,13 @@ def figure(result):
                          if tuple(c["sizes"]) == s and c["backend"] == b)
             if pts:
                 left.plot(*zip(*pts), styles[bi % 4], marker="o", color=f"C{ni}", label=f"{b} {','.join(map(str, s))}")
-        gpu = sorted((c["batch"], c["speedup_vs_numpy"]) for c in result["cases"]
-                     if tuple(c["sizes"]) == s and c["backend"] == "cupy" and c["speedup_vs_numpy"])
-        if gpu:
-            right.plot(*zip(*gpu), marker="o", color=f"C{ni}", label=",".join(map(str, s)))
+        gpu_rows = [b for b in backends if b.startswith("cupy")]  # cupy, cupy-own, cupy-graph, cupy-own-graph
+        for bi, b in enumerate(gpu_rows):
+            gpu = sorted((c["batch"], c["speedup_vs_numpy"]) for c in result["cases"]
+                         if tuple(c["sizes"]) == s and c["backend"] == b and c["speedup_vs_numpy"])
+            if gpu:
+                label = ",".join(map(str, s)) + ("" if b == "cupy" else f" {b[5:]}")
+                right.plot(*zip(*gpu), styles[bi % 4], marker="o", color=f"C{ni}", label=label)
     left.set(xscale="log", yscale="log", xlabel="batch size", ylabel="training samples / s",
              title=f"Throughput ({result['dtype']}, {result['machine']['cpu']})")
     left.legend(fontsize=7)

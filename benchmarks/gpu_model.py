@@ -1,0 +1,108 @@
+"""What a GPU should buy, by a model (not a measurement), beside CPU rows measured by `gpubp bench`.
+
+    python benchmarks/gpu_model.py bench.json [--gpu h100|a100]    prints the README's model table
+
+For each network and batch size the bench measured on NumPy, a GPU step on each route and mode
+takes the largest of four times, and the table names which one bounds it:
+  flops    the step's FLOPs at an efficiency of the GPU's float32 peak: cuBLAS 60 % (blas route);
+           our tiles 40 % of cuBLAS, i.e. 24 % of peak (own route: a 64x64 tile with 4x4 register
+           blocking and no double buffering is between kernels 4 and 5 of Boehm's "How to optimize
+           a CUDA matmul kernel for cuBLAS-like performance" (2022), which reached 36 % and 69 % of
+           cuBLAS on an A6000 at 4096^3; we take the lower side because our tiles are smaller).
+  bytes    its minimum memory traffic (gpubp.bench.report.step_bytes) at 70 % of peak bandwidth.
+  launches eager: every kernel and library call issued from Python, 10 us of host time each (CuPy's
+           call path; CUDA.jl measures ~6 us per launch for an MLP at batch 16: 50 us for 8 kernels);
+           graph: 0.875 us per replayed node (CUDA.jl's graphs page: 80 kernels, 260 -> 70 us).
+  latency  the serial K loops a small product cannot hide: each K slice of a tile waits for one
+           global-memory round trip (HBM latency on Hopper is 400-600 cycles, ~0.3 us; 0.5 us with
+           the slice's barriers), slices of 32 (cuBLAS, our small tile) or 16 (our large and output
+           tiles) along K; an elementwise kernel counts as one slice.
+Peaks: H100 SXM 67 TFLOP/s float32, 3.35 TB/s; A100 SXM 19.5 TFLOP/s, 1.9 TB/s (NVIDIA datasheets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository
+
+from gpubp.bench.report import flops_per_sample, step_bytes  # noqa: E402
+
+GPUS = {"h100": {"name": "H100 SXM", "flops": 67e12, "bandwidth": 3.35e12},
+        "a100": {"name": "A100 SXM", "flops": 19.5e12, "bandwidth": 1.9e12}}
+EFFICIENCY = {"blas": 0.60, "own": 0.60 * 0.40}
+BANDWIDTH_EFFICIENCY = 0.70
+EAGER_LAUNCH = 10e-6
+GRAPH_NODE = 0.875e-6
+SLICE = 0.5e-6
+
+
+def kernels(sizes, batch, route):
+    """[(what, K slices it walks serially)] for one training step (plain SGD, folded into BP4)."""
+    layers = list(zip(sizes[:-1], sizes[1:]))  # (n_in, n_out)
+    L, out = len(layers), []
+    if route == "blas":  # GEMMs by cuBLAS (slices of 32), each followed by an elementwise kernel
+        for n_in, _ in layers:
+            out += [("gemm", math.ceil(n_in / 32)), ("bias+act", 1)]
+        out.append(("output delta", 1))
+        for l in range(L - 1, -1, -1):
+            if l > 0:
+                out += [("gemm BP2", math.ceil(layers[l][1] / 32)), ("act delta", 1)]
+            out += [("gemm BP4+update", math.ceil(batch / 32)), ("gemm BP3+update", math.ceil(batch / 32))]
+        return out
+    for l, (n_in, n_out) in enumerate(layers):  # our layer kernels: forward, output, BP2, update
+        small = math.ceil(batch / 64) * math.ceil(n_out / 64) < 2 * 132
+        bk = 16 if l == L - 1 or not small else 32
+        out.append(("layer_output" if l == L - 1 else "layer_forward", math.ceil(n_in / bk)))
+    for l in range(L - 1, -1, -1):
+        if l > 0:
+            out.append(("layer_delta", math.ceil(layers[l][1] / 32)))
+        out.append(("layer_update", math.ceil(batch / 32)))
+    return out
+
+
+def step_time(sizes, batch, route, graph, gpu) -> tuple[float, str, int]:
+    """(seconds per step, the bound that sets it, kernels per step) by the model."""
+    ks = kernels(sizes, batch, route)
+    flops = flops_per_sample(sizes) * batch
+    times = {"flops": flops / (EFFICIENCY[route] * gpu["flops"]),
+             "bytes": step_bytes(sizes, batch) / (BANDWIDTH_EFFICIENCY * gpu["bandwidth"]),
+             "launches": len(ks) * (GRAPH_NODE if graph else EAGER_LAUNCH),
+             "latency": sum(s for _, s in ks) * SLICE}
+    bound = max(times, key=times.get)
+    return times[bound], bound, len(ks)
+
+
+def table(result, gpu_key="h100") -> str:
+    gpu = GPUS[gpu_key]
+    rows = [f"| network | batch | NumPy s/epoch (measured) | route, mode | kernels/step | {gpu['name']} s/epoch "
+            "(model) | bound | vs NumPy |", "|---|---:|---:|---|---:|---:|---|---:|"]
+    for c in result["cases"]:
+        if c["backend"] != "numpy":
+            continue
+        sizes, batch = c["sizes"], c["batch"]
+        rows_run = c.get("batch_rows", batch)
+        steps = math.ceil(c.get("epoch_rows", result.get("epoch_rows", 50_000)) / rows_run)
+        for route, graph in (("blas", False), ("own", False), ("blas", True), ("own", True)):
+            t, bound, n = step_time(sizes, rows_run, route, graph, gpu)
+            epoch = t * steps
+            mode = f"{route}, {'graph' if graph else 'eager'}"
+            rows.append(f"| {','.join(map(str, sizes))} | {batch} | {c['seconds_per_epoch']:.3f} | {mode} | {n} | "
+                        f"{epoch:.4f} | {bound} | {c['seconds_per_epoch'] / epoch:.1f}x |")
+    return "\n".join(rows)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bench_json", type=Path, help="a `gpubp bench --json` file with numpy rows")
+    ap.add_argument("--gpu", choices=list(GPUS), default="h100")
+    args = ap.parse_args()
+    print(table(json.loads(args.bench_json.read_text()), args.gpu))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""An epoch as one CUDA graph: captured once, replayed every epoch, equal to the eager epoch bit for
+bit, on the emulated backend (a recorded graph) and through the CuPy stand-in (CuPy's stream capture,
+with cuBLAS refused and our own binding taking the blas route's products); the counters of an epoch;
+and what is refused during capture."""
+
+import sys
+
+import numpy as np
+import pytest
+from cupy_standin import CAPTURE_REFUSED, FakeCublasLib, FakeCupy
+
+import gpubp.backends as B
+from gpubp import Network, train
+from gpubp.backends import cublas, get_backend
+from gpubp.errors import GpubpError
+from gpubp.training import graph_mode
+
+ETA = {"sgd": 0.5, "momentum": 0.1, "adam": 0.01}
+
+
+def data(n=53, n_in=20, k=5, seed=7):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, n_in)), rng.integers(0, k, n)
+
+
+def trained(backend, gemm, optimizer, dtype, graph, epochs=3, **kw):
+    X, y = data()
+    net = Network([20, 9, 7, 5], cost="log_likelihood", activation="tanh", backend=backend, dtype=dtype, seed=4,
+                  gemm=gemm)
+    history = net.sgd((X, y), epochs=epochs, mini_batch_size=8, eta=ETA[optimizer], lmbda=1.0, optimizer=optimizer,
+                      evaluation_data=(X, y), graph=graph, **kw)
+    return net, history
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("optimizer", list(ETA))
+@pytest.mark.parametrize("gemm", ["blas", "own"])
+def test_a_replayed_epoch_equals_an_eager_one_bit_for_bit(gemm, optimizer, dtype):
+    """Three epochs of 53 rows in batches of 8 (the last, partial batch is in the graph too)."""
+    eager, h_eager = trained("emulated", gemm, optimizer, dtype, graph=False)
+    graph, h_graph = trained("emulated", gemm, optimizer, dtype, graph=True)
+    assert [r["mode"] for r in h_graph] == ["graph"] * 3 and [r["mode"] for r in h_eager] == ["eager"] * 3
+    assert np.array_equal(graph.get_params(), eager.get_params())
+    for k, v in eager.optimizer.state_arrays().items():
+        assert np.array_equal(graph.optimizer.state_arrays()[k], v), k
+    assert [r["validation_accuracy"] for r in h_graph] == [r["validation_accuracy"] for r in h_eager]
+    start = Network([20, 9, 7, 5], cost="log_likelihood", activation="tanh", dtype=dtype, seed=4)
+    assert not np.allclose(graph.get_params(), start.get_params())  # it trained
+
+
+def epoch_counters(be, net, epochs, **kw):
+    """Counters of each epoch after the first: the difference of what the counters hold at successive epoch ends."""
+    X, y = data()
+    marks = []
+    with be.counters() as c:
+        train(net, (X, y), epochs=epochs, mini_batch_size=8, eta=0.5, monitor_training_cost=False,
+              on_epoch=lambda r: marks.append(c.as_dict()), **kw)
+    return [{k: b[k] - a[k] for k in a} for a, b in zip(marks, marks[1:])]
+
+
+# An epoch after the first: the permutation goes up (1 h2d), one graph replays the gather and every
+# step (1 graph launch, 0 eager launches), one sync stops the clock; the finiteness check after it
+# is 2 eager launches (zero the totals, sum the parameters) and 1 device-to-host copy. Nothing allocates.
+GRAPH_EPOCH = {"graph_launches": 1, "launches": 2, "gemms": 0, "h2d": 1, "d2h": 1, "syncs": 1, "allocs": 0}
+
+
+@pytest.mark.parametrize("gemm", ["blas", "own"])
+def test_epoch_counters_with_a_graph_on_the_emulator(gemm):
+    be = get_backend("emulated")
+    net = Network([20, 9, 7, 5], backend=be, seed=1, gemm=gemm)
+    assert epoch_counters(be, net, 3, graph=True) == [GRAPH_EPOCH] * 2
+    eager = epoch_counters(be, Network([20, 9, 7, 5], backend=be, seed=1, gemm=gemm), 3, graph=False)
+    steps = 7  # 53 rows in batches of 8
+    per_step = 3 * 3 - 1 if gemm == "own" else 2 * 3  # own: 3L - 1; blas: 2L kernels (+ 4L - 1 GEMMs)
+    assert eager == [{**GRAPH_EPOCH, "graph_launches": 0, "launches": 2 + 1 + steps * per_step,
+                      "gemms": 0 if gemm == "own" else steps * (4 * 3 - 1)}] * 2
+
+
+def test_graph_mode_says_what_runs_and_why():
+    emulated = Network([4, 3], backend="emulated")
+    assert graph_mode(emulated) == (False, "eager: graphs are on by default on the cupy backend only, not emulated")
+    assert graph_mode(emulated, True)[0] is True
+    numpy_net = Network([4, 3], backend="numpy")
+    assert graph_mode(numpy_net, False) == (False, "eager: asked for (graph=False)")
+    with pytest.raises(GpubpError, match="a graph was asked for but cannot be captured: the numpy backend has no"):
+        graph_mode(numpy_net, True)
+    with pytest.raises(GpubpError, match="cannot be captured"):
+        train(numpy_net, data(n=10, n_in=4, k=3), epochs=1, graph=True)
+
+
+def test_capture_refuses_what_cuda_forbids_during_capture():
+    be = get_backend("emulated")
+    x = be.empty((4,), np.float32)
+    for action, what in ((lambda: be.empty((3,), np.float32), "an allocation"),
+                         (lambda: be.to_host(x), "a device-to-host copy"),
+                         (lambda: be.upload(x, np.ones(4)), "a host-to-device copy"),
+                         (lambda: be.synchronize(), "a synchronization")):
+        with pytest.raises(GpubpError, match=f"{what} during graph capture"):
+            with be.capture():
+                action()
+    with be.capture() as g:  # and the backend is usable after each refusal
+        be.kernel("fill", np.float32)(4, x, 4, 1.5)
+    g.launch()
+    assert (be.to_host(x) == 1.5).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the CuPy stand-in: CuPy's capture API, cuBLAS refused, our binding for the blas route
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def cupy_be(monkeypatch):
+    fake = FakeCupy()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setitem(sys.modules, "cupy.cublas", fake.cublas)
+    fake.cublas_lib = FakeCublasLib(fake)
+    monkeypatch.setattr(cublas, "load", lambda: fake.cublas_lib)
+    B.reset()
+    yield B.get_backend("cupy"), fake
+    B.reset()
+
+
+def test_the_stand_in_refuses_cublas_and_synchronous_copies_in_capture(cupy_be):
+    be, fake = cupy_be
+    a, out = be.to_device(np.ones((2, 2)), np.float32), be.empty((2, 2), np.float32)
+    stream = fake.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        with pytest.raises(NotImplementedError, match=CAPTURE_REFUSED):
+            fake.matmul(a, a, out=out)
+        with pytest.raises(NotImplementedError, match=CAPTURE_REFUSED):
+            fake.cublas.gemm("N", "N", a, a, out=out)
+        with pytest.raises(RuntimeError, match="synchronous device-to-host"):
+            fake.asnumpy(a)
+        with pytest.raises(RuntimeError, match="memory pool"):
+            fake.empty((3,), np.float32)
+        stream.end_capture()
+    with pytest.raises(RuntimeError, match="default"):
+        fake.cuda.Stream(null=True).begin_capture()
+
+
+@pytest.mark.parametrize("gemm", ["blas", "own"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_cupy_backend_graph_epochs_equal_numpy(cupy_be, gemm, optimizer):
+    """On by default on CuPy; the blas route's products went through the binding, recorded in capture."""
+    be, fake = cupy_be
+    net, history = trained(be, gemm, optimizer, "float64", graph=None)
+    ref, _ = trained("numpy", "blas", optimizer, "float64", graph=False)
+    assert [r["mode"] for r in history] == ["graph"] * 3
+    np.testing.assert_allclose(net.get_params(), ref.get_params(), rtol=1e-10, atol=1e-12)
+    assert fake.calls["captured"] > 0
+    binding_calls = fake.cublas_lib.calls
+    if gemm == "blas":  # handle bound to the capture stream and given a workspace before any product
+        assert binding_calls[:2] == ["setStream", "setWorkspace"] and "gemm" in binding_calls
+    else:
+        assert binding_calls == []
+
+
+@pytest.mark.parametrize("gemm", ["blas", "own"])
+def test_epoch_counters_with_a_graph_through_the_cupy_stand_in(cupy_be, gemm):
+    be, fake = cupy_be
+    net = Network([20, 9, 7, 5], backend=be, seed=1, gemm=gemm)
+    assert epoch_counters(be, net, 3) == [GRAPH_EPOCH] * 2  # graph=None: on, on CuPy
+
+
+def test_blas_route_without_a_loadable_cublas_runs_eager_by_default(cupy_be, monkeypatch):
+    be, fake = cupy_be
+
+    def missing():
+        raise OSError("libcublas.so.13: cannot open shared object file")
+
+    monkeypatch.setattr(cublas, "load", missing)
+    net = Network([20, 9, 7, 5], backend=be, seed=1)
+    graph, why = graph_mode(net)
+    assert graph is False and why.startswith("eager: the blas route needs libcublas for capture")
+    with pytest.raises(GpubpError, match="cannot be captured: the blas route needs libcublas"):
+        graph_mode(net, True)
+    assert graph_mode(Network([20, 9, 7, 5], backend=be, seed=1, gemm="own"))[0] is True

@@ -1,0 +1,126 @@
+"""The README's commands work from a clone: the usage block matches the real flags, the examples
+run, and every install hint names a real extra in a form that works from a clone."""
+
+import argparse
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpubp.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def section(title):
+    return README.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def blocks(text):
+    return re.findall(r"```\n(.*?)```", text, flags=re.S)
+
+
+def commands(block):
+    """Each command of a block: a line starting with `uv run`, with its indented continuation lines."""
+    out = []
+    for line in block.splitlines():
+        if line.startswith("uv run"):
+            out.append(line)
+        elif line.startswith(" ") and out:
+            out[-1] += " " + line.strip()
+    return out
+
+
+def gpubp_argv(command):
+    """The arguments after `gpubp` of `uv run [--extra X ...] gpubp ARGS`."""
+    words = shlex.split(command)
+    return words[words.index("gpubp") + 1:]
+
+
+def test_the_quick_start_is_two_commands():
+    (block,) = blocks(section("Quick start"))
+    assert block.strip().splitlines() == ["uv run gpubp train", "uv run --extra test pytest"]
+
+
+def subparsers():
+    parser = build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_the_usage_block_lists_exactly_the_real_flags():
+    usage = commands(blocks(section("Using it"))[0])
+    documented = {}
+    for c in usage:
+        words = c.split()
+        assert words[:3] == ["uv", "run", "gpubp"], c
+        documented.setdefault(words[3], set()).update(re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", " ".join(words[4:])))
+    assert documented.pop("--version") == set()
+    for name, parser in subparsers().items():
+        real = {a.option_strings[0] for a in parser._actions if a.option_strings and a.option_strings[0] != "-h"}
+        assert documented.get(name) == real, f"README usage of {name}: {sorted(documented.get(name, []))} " \
+                                             f"!= {sorted(real)}"
+
+
+def examples():
+    return commands(blocks(section("Using it"))[1])
+
+
+def test_every_example_parses():
+    for c in examples():
+        argv = gpubp_argv(c)
+        build_parser().parse_args(argv)
+
+
+def test_the_quick_examples_run(capsys, tmp_path, monkeypatch, mnist_dir):
+    """The train, resume, evaluate and plot examples, in order, in an empty directory (one epoch each;
+    the bench example takes minutes and is run by hand)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPUBP_DATA_DIR", mnist_dir)
+    ran = 0
+    for c in examples():
+        argv = gpubp_argv(c)
+        if argv[0] == "bench":
+            continue
+        argv = [("1" if prev == "--epochs" else a) for prev, a in zip([None, *argv], argv)]
+        with pytest.raises(SystemExit) as e:
+            sys.exit(main(argv))
+        out, err = capsys.readouterr()
+        assert e.value.code == 0, f"{c}: {err}"
+        ran += 1
+    assert ran == 5 and {p.name for p in tmp_path.iterdir()} == {"model.npz", "run.json", "more.json", "slow.json",
+                                                                   "curves.png"}
+
+
+def install_hints():
+    """(where, text) of every line in the README and the package that tells how to install something."""
+    for path in [ROOT / "README.md", *sorted((ROOT / "gpubp").rglob("*.py"))]:
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if "--extra" in line or "pip install" in line or ".[" in line:
+                yield f"{path.relative_to(ROOT)}:{i}", line
+
+
+def test_install_hints_name_real_extras_in_forms_that_work_from_a_clone():
+    tomllib = pytest.importorskip("tomllib")
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    seen = set()
+    for where, line in install_hints():
+        assert not re.search(r"pip install '?gpubp", line), f"{where}: gpubp is not on a package index: {line}"
+        for name in re.findall(r"--extra[ =](\w+)", line) + re.findall(r"\.\[(\w+)\]", line):
+            assert name in extras, f"{where}: no extra {name!r} in pyproject.toml: {line}"
+            seen.add(name)
+    assert {"plot", "cuda13", "cuda12", "test"} <= seen
+
+
+def test_hints_printed_by_the_package_are_commands_from_the_clone(monkeypatch):
+    from gpubp import sysinfo
+    from gpubp.errors import GpubpError
+    from gpubp.plotting import pyplot
+
+    assert "uv run --extra cuda13 gpubp" in sysinfo.GPU_INSTALL_HINT
+    assert "pip install -e '.[cuda13]'" in sysinfo.GPU_INSTALL_HINT
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(GpubpError, match=r"uv run --extra plot gpubp plot \.\.\. or pip install -e '\.\[plot\]'"):
+        pyplot("gpubp plot", "gpubp plot ...")
