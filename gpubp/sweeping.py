@@ -370,7 +370,7 @@ def plot(result, path) -> None:
     from .plotting import pyplot, save
 
     configs = _configs(result)
-    fig, ax = pyplot().subplots(figsize=(max(5.0, 1.6 * len(configs) + 2), 4.2))
+    fig, ax = pyplot().subplots(figsize=(max(6.0, 1.6 * len(configs) + 2), 4.2))
     for x, runs in enumerate(configs.values()):
         test = [100 * r["test_accuracy"] for r in runs]
         jitter = np.linspace(-0.12, 0.12, len(test)) if len(test) > 1 else [0.0]
@@ -380,7 +380,7 @@ def plot(result, path) -> None:
     ax.set_xticks(range(len(configs)), list(configs), rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     run = result["runs"][0]["run"]
-    ax.set_title(f"{','.join(map(str, run['sizes']))} {run['cost']}, {run['epochs']} epochs: "
-                 f"each seed a dot, mean a red bar", fontsize=9)
+    ax.set_title(f"[{','.join(map(str, run['sizes']))}] {run['cost']}, {run['epochs']} epochs: "
+                 f"a dot per seed, the mean in red", fontsize=9)
     fig.tight_layout()
     save(fig, path)
