@@ -1,6 +1,7 @@
 """What a GPU should buy, by a model (not a measurement), beside CPU rows measured by `gpubp bench`.
 
     python benchmarks/gpu_model.py bench.json [--gpu h100|a100]    prints the README's model table
+    python benchmarks/gpu_model.py --stack 16,64,256 [--gpu h100|a100]   the README's sweep rows
 
 For each network and batch size the bench measured on NumPy, a GPU step on each route and mode
 takes the largest of four times, and the table names which one bounds it:
@@ -18,6 +19,15 @@ takes the largest of four times, and the table names which one bounds it:
            the slice's barriers), slices of 32 (cuBLAS, our small tile) or 16 (our large and output
            tiles) along K; an elementwise kernel counts as one slice.
 Peaks: H100 SXM 67 TFLOP/s float32, 3.35 TB/s; A100 SXM 19.5 TFLOP/s, 1.9 TB/s (NVIDIA datasheets).
+
+A stack of K models (gpubp sweep, the blas route, eager) issues the same kernels as one model with
+three differences: every product is one strided-batched cuBLAS call over the K models (each model's
+matrix as small as one model's: the same K slices, so the same latency); plain SGD's update cannot
+ride in a batched product (one alpha for all models), so BP4 and BP3 write the gradient and one
+sgd_update_models kernel follows; and each step gathers its K batches with one kernel. FLOPs and
+bytes grow K-fold (bytes by one more pass over the parameters, for the unfolded update, and the
+gathered rows); cuBLAS's batched GEMMs at these sizes are assumed no better than 60 % of peak
+either, and the table shows the FLOP term at a tenth of that too, to show it does not matter.
 """
 
 from __future__ import annotations
@@ -77,6 +87,40 @@ def step_time(sizes, batch, route, graph, gpu) -> tuple[float, str, int]:
     return times[bound], bound, len(ks)
 
 
+def stack_kernels(sizes, batch):
+    """The blas route's kernels for a stack's step (see the module's docstring)."""
+    out = [(what.replace("+update", ""), s) for what, s in kernels(sizes, batch, "blas")]
+    return [("gather", 1), *out, ("update", 1)]
+
+
+def stack_step_time(sizes, batch, models, gpu, efficiency=EFFICIENCY["blas"]) -> tuple[float, str, int]:
+    """(seconds per step of a stack of ``models`` models, the bound that sets it, kernels per step)."""
+    ks = stack_kernels(sizes, batch)
+    n_params = sum(o * i + o for i, o in zip(sizes[:-1], sizes[1:]))
+    moved = step_bytes(sizes, batch) + 4 * n_params + 2 * 4 * batch * (sizes[0] + sizes[-1])
+    times = {"flops": models * flops_per_sample(sizes) * batch / (efficiency * gpu["flops"]),
+             "bytes": models * moved / (BANDWIDTH_EFFICIENCY * gpu["bandwidth"]),
+             "launches": len(ks) * EAGER_LAUNCH, "latency": sum(s for _, s in ks) * SLICE}
+    bound = max(times, key=times.get)
+    return times[bound], bound, len(ks)
+
+
+def stack_table(models, sizes=(784, 30, 10), batch=10) -> str:
+    """K models of ``sizes`` at ``batch``: a stack's epoch against one model's, on each GPU, by the model."""
+    rows = ["| GPU | models K | kernels/step (1 model, stack) | 1 model s/epoch | K models s/epoch | bound | "
+            "K models / 1 model | with batched GEMMs at 6 % of peak |", "|---|---:|---:|---:|---:|---|---:|---:|"]
+    steps = math.ceil(50_000 / batch)
+    for key in ("h100", "a100"):
+        gpu = GPUS[key]
+        one, _, n1 = step_time(list(sizes), batch, "blas", False, gpu)
+        for k in models:
+            t, bound, n = stack_step_time(list(sizes), batch, k, gpu)
+            slow, _, _ = stack_step_time(list(sizes), batch, k, gpu, efficiency=EFFICIENCY["blas"] / 10)
+            rows.append(f"| {gpu['name']} | {k} | {n1}, {n} | {one * steps:.3f} | {t * steps:.3f} | {bound} | "
+                        f"{t / one:.2f}x | {slow / one:.2f}x |")
+    return "\n".join(rows)
+
+
 def table(result, gpu_key="h100") -> str:
     gpu = GPUS[gpu_key]
     rows = [f"| network | batch | NumPy s/epoch (measured) | route, mode | kernels/step | {gpu['name']} s/epoch "
@@ -98,10 +142,16 @@ def table(result, gpu_key="h100") -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bench_json", type=Path, help="a `gpubp bench --json` file with numpy rows")
+    ap.add_argument("bench_json", type=Path, nargs="?", help="a `gpubp bench --json` file with numpy rows")
     ap.add_argument("--gpu", choices=list(GPUS), default="h100")
+    ap.add_argument("--stack", metavar="K,K,...", help="instead: stacks of K models of [784,30,10] at batch 10")
     args = ap.parse_args()
-    print(table(json.loads(args.bench_json.read_text()), args.gpu))
+    if args.stack:
+        print(stack_table([int(k) for k in args.stack.split(",")]))
+    elif args.bench_json:
+        print(table(json.loads(args.bench_json.read_text()), args.gpu))
+    else:
+        ap.error("give a bench JSON, or --stack")
 
 
 if __name__ == "__main__":
