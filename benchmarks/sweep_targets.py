@@ -73,7 +73,8 @@ def main():
           f"median of {args.repeats}")
     for who, v in runs.items():
         ratio = "" if who == "one model" else f"  {med[who] / med['one model']:5.2f}x one model"
-        print(f"  {who:18s} {med[who]:7.3f}  [{min(v):.3f}..{max(v):.3f}]  {1e6 * med[who] / steps:6.1f} us/step{ratio}")
+        print(f"  {who:18s} {med[who]:7.3f}  [{min(v):.3f}..{max(v):.3f}]  "
+              f"{1e6 * med[who] / steps:6.1f} us/step{ratio}")
 
 
 if __name__ == "__main__":

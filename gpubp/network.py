@@ -169,7 +169,7 @@ class Network:
         self._bias_act = [self.be.kernel(a.forward_kernel, self.dtype) for a in self.layer_activations]
         self._act_delta = self.be.kernel(self.activation.delta_kernel, self.dtype)
         self._cost_delta = self.be.kernel(self.cost.delta_kernel, self.dtype)
-        self.set_params(self._initial_params())
+        self.set_params(self.initial_params())
         self._ws: dict[tuple[int, bool], Workspace] = {}
 
     def _check_route(self, gemm) -> str:
@@ -196,10 +196,10 @@ class Network:
         bs = [flat[..., k:k + o] for k, (o, _) in zip(self.bias_offsets(), self.shapes)]
         return ws, bs
 
-    def _initial_params(self, seed=None) -> np.ndarray:
-        """Weights N(0, std(n_in)^2) by ``init``, biases N(0, 1) (0 under "he"), drawn on the host in
-        float64 from the seed (default: this network's), so every backend and dtype starts from the
-        same numbers."""
+    def initial_params(self, seed=None) -> np.ndarray:
+        """The starting parameters (P,) on the host: weights N(0, std(n_in)^2) by ``init``, biases
+        N(0, 1) (0 under "he"), drawn in float64 from the seed (default: this network's), so every
+        backend and dtype starts from the same numbers."""
         rng = np.random.default_rng(self.seed if seed is None else seed)
         flat = np.empty(self.n_params)
         ws, bs = self._views(flat)

@@ -1,10 +1,11 @@
 """A sweep's groups as Ray tasks: `gpubp sweep ... --ray auto|HOST:PORT` (the ray extra).
 
 Imported only when a sweep is given ``ray=``; nothing else in gpubp imports Ray. Each group (K runs
-of one shape, gpubp.sweeping.train_group) is one task: it gets the data from the object store (put
-once), trains its Stack on the worker's backend ("auto": CuPy where the task was given a GPU) and
-returns its results, which the driver collects as they finish, so the table and the JSON are the
-same as a local sweep's. A task asks for one GPU when the cluster has GPUs, else for one CPU.
+of one shape, trained by the ``train`` it is given: gpubp.sweeping.train_group) is one task: it
+gets the data from the object store (put once), trains its Stack on the worker's backend ("auto":
+CuPy where the task was given a GPU) and returns its results, which the driver collects as they
+finish, so the table and the JSON are the same as a local sweep's. A task asks for one GPU when the
+cluster has GPUs, else for one CPU.
 
 A worker that dies mid-group (killed, out of memory, its node lost) fails its task as a system
 error, which Ray retries up to MAX_RETRIES times from the start: the group's results only exist
@@ -24,7 +25,6 @@ import socket
 import ray
 
 from .errors import GpubpError
-from .sweeping import train_group
 
 MAX_RETRIES = 3  # attempts after the first, for a group whose worker died
 
@@ -54,25 +54,28 @@ def check_address(address: str) -> None:
                          f"'ray start --head --port {port}', or check the address") from None
 
 
-def _group_task(index, runs, data, backend, monitor_training_cost, group_hook):
-    """One group on a Ray worker: train_group, with the hook told (index, epoch) before and after each epoch."""
+def _group_task(train, index, runs, data, backend, monitor_training_cost, group_hook):
+    """One group on a Ray worker: ``train`` (train_group), the hook told (index, epoch) before and after each epoch."""
     if group_hook is not None:
         group_hook(index, 0)
     on_epoch = None if group_hook is None else (lambda epoch, epochs: group_hook(index, epoch))
-    out = train_group(runs, data, backend, monitor_training_cost, on_epoch=on_epoch)
+    out = train(runs, data, backend, monitor_training_cost, on_epoch=on_epoch)
     out["node"] = ray.get_runtime_context().get_node_id()
     return out
 
 
-def run_groups(plan, data, address, backend=None, monitor_training_cost=False, on_group=None, group_hook=None):
-    """Train every group of ``plan`` as a Ray task; their results in plan order. ``on_group`` is called
-    on the driver with each group's results as it finishes."""
+def run_groups(train, plan, data, address, backend=None, monitor_training_cost=False, on_group=None,
+               group_hook=None):
+    """Train every group of ``plan`` as a Ray task running ``train(runs, data, backend, monitor_training_cost,
+    on_epoch=...)``; their results in plan order. ``on_group`` is called on the driver with each
+    group's results as it finishes."""
     connect(address)
     gpus = ray.cluster_resources().get("GPU", 0)
     resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False, **resources)(_group_task)
     data_ref = ray.put(data)  # once: every task reads it from the object store
-    pending = {task.remote(i, g, data_ref, backend, monitor_training_cost, group_hook): i for i, g in enumerate(plan)}
+    pending = {task.remote(train, i, g, data_ref, backend, monitor_training_cost, group_hook): i
+               for i, g in enumerate(plan)}
     done = [None] * len(plan)
     try:
         while pending:

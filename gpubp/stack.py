@@ -58,9 +58,11 @@ class Stack(Network):
         # b[l] of model 0 onwards, as one contiguous 1-D view: the kernel steps P from model to model
         self._bias_from = [flat[k:] for k in self.bias_offsets()]
 
-    def _initial_params(self, seed=None) -> np.ndarray:
-        """(K, P): model k's starting parameters are Network(seed=seeds[k])'s."""
-        return np.stack([super(Stack, self)._initial_params(s) for s in self.seeds])
+    def initial_params(self, seed=None) -> np.ndarray:
+        """(K, P): model k's starting parameters are Network(seed=seeds[k])'s; (P,) for a given seed."""
+        if seed is not None:
+            return super().initial_params(seed)
+        return np.stack([super(Stack, self).initial_params(s) for s in self.seeds])
 
     def _bias_activate(self, l, Z) -> None:
         """Z (K, m, n_{l+1}) <- f(Z + b[l] of each row block's model), one kernel for all K models."""

@@ -145,7 +145,8 @@ class Group:
             raise GpubpError("the runs of a group must share " + ", ".join(SHARED))
         (X, y), (Xv, yv) = data["train"], data["validation"]
         self.stack = s = Stack(first["sizes"], [r["seed"] for r in runs], cost=first["cost"],
-                               activation=first["activation"], backend=backend, dtype=first["dtype"], init=first["init"])
+                               activation=first["activation"], backend=backend, dtype=first["dtype"],
+                               init=first["init"])
         self.n, self.bs = len(X), first["batch_size"]
         self.opt = ModelOptimizers([_optimizer(r, self.n) for r in runs])
         self.lmbdas = [r["lmbda"] for r in runs]
@@ -243,7 +244,8 @@ def sweep(runs, data=None, data_dir=None, verify=True, backend=None, group_size=
                     raise
                 raise GpubpError("--ray needs Ray: from the clone, uv run --extra ray gpubp sweep ... "
                                  "or pip install -e '.[ray]'") from None
-            done = run_groups(plan, data, ray, backend=backend, monitor_training_cost=monitor_training_cost,
+            done = run_groups(train_group, plan, data, ray, backend=backend,
+                              monitor_training_cost=monitor_training_cost,
                               on_group=(lambda g: bar.update(g["size"])) if bar is not None else None,
                               group_hook=group_hook)
     finally:

@@ -275,7 +275,8 @@ class FakeCublasLib:
         size = ctypes.sizeof(ctype)
         extent = stride * (batch - 1) + ld * (cols - 1) + rows
         base = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctype)), shape=(extent,))
-        return np.lib.stride_tricks.as_strided(base, shape=(batch, rows, cols), strides=(size * stride, size, size * ld))
+        return np.lib.stride_tricks.as_strided(base, shape=(batch, rows, cols),
+                                               strides=(size * stride, size, size * ld))
 
     def _gemm(self, ctype, handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc,
               strides=(0, 0, 0), batch=1, name="gemm"):

@@ -115,7 +115,8 @@ def test_a_stack_on_the_cupy_path_is_strided_batched_cublas_and_matches_numpy(cu
     out = {}
     for b in (be, "numpy"):
         stack = Stack([30, 12, 7, 5], [4, 5, 6], cost="log_likelihood", activation="tanh", backend=b, dtype="float64")
-        opt = ModelOptimizers([make_optimizer("momentum", eta=e, lmbda=1.0, n=50, momentum=0.7) for e in (0.1, 0.2, 0.3)])
+        opt = ModelOptimizers([make_optimizer("momentum", eta=e, lmbda=1.0, n=50, momentum=0.7)
+                               for e in (0.1, 0.2, 0.3)])
         Xd, Yd = stack.be.to_device(X, np.float64), stack.be.to_device(Y, np.float64)
         stack.step(Xd, Yd, opt)
         fake.calls["launches"].clear()

@@ -91,7 +91,8 @@ def test_a_sweep_group_equals_gpubp_train_on_mnist(mnist, backend, dtype):
             assert [e["validation_accuracy"] for e in res["history"]] == [e["validation_accuracy"] for e in h]
             assert res["test_accuracy"] == net.evaluate(*data["test"])
         best = max(e["validation_accuracy"] for e in res["history"])
-        assert res["best_validation_accuracy"] == best and res["history"][res["best_epoch"] - 1]["validation_accuracy"] == best
+        assert res["best_validation_accuracy"] == best
+        assert res["history"][res["best_epoch"] - 1]["validation_accuracy"] == best
 
 
 @pytest.mark.parametrize("backend", ["emulated", pytest.param("cupy", marks=pytest.mark.gpu)])
@@ -243,3 +244,20 @@ def test_gpubp_sweep_prints_writes_and_plots_and_matches_gpubp_train(tmp_path, m
     run = next(r for r in res["runs"] if r["run"]["seed"] == 2)
     assert run["test_accuracy"] == alone["test_accuracy"]
     assert run["history"][0]["validation_accuracy"] == alone["epochs"][0]["validation_accuracy"]
+
+
+def test_the_readmes_sweep_commands_parse():
+    """The Sweeps section's commands are real: each parses as gpubp's parser reads it."""
+    import shlex
+    from pathlib import Path
+
+    from gpubp.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Sweeps\n", 1)[1].split("\n## ", 1)[0]
+    commands = [line for line in section.splitlines() if line.startswith("uv run") and " gpubp sweep " in line]
+    assert len(commands) == 2
+    for c in commands:
+        words = shlex.split(c)
+        args = build_parser().parse_args(words[words.index("gpubp") + 1:])
+        assert args.command == "sweep" and args.func.__name__ == "cmd_sweep"
