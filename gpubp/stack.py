@@ -11,7 +11,7 @@ K models (numpy.matmul on stacked arrays; a strided-batched cuBLAS call on the G
 the activation's delta kernels work elementwise over all K models at once, and the two things that
 differ per model take the model's index: the bias (``bias_<act>_models``, whose row block k adds
 model k's b) and the update (``<optimizer>_update_models``, with model k's eta and lambda).
-Launches and GEMMs per step therefore do not grow with K.
+On a GPU, launches and GEMMs per step therefore do not grow with K.
 
 Plain SGD: one network folds its update into the BP3/BP4 products (W <- decay W - eta D^T A, one
 GEMM with alpha and beta). A batched product has one alpha and one beta for all K models, so on the
@@ -60,9 +60,8 @@ class Stack(Network):
 
     def initial_params(self, seed=None) -> np.ndarray:
         """(K, P): model k's starting parameters are Network(seed=seeds[k])'s; (P,) for a given seed."""
-        if seed is not None:
-            return super().initial_params(seed)
-        return np.stack([super(Stack, self).initial_params(s) for s in self.seeds])
+        one = super().initial_params
+        return one(seed) if seed is not None else np.stack([one(s) for s in self.seeds])
 
     def _bias_activate(self, l, Z) -> None:
         """Z (K, m, n_{l+1}) <- f(Z + b[l] of each row block's model), one kernel for all K models."""

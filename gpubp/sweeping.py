@@ -22,6 +22,7 @@ import math
 import statistics
 import sys
 import time
+
 import numpy as np
 
 from .errors import GpubpError
