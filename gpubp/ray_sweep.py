@@ -39,7 +39,9 @@ def connect(address: str) -> None:
         ray.init(address=address, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise GpubpError(f"cannot join a Ray cluster at {address!r} ({str(e).splitlines()[0]}): start one with "
-                         f"'ray start --head' and pass --ray auto, or --ray HOST:PORT of its head") from None
+                         f"'ray start --head' and pass --ray auto, or --ray HOST:PORT of its head; if it asks for a "
+                         f"token (Ray >= 2.59 does by default), set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+                         f"copy the head's ~/.ray/auth_token)") from None
 
 
 def check_address(address: str) -> None:

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a new instance of our own, even where $RAY_ADDRESS or a `ray start` names another
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     # The hooks below are defined here, a module the workers cannot import: ship them by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield
