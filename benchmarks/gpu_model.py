@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository
 
-from gpubp.bench.report import flops_per_sample, step_bytes  # noqa: E402
+from gpubp.bench.report import flops_per_sample, step_bytes
 
 GPUS = {"h100": {"name": "H100 SXM", "flops": 67e12, "bandwidth": 3.35e12},
         "a100": {"name": "A100 SXM", "flops": 19.5e12, "bandwidth": 1.9e12}}

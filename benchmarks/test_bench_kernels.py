@@ -13,7 +13,7 @@ M, N = 128, 1024  # one hidden layer of network B
 def arrays(backend):
     be = get_backend(backend)
     rng = np.random.default_rng(0)
-    mk = lambda *shape: be.to_device(rng.standard_normal(shape), np.float32)  # noqa: E731
+    mk = lambda *shape: be.to_device(rng.standard_normal(shape), np.float32)
     return be, {"Z": mk(M, N), "b": mk(N), "A": be.to_device(rng.random((M, N)), np.float32),
                 "Y": be.to_device(np.eye(N)[rng.integers(0, N, M)], np.float32), "D": mk(M, N),
                 "p": mk(1_863_690), "g": mk(1_863_690)}

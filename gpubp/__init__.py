@@ -8,4 +8,4 @@ from .sweeping import sweep
 from .training import train
 from .version import __version__
 
-__all__ = ["Network", "get_backend", "load_mnist", "train", "sweep", "GpubpError", "__version__"]
+__all__ = ["GpubpError", "Network", "__version__", "get_backend", "load_mnist", "sweep", "train"]

@@ -11,8 +11,8 @@ formulas and its two kernels' references in gpubp/reference.py, and one entry he
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from . import reference
 from .errors import GpubpError

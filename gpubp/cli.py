@@ -6,6 +6,7 @@ Every error (bad argument, file, model or data) is one line on stderr and exit s
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
@@ -50,7 +51,7 @@ def _number(kind, lo, inclusive):
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {_KIND_NAMES[kind]}, got {text!r}") from None
-        if v != v or v in (float("inf"), float("-inf")) or (v < lo if inclusive else v <= lo):
+        if not math.isfinite(v) or (v < lo if inclusive else v <= lo):
             raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {lo}, got {text}")
         return v
     return parse

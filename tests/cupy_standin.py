@@ -48,7 +48,7 @@ class FakeCupy(types.ModuleType):
         self.capturing = None  # the stream that captures now
         fake = self
 
-        class ndarray(np.ndarray):  # noqa: N801 (CuPy's name)
+        class ndarray(np.ndarray):
             """A device array: NumPy memory, seen as CuPy's ndarray."""
 
             def set(self, arr, stream=None):

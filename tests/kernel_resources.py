@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository
 
-from gpubp.backends import kernel as K  # noqa: E402
+from gpubp.backends import kernel as K
 
 THREADS = 256  # every kernel's block (1-D kernels: BLOCK; layer kernels: 16 x 16 threads of a tile)
 SM90 = {"threads": 2048, "warps": 64, "blocks": 32, "regs": 65536, "reg_unit": 256, "smem": 233472,
@@ -46,7 +46,7 @@ def parse(ptxas: str) -> dict[str, tuple[int, int]]:
     """{kernel: (registers, static shared bytes)} at sm_90 from `nvcc -Xptxas -v`'s report."""
     out = {}
     for name, body in re.findall(r"Compiling entry function '(\w+)' for 'sm_90'(.*?)(?=Compiling entry|\Z)",
-                                 ptxas, re.S):
+                                 ptxas, re.DOTALL):
         regs = re.search(r"Used (\d+) registers", body)
         smem = re.search(r"(\d+) bytes smem", body)
         out[name] = (int(regs.group(1)), int(smem.group(1)) if smem else 0)

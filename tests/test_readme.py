@@ -20,7 +20,7 @@ def section(title):
 
 
 def blocks(text):
-    return re.findall(r"```\n(.*?)```", text, flags=re.S)
+    return re.findall(r"```\n(.*?)```", text, flags=re.DOTALL)
 
 
 def commands(block):

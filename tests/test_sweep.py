@@ -14,7 +14,7 @@ from gpubp import Network, get_backend
 from gpubp.errors import GpubpError
 from gpubp.optimizers import ModelOptimizers, make_optimizer
 from gpubp.stack import Stack
-from gpubp.sweeping import grid, groups, normalize, parse_seeds, summary, sweep, table, train_group
+from gpubp.sweeping import grid, groups, normalize, parse_seeds, sweep, table, train_group
 
 BACKENDS = ["numpy", "emulated", pytest.param("cupy", marks=pytest.mark.gpu)]
 TOL = {"float64": 1e-10, "float32": 1e-4}  # relative, as tests/test_emulated.py

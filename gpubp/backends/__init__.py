@@ -20,7 +20,7 @@ AUTO_ORDER = ("cupy", "numpy")  # what "auto" tries, best first
 BACKEND_NAMES = ("auto", *REGISTRY)
 ENV_VAR = "GPUBP_BACKEND"
 
-__all__ = ["Backend", "Counters", "BACKEND_NAMES", "REGISTRY", "get_backend", "probe", "cupy_status", "reset"]
+__all__ = ["BACKEND_NAMES", "REGISTRY", "Backend", "Counters", "cupy_status", "get_backend", "probe", "reset"]
 
 _instances: dict[str, Backend] = {}
 

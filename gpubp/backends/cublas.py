@@ -145,7 +145,7 @@ class Cublas:
         op_b, ldb, stride_b = _batched_operand(b)
         op_a, lda, stride_a = _batched_operand(a)
         scalar = self.gemm_fns[out.dtype][1]
-        L = ctypes.c_longlong  # noqa: N806 (the strides are 64-bit in cuBLAS's signature)
+        L = ctypes.c_longlong
         self._check(self.batched_fns[out.dtype](
             self.handle, op_b, op_a, N, M, K, ctypes.byref(scalar(1.0)), ctypes.c_void_p(pointer(b)), ldb,
             L(stride_b), ctypes.c_void_p(pointer(a)), lda, L(stride_a), ctypes.byref(scalar(0.0)),

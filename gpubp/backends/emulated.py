@@ -52,9 +52,9 @@ def find_compiler() -> str:
 # ---------------------------------------------------------------------------------------------
 
 # Comments and literals, blanked before any search so that text inside them is never rewritten.
-_LEXEMES = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'', re.S)
+_LEXEMES = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'', re.DOTALL)
 _SHARED_DECL = re.compile(r"(?:\b(?:extern|static|volatile)\s+)*\b__shared__\b[^;{}]*;")
-_DECLARATOR = re.compile(r"\s*(.*?)\s*\b(\w+)\s*((?:\[[^\]]*\]\s*)*)", re.S)
+_DECLARATOR = re.compile(r"\s*(.*?)\s*\b(\w+)\s*((?:\[[^\]]*\]\s*)*)", re.DOTALL)
 _COOPERATION = re.compile(r"\b(?:__syncthreads\w*|__shared__|__syncwarp|__shfl\w*|atomic[A-Z]\w*)\b")
 
 

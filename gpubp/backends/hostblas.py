@@ -116,7 +116,7 @@ class Plan:
         if not out.flags.c_contiguous:
             raise GpubpError(f"a planned gemm's output must be C-contiguous (got strides {out.strides})")
         cblas = numpy_cblas()
-        I, S = cblas.integer, cblas.scalars[out.dtype]  # noqa: E741, N806 (the C types)
+        I, S = cblas.integer, cblas.scalars[out.dtype]
         (M, K), N = a.shape, b.shape[1]
         ta, lda = _row_major(a)
         tb, ldb = _row_major(b)

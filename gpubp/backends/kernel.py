@@ -53,7 +53,7 @@ def kernel_files() -> list[str]:
     return sorted(p.name for p in kernel_dir().glob("*.cu"))
 
 
-_INCLUDE_RE = re.compile(r'^[ \t]*#include "([\w.]+\.cuh)"[ \t]*$', re.M)
+_INCLUDE_RE = re.compile(r'^[ \t]*#include "([\w.]+\.cuh)"[ \t]*$', re.MULTILINE)
 
 
 @functools.cache
@@ -81,7 +81,7 @@ def source(file: str) -> str:
 # Signatures: our GPUBP_* macros expanded (only to read them; the compilers expand them for real)
 # ---------------------------------------------------------------------------------------------
 
-_DEFINE_RE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(GPUBP_\w+)\(([^)]*)\)((?:[^\n]*\\\n)*[^\n]*)", re.M)
+_DEFINE_RE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(GPUBP_\w+)\(([^)]*)\)((?:[^\n]*\\\n)*[^\n]*)", re.MULTILINE)
 
 
 def _split_args(text: str, start: int) -> tuple[list[str], int]:
@@ -105,7 +105,7 @@ def _split_args(text: str, start: int) -> tuple[list[str], int]:
 def expand_macros(code: str) -> str:
     """``code`` with every call of a function-like GPUBP_* macro it defines expanded, as the C
     preprocessor would for our macros (parameters substituted, ## pasted, results rescanned)."""
-    code = re.sub(r"//[^\n]*|/\*.*?\*/", "", code, flags=re.S)  # a macro named in a comment is not a call
+    code = re.sub(r"//[^\n]*|/\*.*?\*/", "", code, flags=re.DOTALL)  # a macro named in a comment is not a call
     macros = {}
     for name, params, body in _DEFINE_RE.findall(code):
         macros[name] = ([p.strip() for p in params.split(",")], body.replace("\\\n", " "))
@@ -120,7 +120,7 @@ def expand_macros(code: str) -> str:
         if len(args) != len(params):
             raise GpubpError(f"{m.group(1)} takes {len(params)} arguments, got {len(args)}")
         given = dict(zip(params, args))  # one pass, so an argument's text is never substituted again
-        body = re.sub(r"\b(" + "|".join(map(re.escape, params)) + r")\b", lambda p: given[p.group(1)], body)
+        body = re.sub(r"\b(" + "|".join(map(re.escape, params)) + r")\b", lambda p, given=given: given[p.group(1)], body)
         body = re.sub(r"\s*##\s*", "", body)
         text = text[:m.start()] + body + text[end:]
         pos = m.start()  # rescan the expansion: it may call other macros

@@ -40,8 +40,17 @@ BENCH_BACKENDS = ("numpy", "cupy", "emulated")
 # itself keeps every core busy, so only a quarter beyond one per core says that something else competed.
 BUSY_BEFORE, BUSY_DURING = 0.25, 1.25
 
-__all__ = ["run", "plan", "table", "flops_per_sample", "step_bytes", "gemm_rate", "machine_load", "case_name",
-           "EPOCH_ROWS"]
+__all__ = [
+    "EPOCH_ROWS",
+    "case_name",
+    "flops_per_sample",
+    "gemm_rate",
+    "machine_load",
+    "plan",
+    "run",
+    "step_bytes",
+    "table",
+]
 
 
 def plan(backends=None, sizes=None, batch_sizes=None, steps=None, repeats=None, quick=False):

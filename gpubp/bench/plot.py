@@ -6,7 +6,7 @@ import textwrap
 
 from ..plotting import pyplot, save
 
-__all__ = ["plot", "figure", "pyplot"]
+__all__ = ["figure", "plot", "pyplot"]
 
 
 def plot(result, path) -> None:
