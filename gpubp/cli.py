@@ -428,14 +428,21 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from . import bench
-    from .bench.plot import plot, pyplot
+def _check_json_and_plot(args, command):
+    """--json and --plot can be written, and --plot's matplotlib is there: fail now, not after the run."""
+    from .plotting import pyplot
 
     _check_writable(args.json, "JSON file")
     _check_writable(args.plot, "plot")
     if args.plot:
-        pyplot("--plot", "gpubp bench ...")  # fail now, not after the sweep
+        pyplot("--plot", f"gpubp {command} ...")
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+    from .bench.plot import plot
+
+    _check_json_and_plot(args, "bench")
     for what, given, allowed in (("--routes", args.routes, bench.ROUTES), ("--modes", args.modes, bench.MODES)):
         if given is not None and (not given or not set(given) <= set(allowed)):
             raise GpubpError(f"{what} takes one or more of {', '.join(allowed)}, got {','.join(given) or 'nothing'}")
@@ -472,12 +479,8 @@ def cmd_bench(args) -> int:
 
 def cmd_sweep(args) -> int:
     from . import sweeping
-    from .plotting import pyplot
 
-    _check_writable(args.json, "JSON file")
-    _check_writable(args.plot, "plot")
-    if args.plot:
-        pyplot("--plot", "gpubp sweep ...")  # fail now, not after the sweep
+    _check_json_and_plot(args, "sweep")
     runs = sweeping.grid(sweeping.parse_seeds(args.seeds), etas=args.eta or [None], lmbdas=args.lmbda or [0.0],
                          sizes=args.sizes, cost=args.cost, activation=args.activation, optimizer=args.optimizer,
                          momentum=args.momentum, dtype=args.dtype, init=args.init, batch_size=args.batch_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -30,3 +31,22 @@ def tiny_dir(tmp_path_factory):
     from helpers import write_mnist_like
 
     return str(write_mnist_like(tmp_path_factory.mktemp("tiny-mnist")))
+
+
+@pytest.fixture
+def cupy_be(monkeypatch):
+    """(the CuPy backend, the stand-in it drives): CuPy replaced by tests/cupy_standin.py, which keeps
+    CuPy's documented call conventions and runs kernels on the emulator; cuBLAS by its stand-in too."""
+    from cupy_standin import FakeCublasLib, FakeCupy
+
+    import gpubp.backends as B
+    from gpubp.backends import cublas
+
+    fake = FakeCupy()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setitem(sys.modules, "cupy.cublas", fake.cublas)
+    fake.cublas_lib = FakeCublasLib(fake)
+    monkeypatch.setattr(cublas, "load", lambda: fake.cublas_lib)
+    B.reset()
+    yield B.get_backend("cupy"), fake
+    B.reset()

@@ -1,10 +1,33 @@
-"""Test helpers: float64 re-derivations written independently of gpubp, and assert_close."""
+"""Test helpers: float64 re-derivations written independently of gpubp, assert_close, and the CLI run
+in-process."""
+
+import sys
 
 import numpy as np
+import pytest
+
+from gpubp.cli import main
+
+
+def run_cli(capsys, *argv):
+    """``gpubp *argv`` in this process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as e:
+        sys.exit(main(list(argv)))
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def one_line_error(code, err, *needles):
+    """The CLI refused with exit code 2 and one line of stderr naming each of ``needles``."""
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], lines[0]
 
 
 def sigmoid64(z):
-    """1/(1+exp(-z)) in float64, written the stable way (never the tanh form the library uses)."""
+    """1/(1+exp(-z)) in float64, written the stable way (not SciPy's expit, which the library uses)."""
     z = np.asarray(z, dtype=np.float64)
     e = np.exp(-np.abs(z))
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))

@@ -7,23 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-
-from gpubp.cli import main
-
-
-def run(capsys, *argv):
-    with pytest.raises(SystemExit) as e:
-        sys.exit(main(list(argv)))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def one_line_error(code, err, *needles):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
+from helpers import one_line_error, run_cli
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -42,25 +26,25 @@ def one_line_error(code, err, *needles):
     ([], "required"),
 ])
 def test_bad_arguments(capsys, argv, needle):
-    one_line_error(*run(capsys, *argv)[::2], needle)
+    one_line_error(*run_cli(capsys, *argv)[::2], needle)
 
 
 def test_missing_data_directory(capsys, tmp_path):
-    code, _, err = run(capsys, "train", "--data-dir", str(tmp_path / "none"), "--backend", "numpy")
+    code, _, err = run_cli(capsys, "train", "--data-dir", str(tmp_path / "none"), "--backend", "numpy")
     one_line_error(code, err, "does not exist", "--data-dir")
 
 
 def test_outputs_are_checked_before_training(capsys, tmp_path):
-    code, _, err = run(capsys, "train", "--save", str(tmp_path / "no" / "m.npz"), "--data-dir", str(tmp_path))
+    code, _, err = run_cli(capsys, "train", "--save", str(tmp_path / "no" / "m.npz"), "--data-dir", str(tmp_path))
     one_line_error(code, err, "directory", "does not exist")
-    code, _, err = run(capsys, "train", "--metrics-out", str(tmp_path), "--data-dir", str(tmp_path))
+    code, _, err = run_cli(capsys, "train", "--metrics-out", str(tmp_path), "--data-dir", str(tmp_path))
     one_line_error(code, err, "is a directory")
 
 
 def test_evaluate_bad_model(capsys, tmp_path):
     (tmp_path / "m.npz").write_text("not a model")
-    one_line_error(*run(capsys, "evaluate", str(tmp_path / "m.npz"))[::2], "not an .npz")
-    one_line_error(*run(capsys, "evaluate", str(tmp_path / "x.npz"))[::2], "does not exist")
+    one_line_error(*run_cli(capsys, "evaluate", str(tmp_path / "m.npz"))[::2], "not an .npz")
+    one_line_error(*run_cli(capsys, "evaluate", str(tmp_path / "x.npz"))[::2], "does not exist")
 
 
 def test_cupy_backend_without_gpu_is_one_line(capsys):
@@ -68,13 +52,13 @@ def test_cupy_backend_without_gpu_is_one_line(capsys):
 
     if cupy_status()[0]:
         pytest.skip("a GPU is present: the cupy backend is available")
-    one_line_error(*run(capsys, "train", "--backend", "cupy")[::2], "backend 'cupy' cannot run here")
+    one_line_error(*run_cli(capsys, "train", "--backend", "cupy")[::2], "backend 'cupy' cannot run here")
 
 
 @pytest.mark.slow
 def test_train_save_metrics_and_evaluate(capsys, tmp_path, mnist_dir):
     model, metrics = tmp_path / "m.npz", tmp_path / "run.json"
-    code, out, err = run(capsys, "train", "--epochs", "2", "--sizes", "784,20,10", "--seed", "3",
+    code, out, err = run_cli(capsys, "train", "--epochs", "2", "--sizes", "784,20,10", "--seed", "3",
                          "--data-dir", mnist_dir, "--save", str(model), "--metrics-out", str(metrics),
                          "--backend", "numpy")
     assert code == 0, err
@@ -89,13 +73,13 @@ def test_train_save_metrics_and_evaluate(capsys, tmp_path, mnist_dir):
         assert e["seconds"] > 0 and 0.8 < e["validation_accuracy"] <= 1 and e["train_cost"] > 0
     assert 0.85 < m["test_accuracy"] <= 1
     assert f"{m['test_accuracy']:.4f}" in test_line[0]
-    code, out, _ = run(capsys, "evaluate", str(model), "--data-dir", mnist_dir)
+    code, out, _ = run_cli(capsys, "evaluate", str(model), "--data-dir", mnist_dir)
     assert code == 0 and test_line[0] in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "run.json"]
 
 
 def test_quiet_prints_only_the_result(capsys, tmp_path, mnist_dir):
-    code, out, err = run(capsys, "train", "--epochs", "1", "--sizes", "784,10,10", "--quiet",
+    code, out, err = run_cli(capsys, "train", "--epochs", "1", "--sizes", "784,10,10", "--quiet",
                          "--data-dir", mnist_dir, "--backend", "numpy", "--seed", "1")
     assert code == 0 and err == ""
     assert out.strip().startswith("test accuracy") and len(out.strip().splitlines()) == 1
@@ -103,7 +87,7 @@ def test_quiet_prints_only_the_result(capsys, tmp_path, mnist_dir):
 
 def test_no_train_cost_skips_the_pass(capsys, tmp_path, mnist_dir):
     metrics = tmp_path / "run.json"
-    code, out, _ = run(capsys, "train", "--epochs", "1", "--sizes", "784,10,10", "--no-train-cost",
+    code, out, _ = run_cli(capsys, "train", "--epochs", "1", "--sizes", "784,10,10", "--no-train-cost",
                        "--data-dir", mnist_dir, "--backend", "numpy", "--metrics-out", str(metrics))
     assert code == 0 and "train cost" not in out and "epoch 1/1: validation accuracy" in out
     m = json.loads(metrics.read_text())
@@ -113,7 +97,7 @@ def test_no_train_cost_skips_the_pass(capsys, tmp_path, mnist_dir):
 @pytest.mark.slow
 def test_relu_log_likelihood_momentum_trains_from_the_command_line(capsys, tmp_path, mnist_dir):
     metrics = tmp_path / "run.json"
-    code, out, err = run(capsys, "train", "--epochs", "1", "--sizes", "784,40,10", "--activation", "relu",
+    code, out, err = run_cli(capsys, "train", "--epochs", "1", "--sizes", "784,40,10", "--activation", "relu",
                          "--cost", "log_likelihood", "--optimizer", "momentum", "--momentum", "0.8", "--eta", "0.05",
                          "--lmbda", "2", "--data-dir", mnist_dir, "--backend", "numpy", "--metrics-out", str(metrics),
                          "--seed", "2")
@@ -125,12 +109,12 @@ def test_relu_log_likelihood_momentum_trains_from_the_command_line(capsys, tmp_p
 
 
 def test_sizes_must_fit_the_data(capsys, mnist_dir):
-    one_line_error(*run(capsys, "train", "--sizes", "785,30,10", "--data-dir", mnist_dir)[::2],
+    one_line_error(*run_cli(capsys, "train", "--sizes", "785,30,10", "--data-dir", mnist_dir)[::2],
                    "must start with 784", "--sizes 785,30,10")
 
 
 def test_info(capsys):
-    code, out, _ = run(capsys, "info", "--backend", "numpy")
+    code, out, _ = run_cli(capsys, "info", "--backend", "numpy")
     assert code == 0
     for needle in ("backend: numpy", "GPU:", f"NumPy {np.__version__}", "BLAS", "threads", "CuPy"):
         assert needle in out
@@ -163,7 +147,7 @@ NO_DATA = ["--data-dir", "/nonexistent/gpubp-test"]  # an error about this would
     (["train", "--bogus"], ["unrecognized arguments: --bogus", "see gpubp train --help"]),
 ])
 def test_arguments_are_refused_before_the_data_loads(capsys, argv, needles):
-    code, _, err = run(capsys, *argv, *NO_DATA)
+    code, _, err = run_cli(capsys, *argv, *NO_DATA)
     one_line_error(code, err, *needles)
     assert "nonexistent" not in err
 
@@ -172,7 +156,7 @@ def test_huge_sizes_are_refused_quickly(capsys):
     import time
 
     t0 = time.perf_counter()
-    code, _, err = run(capsys, "train", "--sizes", "784,100000000,10", *NO_DATA)
+    code, _, err = run_cli(capsys, "train", "--sizes", "784,100000000,10", *NO_DATA)
     one_line_error(code, err, "at most 1,000,000,000")
     assert time.perf_counter() - t0 < 1.0
 
@@ -188,18 +172,18 @@ def test_evaluate_a_small_file_that_declares_a_huge_model(capsys, tmp_path):
     meta["model"]["sizes"] = [784, 100_000_000, 10]
     fields["meta"] = np.array(json.dumps(meta))
     np.savez(path, **fields)
-    code, _, err = run(capsys, "evaluate", str(path), *NO_DATA)
+    code, _, err = run_cli(capsys, "evaluate", str(path), *NO_DATA)
     one_line_error(code, err, str(path), "at most 1,000,000,000")
 
 
 def test_evaluate_a_directory_says_so(capsys, tmp_path):
-    one_line_error(*run(capsys, "evaluate", str(tmp_path))[::2], f"{tmp_path} is a directory")
+    one_line_error(*run_cli(capsys, "evaluate", str(tmp_path))[::2], f"{tmp_path} is a directory")
 
 
 def test_version(capsys):
     from gpubp import __version__
 
-    code, out, _ = run(capsys, "--version")
+    code, out, _ = run_cli(capsys, "--version")
     assert code == 0 and out.strip() == f"gpubp {__version__}"
 
 
@@ -233,9 +217,9 @@ def test_a_model_that_does_not_fit_the_data_names_the_file(capsys, tmp_path, tin
 
     model = tmp_path / "wide.npz"
     Network([784, 5, 10], seed=1).save(model)
-    code, _, err = run(capsys, "evaluate", str(model), "--data-dir", tiny_dir, "--no-verify")
+    code, _, err = run_cli(capsys, "evaluate", str(model), "--data-dir", tiny_dir, "--no-verify")
     one_line_error(code, err, str(model), "784", "10 pixels", "t10k-images-idx3-ubyte")
-    code, _, err = run(capsys, "train", "--sizes", "11,5,10", "--data-dir", tiny_dir, "--no-verify")
+    code, _, err = run_cli(capsys, "train", "--sizes", "11,5,10", "--data-dir", tiny_dir, "--no-verify")
     one_line_error(code, err, "--sizes 11,5,10", "10 pixels", "train-images-idx3-ubyte")
 
 
@@ -244,7 +228,7 @@ def test_a_bad_label_names_its_file(capsys, tmp_path):
 
     d = write_mnist_like(tmp_path / "d", n_train=10_020, n_test=20)
     idx_file(d / "t10k-labels-idx1-ubyte", np.full(20, 12))
-    code, _, err = run(capsys, "train", "--sizes", "10,5,10", "--data-dir", str(d), "--no-verify", "--epochs", "1")
+    code, _, err = run_cli(capsys, "train", "--sizes", "10,5,10", "--data-dir", str(d), "--no-verify", "--epochs", "1")
     one_line_error(code, err, str(d / "t10k-labels-idx1-ubyte"), "label 12")
 
 
@@ -253,7 +237,7 @@ def test_test_images_of_another_shape_fail_before_any_epoch(capsys, tmp_path):
     from helpers import write_mnist_like
 
     d = write_mnist_like(tmp_path / "d", n_train=10_020, n_test=20, shape=(28, 28), test_shape=(28, 29))
-    code, out, err = run(capsys, "train", "--data-dir", str(d), "--no-verify", "--epochs", "1", "--backend", "numpy")
+    code, out, err = run_cli(capsys, "train", "--data-dir", str(d), "--no-verify", "--epochs", "1", "--backend", "numpy")
     one_line_error(code, err, "28x28", "28x29", "train-images-idx3-ubyte", "t10k-images-idx3-ubyte")
     assert "epoch" not in out
 
@@ -268,7 +252,7 @@ def tiny_train(tiny_dir, *extra):
 
 
 def test_a_run_at_chance_exits_0_with_one_warning_line_each(capsys, tiny_dir):
-    code, out, err = run(capsys, *tiny_train(tiny_dir, "--eta", "1e9", "--epochs", "3", "--quiet"))
+    code, out, err = run_cli(capsys, *tiny_train(tiny_dir, "--eta", "1e9", "--epochs", "3", "--quiet"))
     assert code == 0 and out.startswith("test accuracy")
     lines = err.strip().splitlines()
     assert len(lines) == 2 and all(l.startswith("gpubp train: warning: ") for l in lines), err
@@ -277,7 +261,7 @@ def test_a_run_at_chance_exits_0_with_one_warning_line_each(capsys, tiny_dir):
 
 
 def test_a_huge_lmbda_diverges_naming_eta_and_lmbda(capsys, tiny_dir):
-    code, out, err = run(capsys, *tiny_train(tiny_dir, "--lmbda", "100000", "--epochs", "3"))
+    code, out, err = run_cli(capsys, *tiny_train(tiny_dir, "--lmbda", "100000", "--epochs", "3"))
     one_line_error(code, err, "training diverged", "in epoch 1 with eta=3 and lmbda=100000",
                    "lmbda is the likely cause")
     assert "epoch 1/3:" not in out  # the message's epoch is the one the progress line would have shown
@@ -285,7 +269,7 @@ def test_a_huge_lmbda_diverges_naming_eta_and_lmbda(capsys, tiny_dir):
 
 def test_early_stopping_restores_and_records_the_best_epoch(capsys, tmp_path, tiny_dir):
     metrics = tmp_path / "run.json"
-    code, out, err = run(capsys, *tiny_train(tiny_dir, "--epochs", "30", "--eta", "30", "--early-stopping", "2",
+    code, out, err = run_cli(capsys, *tiny_train(tiny_dir, "--epochs", "30", "--eta", "30", "--early-stopping", "2",
                                              "--metrics-out", str(metrics)))
     assert code == 0, err
     m = json.loads(metrics.read_text())
@@ -301,7 +285,7 @@ def test_evaluate_a_file_with_a_forged_array_header_is_one_line(capsys, tmp_path
     from test_checkpoint import forged
 
     path = forged(tmp_path / "liar.npz", header_shape=(25_000_000_000,))
-    one_line_error(*run(capsys, "evaluate", str(path), *NO_DATA)[::2], str(path), "declares 100,000,000,000 bytes")
+    one_line_error(*run_cli(capsys, "evaluate", str(path), *NO_DATA)[::2], str(path), "declares 100,000,000,000 bytes")
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -310,14 +294,14 @@ def test_evaluate_a_file_with_a_forged_array_header_is_one_line(capsys, tmp_path
     (["--tf32", "--dtype", "float64", "--backend", "numpy"], "tf32 is a float32 format"),
 ])
 def test_routes_and_modes_that_cannot_run_fail_before_the_data_loads(capsys, tmp_path, argv, needle):
-    one_line_error(*run(capsys, "train", *argv, "--data-dir", str(tmp_path / "absent"))[::2], needle)
+    one_line_error(*run_cli(capsys, "train", *argv, "--data-dir", str(tmp_path / "absent"))[::2], needle)
 
 
 def test_a_graph_with_tf32_from_the_command_line(capsys, tmp_path, mnist_dir):
     """--graph and --tf32 reach training and the metrics (the own route's graphs are tested through
     the Python API: its tiled kernels on the emulator take too long for 50,000 rows here)."""
     metrics = tmp_path / "run.json"
-    code, out, err = run(capsys, "train", "--epochs", "2", "--sizes", "784,12,10", "--backend", "emulated",
+    code, out, err = run_cli(capsys, "train", "--epochs", "2", "--sizes", "784,12,10", "--backend", "emulated",
                          "--graph", "--tf32", "--batch-size", "1000", "--data-dir", mnist_dir,
                          "--metrics-out", str(metrics), "--no-train-cost", "--seed", "1")
     assert code == 0, err

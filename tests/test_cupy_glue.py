@@ -10,32 +10,14 @@ of one network and of a stack, giving NumPy's weights. (Real CuPy needs a GPU fo
 tests run them for real.)
 """
 
-import sys
 
 import numpy as np
-import pytest
-from cupy_standin import FakeCublasLib, FakeCupy
 from helpers import assert_close
 
-import gpubp.backends as B
 from gpubp import Network
-from gpubp.backends import cublas
 from gpubp.backends import kernel as K
 from gpubp.optimizers import SGD, ModelOptimizers, Momentum, make_optimizer
 from gpubp.stack import Stack
-
-
-@pytest.fixture
-def cupy_be(monkeypatch):
-    fake = FakeCupy()
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setitem(sys.modules, "cupy.cublas", fake.cublas)
-    fake.cublas_lib = FakeCublasLib(fake)
-    monkeypatch.setattr(cublas, "load", lambda: fake.cublas_lib)
-    B.reset()
-    be = B.get_backend("cupy")
-    yield be, fake
-    B.reset()
 
 
 def test_cupy_backend_drives_kernels_as_cupy_documents(cupy_be):

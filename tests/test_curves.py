@@ -4,22 +4,9 @@ import json
 import sys
 
 import pytest
+from helpers import one_line_error, run_cli
 
 from gpubp.cli import main
-
-
-def run(capsys, *argv):
-    with pytest.raises(SystemExit) as e:
-        sys.exit(main(list(argv)))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def one_line_error(code, err, *needles):
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +23,7 @@ def two_runs(tmp_path_factory, tiny_dir):
 
 def test_two_runs_overlaid_and_labelled_by_what_differs(capsys, tmp_path, two_runs):
     out = tmp_path / "curves.png"
-    code, stdout, err = run(capsys, "plot", *map(str, two_runs), "-o", str(out))
+    code, stdout, err = run_cli(capsys, "plot", *map(str, two_runs), "-o", str(out))
     assert code == 0, err
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]
     assert f"wrote the plot {out}" in stdout
@@ -75,18 +62,18 @@ def test_bad_run_files_are_one_line(capsys, tmp_path, content, needle):
     path = tmp_path / "run.json"
     if content is not None:
         path.write_text(content)
-    one_line_error(*run(capsys, "plot", str(path), "-o", str(tmp_path / "c.png"))[::2], str(path), needle)
+    one_line_error(*run_cli(capsys, "plot", str(path), "-o", str(tmp_path / "c.png"))[::2], str(path), needle)
     assert not (tmp_path / "c.png").exists()
 
 
 def test_plot_without_matplotlib_is_one_line(capsys, tmp_path, two_runs, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    one_line_error(*run(capsys, "plot", str(two_runs[0]), "-o", str(tmp_path / "c.png"))[::2],
+    one_line_error(*run_cli(capsys, "plot", str(two_runs[0]), "-o", str(tmp_path / "c.png"))[::2],
                    "uv run --extra plot gpubp plot", "pip install -e '.[plot]'")
 
 
 def test_plot_to_a_missing_directory_fails_before_reading(capsys, tmp_path, two_runs):
-    one_line_error(*run(capsys, "plot", str(two_runs[0]), "-o", str(tmp_path / "no" / "c.png"))[::2], "does not exist")
+    one_line_error(*run_cli(capsys, "plot", str(two_runs[0]), "-o", str(tmp_path / "no" / "c.png"))[::2], "does not exist")
 
 
 def test_a_run_without_training_cost_says_so(tmp_path, two_runs):

@@ -3,13 +3,11 @@ bit, on the emulated backend (a recorded graph) and through the CuPy stand-in (C
 with cuBLAS refused and our own binding taking the blas route's products); the counters of an epoch;
 and what is refused during capture."""
 
-import sys
 
 import numpy as np
 import pytest
-from cupy_standin import CAPTURE_REFUSED, FakeCublasLib, FakeCupy
+from cupy_standin import CAPTURE_REFUSED
 
-import gpubp.backends as B
 from gpubp import Network, train
 from gpubp.backends import cublas, get_backend
 from gpubp.errors import GpubpError
@@ -106,17 +104,6 @@ def test_capture_refuses_what_cuda_forbids_during_capture():
 # ---------------------------------------------------------------------------------------------
 # Through the CuPy stand-in: CuPy's capture API, cuBLAS refused, our binding for the blas route
 # ---------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def cupy_be(monkeypatch):
-    fake = FakeCupy()
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setitem(sys.modules, "cupy.cublas", fake.cublas)
-    fake.cublas_lib = FakeCublasLib(fake)
-    monkeypatch.setattr(cublas, "load", lambda: fake.cublas_lib)
-    B.reset()
-    yield B.get_backend("cupy"), fake
-    B.reset()
 
 
 def test_the_stand_in_refuses_cublas_and_synchronous_copies_in_capture(cupy_be):

@@ -3,21 +3,12 @@
 import errno
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-
-from gpubp.cli import main
+from helpers import run_cli
 
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
-
-
-def run(capsys, *argv):
-    with pytest.raises(SystemExit) as e:
-        sys.exit(main(list(argv)))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def tiny_train(tiny_dir, *extra):
@@ -37,7 +28,7 @@ def test_a_full_disk_at_the_model_still_writes_the_metrics(capsys, tmp_path, tin
 
     monkeypatch.setattr(np, "savez", full)
     model, metrics = tmp_path / "m.npz", tmp_path / "run.json"
-    code, out, err = run(capsys, *tiny_train(tiny_dir, "--save", str(model), "--metrics-out", str(metrics)))
+    code, out, err = run_cli(capsys, *tiny_train(tiny_dir, "--save", str(model), "--metrics-out", str(metrics)))
     line = one_line(err)
     assert code == 2 and out.startswith("test accuracy")
     assert f"did not write the model {model} (No space left on device)" in line
@@ -52,7 +43,7 @@ def test_a_full_disk_at_the_metrics_still_writes_the_model(capsys, tmp_path, tin
 
     monkeypatch.setattr(json, "dump", full)
     model, metrics = tmp_path / "m.npz", tmp_path / "run.json"
-    code, _, err = run(capsys, *tiny_train(tiny_dir, "--save", str(model), "--metrics-out", str(metrics)))
+    code, _, err = run_cli(capsys, *tiny_train(tiny_dir, "--save", str(model), "--metrics-out", str(metrics)))
     line = one_line(err)
     assert code == 2 and f"did not write the metrics {metrics} (No space left on device)" in line
     assert f"wrote the model {model}" in line
@@ -76,7 +67,7 @@ def small_tmpfs(tmp_path):
 def test_a_real_full_disk(capsys, small_tmpfs, tiny_dir):
     """A 250 KB model does not fit in 48 KiB; the 1 KB metrics do, and nothing half-written is left."""
     model, metrics = small_tmpfs / "m.npz", small_tmpfs / "run.json"
-    code, _, err = run(capsys, *tiny_train(tiny_dir, "--sizes", "10,3000,10", "--save", str(model),
+    code, _, err = run_cli(capsys, *tiny_train(tiny_dir, "--sizes", "10,3000,10", "--save", str(model),
                                            "--metrics-out", str(metrics)))
     line = one_line(err)
     assert code == 2 and f"did not write the model {model} (No space left on device)" in line
@@ -110,7 +101,7 @@ def test_a_full_disk_at_the_bench_json_keeps_the_table_and_the_plot(capsys, tmp_
         raise ENOSPC
 
     monkeypatch.setattr(json, "dump", full)
-    code, out, err = run(capsys, *tiny_bench(tiny_dir, tmp_path))
+    code, out, err = run_cli(capsys, *tiny_bench(tiny_dir, tmp_path))
     line = last_line(err)
     assert code == 2 and "| numpy | 10,8,10 | 10 |" in out
     assert f"did not write the JSON {tmp_path / 'b.json'} (No space left on device)" in line
@@ -131,8 +122,8 @@ def provenance_ok(doc, *argv):
 
 def test_json_outputs_say_which_gpubp_wrote_them_when_and_how(capsys, tmp_path, tiny_dir, fast_bench):
     argv = tiny_train(tiny_dir, "--metrics-out", str(tmp_path / "run.json"))
-    assert run(capsys, *argv)[0] == 0
+    assert run_cli(capsys, *argv)[0] == 0
     provenance_ok(json.loads((tmp_path / "run.json").read_text()), *argv)
     argv = tiny_bench(tiny_dir, tmp_path)
-    assert run(capsys, *argv)[0] == 0
+    assert run_cli(capsys, *argv)[0] == 0
     provenance_ok(json.loads((tmp_path / "b.json").read_text()), *argv)

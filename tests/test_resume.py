@@ -1,13 +1,12 @@
 """Resuming a run and Ctrl-C: nothing of the finished epochs is lost, and a resumed run is the same run."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
+from helpers import run_cli
 
 from gpubp import Network
-from gpubp.cli import main
 from gpubp.errors import GpubpError, TrainingInterrupted
 
 
@@ -114,13 +113,6 @@ def test_ctrl_c_in_the_epoch_callback_keeps_that_epoch():
 # The command line
 # ---------------------------------------------------------------------------------------------
 
-def run(capsys, *argv):
-    with pytest.raises(SystemExit) as e:
-        sys.exit(main(list(argv)))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
 def tiny(tiny_dir, *extra):
     return ["train", "--data-dir", tiny_dir, "--no-verify", "--backend", "numpy", "--quiet", *extra]
 
@@ -128,9 +120,9 @@ def tiny(tiny_dir, *extra):
 def test_resume_from_the_command_line_continues_the_run(capsys, tmp_path, tiny_dir):
     opts = ["--sizes", "10,8,10", "--optimizer", "momentum", "--eta", "0.2", "--lmbda", "1", "--batch-size", "7",
             "--seed", "4", "--dtype", "float64"]
-    assert run(capsys, *tiny(tiny_dir, *opts, "--epochs", "2", "--save", str(tmp_path / "two.npz")))[0] == 0
-    assert run(capsys, *tiny(tiny_dir, *opts, "--epochs", "1", "--save", str(tmp_path / "m.npz")))[0] == 0
-    code, out, err = run(capsys, *tiny(tiny_dir, "--resume", str(tmp_path / "m.npz"), "--epochs", "1",
+    assert run_cli(capsys, *tiny(tiny_dir, *opts, "--epochs", "2", "--save", str(tmp_path / "two.npz")))[0] == 0
+    assert run_cli(capsys, *tiny(tiny_dir, *opts, "--epochs", "1", "--save", str(tmp_path / "m.npz")))[0] == 0
+    code, out, err = run_cli(capsys, *tiny(tiny_dir, "--resume", str(tmp_path / "m.npz"), "--epochs", "1",
                                        "--save", str(tmp_path / "m.npz"),
                                        "--metrics-out", str(tmp_path / "run.json")))
     assert code == 0, err
@@ -152,14 +144,14 @@ def test_resume_refuses_flags_that_contradict_the_file(capsys, tmp_path, tiny_di
     net = Network([10, 8, 10], seed=1)
     net.sgd(toy(n_in=10, k=10), epochs=1, **KW)
     net.save(tmp_path / "m.npz")
-    code, _, err = run(capsys, *tiny(tiny_dir, "--resume", str(tmp_path / "m.npz"), flag, value))
+    code, _, err = run_cli(capsys, *tiny(tiny_dir, "--resume", str(tmp_path / "m.npz"), flag, value))
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err and str(tmp_path / "m.npz") in err
 
 
 def test_ctrl_c_keeps_the_last_completed_epochs_model_and_metrics(capsys, tmp_path, tiny_dir, monkeypatch):
     interrupt_at_step(monkeypatch, 200 + 50)  # 2000 rows / 10: in epoch 2
     model, metrics = tmp_path / "m.npz", tmp_path / "run.json"
-    code, out, err = run(capsys, *tiny(tiny_dir, "--sizes", "10,8,10", "--epochs", "3", "--save", str(model),
+    code, out, err = run_cli(capsys, *tiny(tiny_dir, "--sizes", "10,8,10", "--epochs", "3", "--save", str(model),
                                        "--metrics-out", str(metrics)))
     assert code == 130 and "test accuracy" not in out
     assert err.strip() == (f"gpubp train: interrupted in epoch 2: saved the model {model} and the metrics "
@@ -179,7 +171,7 @@ def test_ctrl_c_during_the_test_evaluation_keeps_every_epoch(capsys, tmp_path, t
         return real(self, X, *a, **k)
 
     monkeypatch.setattr(Network, "measure", measure)
-    code, _, err = run(capsys, *tiny(tiny_dir, "--sizes", "10,8,10", "--epochs", "2", "--save", str(model)))
+    code, _, err = run_cli(capsys, *tiny(tiny_dir, "--sizes", "10,8,10", "--epochs", "2", "--save", str(model)))
     assert code == 130
     assert err.strip() == f"gpubp train: interrupted after epoch 2: saved the model {model} after epoch 2"
     assert Network.load(model).epochs_trained == 2
