@@ -124,3 +124,18 @@ def test_hints_printed_by_the_package_are_commands_from_the_clone(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(GpubpError, match=r"uv run --extra plot gpubp plot \.\.\. or pip install -e '\.\[plot\]'"):
         pyplot("gpubp plot", "gpubp plot ...")
+
+
+def test_the_python_example_prints_the_same_number_twice(capsys, tmp_path, monkeypatch, mnist_dir):
+    """The README's Python example (an epoch where it says 30 or 5), run twice from scratch: one seed
+    fixes the weights and the shuffle, so both runs print the same accuracy."""
+    (code,) = re.findall(r"```python\n(.*?)```", section("Using it"), flags=re.DOTALL)[:1]
+    assert "seed=1" in code and "epochs=30" in code
+    code = re.sub(r"epochs=\d+", "epochs=1", code)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPUBP_DATA_DIR", mnist_dir)
+    printed = []
+    for _ in range(2):
+        exec(compile(code, "README.md", "exec"), {})
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1] and 0.8 < float(printed[0]) <= 1.0, printed
