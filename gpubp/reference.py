@@ -36,8 +36,8 @@ def _per_model(x):
 # ---------------------------------------------------------------------------------------------
 
 def sigmoid(z, out=None):
-    """sigma(z) = 1/(1+exp(-z)), elementwise, by SciPy's expit: one pass that never overflows (the
-    kernels' 0.5 + 0.5*tanh(z/2) is the same function; tests tie the two to 1e-7)."""
+    """sigma(z) = 1/(1+exp(-z)), elementwise, by SciPy's expit: one pass, no overflow warning (the
+    kernels compute the same formula; tests tie the two to 1e-7)."""
     return _expit(z, out=out)
 
 

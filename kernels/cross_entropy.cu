@@ -14,7 +14,7 @@
 //   cross_entropy_cost_f32            32 regs      0 B smem 100% occupancy (threads)
 //   cross_entropy_cost_f64            32 regs      0 B smem 100% occupancy (threads)
 //   layer_output_cross_entropy_f32    56 regs   6272 B smem  50% occupancy (registers)
-//   layer_output_cross_entropy_f64    56 regs  12544 B smem  50% occupancy (registers)
+//   layer_output_cross_entropy_f64    64 regs  12544 B smem  50% occupancy (registers)
 #include "cost.cuh"
 #include "gpubp.cuh"
 #include "layer.cuh"

@@ -16,7 +16,7 @@
 // (sigma' and the softmax's derivative are at most 1/2): float32 atol=1e-6 rtol=1e-5; float64 atol=1e-15 rtol=2e-14
 // sm_90 (nvcc -Xptxas -v, 256-thread blocks): registers, shared memory, occupancy
 //   layer_output_quadratic_f32        56 regs   6272 B smem  50% occupancy (registers)
-//   layer_output_quadratic_f64        56 regs  12544 B smem  50% occupancy (registers)
+//   layer_output_quadratic_f64        64 regs  12544 B smem  50% occupancy (registers)
 //   quadratic_cost_f32                32 regs      0 B smem 100% occupancy (threads)
 //   quadratic_cost_f64                30 regs      0 B smem 100% occupancy (threads)
 //   quadratic_delta_f32               32 regs      0 B smem 100% occupancy (threads)

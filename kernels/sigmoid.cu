@@ -1,6 +1,6 @@
 // sigmoid: the logistic activation of Nielsen's networks (the default for hidden layers, and the
 // output layer of the quadratic and cross-entropy costs).
-//   bias_sigmoid:   Z <- sigma(Z + b)          sigma(z) = 0.5 + 0.5*tanh(z/2) (gpubp.cuh)
+//   bias_sigmoid:   Z <- sigma(Z + b)          sigma(z) = 1/(1+exp(-z)) (gpubp.cuh)
 //   bias_sigmoid_models: the same for K stacked models, each row block with its model's b (activation.cuh)
 //   sigmoid_delta:  G <- G * a*(1-a)           sigma'(z) from the stored a = sigma(z)
 // NumPy reference: gpubp.reference.layer_forward_*, gpubp.reference.layer_delta_*, gpubp.reference.bias_sigmoid, gpubp.reference.bias_sigmoid_models, gpubp.reference.sigmoid_delta.
@@ -14,8 +14,8 @@
 // float64 atol=1e-15 rtol=2e-14
 // sm_90 (nvcc -Xptxas -v, 256-thread blocks): registers, shared memory, occupancy
 //   bias_sigmoid_f32                  24 regs      0 B smem 100% occupancy (threads)
-//   bias_sigmoid_f64                  28 regs      0 B smem 100% occupancy (threads)
-//   bias_sigmoid_models_f32           44 regs      0 B smem  62% occupancy (registers)
+//   bias_sigmoid_f64                  26 regs      0 B smem 100% occupancy (threads)
+//   bias_sigmoid_models_f32           40 regs      0 B smem  75% occupancy (registers)
 //   bias_sigmoid_models_f64           34 regs      0 B smem  75% occupancy (registers)
 //   layer_delta_sigmoid_l_f32         64 regs   8320 B smem  50% occupancy (registers)
 //   layer_delta_sigmoid_l_f64         80 regs  16640 B smem  38% occupancy (registers)
