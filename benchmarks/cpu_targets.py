@@ -5,10 +5,12 @@
 A = [784, 30, 10], batch 10, quadratic, eta 3.0; B = [784, 1024, 1024, 10], batch 128,
 cross-entropy, eta 0.5; float32, plain SGD, one epoch = 50,000 images. Each repeat times every
 contender once, in turn, so the ratios printed come from one run on one (noisy) machine.
+"gpubp" is the numpy backend, step by step from Python; "gpubp native" the native backend
+(--backend native: our kernels compiled for this CPU, the epoch one replayed graph).
 network.py's loop runs on 2,000 images and is scaled by 25. B's floor is its FLOPs at the GEMM
 rate measured between repeats. PyTorch is optional: without it its rows are left out.
 Targets: A >= 15x network.py's loop and >= 6x PyTorch eager; B <= 1.3x its GEMM floor and
-PyTorch eager >= 1.1x B's time.
+PyTorch eager >= 1.1x B's time. Ratios are printed against both gpubp rows.
 """
 
 import argparse
@@ -23,6 +25,7 @@ from gpubp import Network, load_mnist
 from gpubp.bench import flops_per_sample, gemm_rate
 from gpubp.bench.contenders import torch_trainer
 from gpubp.bench.nielsen import epoch_slice
+from gpubp.errors import BackendUnavailable
 from gpubp.optimizers import SGD
 
 LOOP_ROWS = 2000
@@ -34,6 +37,17 @@ def contenders(name, data):
     net = Network(sizes, cost=cost, backend="numpy", seed=1)
     X, Y, opt = net.to_device(data[0]), net.one_hot(net.labels(data[1])), SGD(eta)
     out = {"gpubp": lambda: [net.step(X[k:k + bs], Y[k:k + bs], opt) for k in range(0, n, bs)]}
+    try:  # the native backend: the own route, the epoch's steps captured once and replayed by one call
+        nat = Network(sizes, cost=cost, backend="native", seed=1)
+        NX, NY, nopt = nat.to_device(data[0]), nat.one_hot(nat.labels(data[1])), SGD(eta)
+        for m in {bs, n % bs} - {0}:  # a first step of each batch size sizes its buffers: none allocates in capture
+            nat.step(NX[:m], NY[:m], nopt)
+        with nat.be.capture() as graph:
+            for k in range(0, n, bs):
+                nat.step(NX[k:k + bs], NY[k:k + bs], nopt)
+        out["gpubp native"] = graph.launch
+    except BackendUnavailable as e:
+        print(f"  (no native row: {e})")
     try:
         step, _, TX, TY, _ = torch_trainer("cpu", sizes, "float32", data)
         out["pytorch eager"] = lambda: [step(TX[k:k + bs], TY[k:k + bs]) for k in range(0, n, bs)]
@@ -62,15 +76,16 @@ def main():
             rates.append(gemm_rate())
         med = {who: statistics.median(v) for who, v in runs.items()}
         print(f"network {name} {NETS[name][0]}, batch {NETS[name][1]}: seconds per epoch, median of {args.repeats}")
+        ours = [who for who in ("gpubp", "gpubp native") if who in med]
         for who, v in runs.items():
-            ratio = "" if who == "gpubp" else f"  ({med[who] / med['gpubp']:.2f}x gpubp's time)"
+            ratio = "" if who in ours else "  (" + ", ".join(f"{med[who] / med[o]:.2f}x {o}'s time" for o in ours) + ")"
             print(f"  {who:16s} {med[who]:7.3f}  [{min(v):.3f}..{max(v):.3f}]{ratio}")
         if name == "B":
             rate = statistics.median(rates)
             flops = flops_per_sample(NETS[name][0]) * len(data[0])
             floor = flops / rate / 1e9
-            print(f"  GEMM floor       {floor:7.3f}  at the measured {rate:.0f} GFLOP/s; gpubp is "
-                  f"{med['gpubp'] / floor:.2f}x the floor, {flops / med['gpubp'] / 1e9:.0f} GFLOP/s")
+            print(f"  GEMM floor       {floor:7.3f}  at the measured {rate:.0f} GFLOP/s (NumPy's BLAS); "
+                  + "; ".join(f"{o} is {med[o] / floor:.2f}x the floor, {flops / med[o] / 1e9:.0f} GFLOP/s" for o in ours))
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmark training steps on CPU and GPU (and PyTorch eager when it imports)")
     b.add_argument("--backends", type=_list(str), default=None,
-                   help="e.g. numpy,cupy,emulated (default: numpy, and cupy; cupy is skipped, saying why, "
+                   help="e.g. numpy,native,cupy,emulated (default: numpy, and cupy; cupy is skipped, saying why, "
                         "without a GPU)")
     b.add_argument("--sizes", type=_sizes, nargs="+", default=None, metavar="784,30,10",
                    help="networks, each as widths joined by commas, several allowed (default: 784,30,10 "
@@ -150,13 +150,14 @@ def _train_parser(t):
                    help="stop after N epochs without a better validation accuracy (default: train every epoch)")
     t.add_argument("--no-train-cost", action="store_true",
                    help="skip the per-epoch training-cost pass over the training set (train_cost is null)")
-    t.add_argument("--gemm", choices=list(GEMM_ROUTES), default="blas",
+    t.add_argument("--gemm", choices=list(GEMM_ROUTES), default=None,
                    help="how a step's products run: blas (the BLAS, cuBLAS on a GPU, then fused kernels) or own "
-                        "(our layer kernels, 3L-1 launches a step; --backend cupy or emulated) (default blas)")
+                        "(our layer kernels, 3L-1 launches a step; --backend cupy, emulated or native) "
+                        "(default: own on the native backend, blas elsewhere)")
     graph = t.add_mutually_exclusive_group()
     graph.add_argument("--graph", dest="graph", action="store_true", default=None,
-                       help="replay each epoch as one captured CUDA graph, or fail saying why not (default: on "
-                            "for the cupy backend when the route can be captured, eager elsewhere)")
+                       help="replay each epoch as one captured graph, or fail saying why not (default: on for "
+                            "the cupy and native backends when the route can be captured, eager elsewhere)")
     graph.add_argument("--no-graph", dest="graph", action="store_false", default=None,
                        help="issue every launch eagerly (default: see --graph)")
     t.add_argument("--tf32", action="store_true",
@@ -561,7 +562,7 @@ def _routes(be) -> list[str]:
         except GpubpError as e:
             lines.append(f"--gemm {gemm}: cannot run here: {e}")
             continue
-        default = " (the default)" if gemm == "blas" else ""
+        default = " (the default)" if gemm == be.preferred_gemm else ""
         lines.append(f"--gemm {gemm}{default}: " + (f"each epoch is one graph ({why})" if graph else why))
     return lines
 

@@ -107,16 +107,18 @@ class Network:
         sizes: neurons per layer, e.g. [784, 30, 10].
         cost: "quadratic" | "cross_entropy" | "log_likelihood" (softmax output layer).
         activation: hidden layers' "sigmoid" (default) | "tanh" | "relu".
-        backend: "auto" | "numpy" | "cupy" | "emulated" or a Backend (default: $GPUBP_BACKEND or auto).
+        backend: "auto" | "numpy" | "cupy" | "emulated" | "native" or a Backend (default: $GPUBP_BACKEND
+            or auto).
         dtype: "float32" (default) or "float64".
         seed: one seed for the weights and, unless ``sgd(seed=...)`` gives another, the shuffling;
             None draws one (kept in ``.seed``, so the run can be repeated).
         init: "default" (the activation's: network2's N(0, 1/n_in) for sigmoid and tanh, He's
             N(0, 2/n_in) with zero biases for relu), or one of "network2", "large" (network.py's
             N(0, 1)), "he". Biases are N(0, 1) except under "he".
-        gemm: "blas" (default: BLAS products, then fused elementwise kernels) or "own" (our layer
-            kernels, 3L - 1 launches a step; needs the cupy or emulated backend). Training steps
-            take the route; evaluation always runs the forward pass through the BLAS.
+        gemm: "blas" (BLAS products, then fused elementwise kernels) or "own" (our layer kernels,
+            3L - 1 launches a step; needs the cupy, emulated or native backend); None (default): the
+            backend's preference (own on native, where the network allows it; blas elsewhere).
+            Training steps take the route; evaluation always runs the forward pass through the BLAS.
         tf32: float32 products read their inputs as TF32 (10-bit mantissa): cuBLAS's tensor-core
             math on a GPU; our layer kernels and the CPU backends round the inputs (so TF32's effect
             on accuracy is measured anywhere). Off by default.
@@ -125,7 +127,7 @@ class Network:
     lead: tuple = ()  # leading model axes of every parameter and activation array: (K,) in a Stack
 
     def __init__(self, sizes, cost="quadratic", activation="sigmoid", backend=None, dtype="float32",
-                 seed=None, init="default", gemm="blas", tf32=False):
+                 seed=None, init="default", gemm=None, tf32=False):
         self.sizes = check_sizes(sizes)
         if init not in INIT_CHOICES:
             raise GpubpError(f"unknown init {init!r}: choose one of {', '.join(INIT_CHOICES)}")
@@ -173,11 +175,15 @@ class Network:
         self._ws: dict[tuple[int, bool], Workspace] = {}
 
     def _check_route(self, gemm) -> str:
+        if gemm is None:  # the backend's preference, where this network can take it
+            gemm = self.be.preferred_gemm
+            if gemm == "own" and (self.cost.output.row_wise and self.sizes[-1] > tiles()["TileOutput"]["BN"]):
+                gemm = "blas"
         if gemm not in GEMM_ROUTES:
             raise GpubpError(f"unknown gemm route {gemm!r}: choose blas or own")
         if gemm == "own" and not self.be.compiles_kernels:
-            raise GpubpError(f"gemm='own' runs our CUDA layer kernels, which the {self.be.name} backend does not "
-                             "run: use the cupy or emulated backend, or gemm='blas'")
+            raise GpubpError(f"gemm='own' runs our layer kernels, which the {self.be.name} backend does not "
+                             "run: use the cupy, emulated or native backend, or gemm='blas'")
         if gemm == "own" and self.cost.output.row_wise and self.sizes[-1] > tiles()["TileOutput"]["BN"]:
             raise GpubpError(f"gemm='own' fuses softmax into the output layer for up to {tiles()['TileOutput']['BN']} "
                              f"outputs, not {self.sizes[-1]}: use gemm='blas'")
@@ -539,7 +545,7 @@ class Network:
         checkpoint.save(path, meta, arrays)
 
     @classmethod
-    def load(cls, path, backend=None, gemm="blas", tf32=None) -> Network:
+    def load(cls, path, backend=None, gemm=None, tf32=None) -> Network:
         """The network saved in ``path``, with its optimizer state and training progress when the
         file has them; ModelFileError if it is not a whole, consistent gpubp model."""
         meta, arrays = checkpoint.load(path)

@@ -127,7 +127,11 @@ def train(net, training_data, epochs=30, mini_batch_size=None, eta=None, lmbda=N
     run.X = net.to_device(X)  # the training set moves to the device once
     run.labels = net.labels(y, n)
     run.Y = net.one_hot(run.labels)
-    run.Xs, run.Ys = be.empty(run.X.shape, net.dtype), be.empty(run.Y.shape, net.dtype)  # shuffled copies
+    if be.gathers_per_step:  # one buffer per batch size, gathered into as each step starts (a CPU's cache)
+        run.batches = {m: (be.empty((m, run.X.shape[1]), net.dtype), be.empty((m, run.Y.shape[1]), net.dtype))
+                       for m in {bs, n % bs or bs}}
+    else:  # the whole set, gathered in the epoch's order once an epoch (a GPU's one kernel)
+        run.Xs, run.Ys = be.empty(run.X.shape, net.dtype), be.empty(run.Y.shape, net.dtype)
     run.perm = be.empty((n,), np.int64)  # each epoch's permutation is uploaded into this one buffer
     run.gather = be.kernel("gather_rows", net.dtype)
     run.graph, _ = graph_mode(net, graph)
@@ -203,6 +207,7 @@ class _Run:
     labels: object = None  # (n,) int64, on the device
     Xs: object = None  # shuffled copies of X and Y
     Ys: object = None
+    batches: dict | None = None  # per-step gathering: {rows: (X batch, Y batch)}
     perm: object = None  # (n,) int64 on the device
     evaluation: tuple | None = None
     graph: bool = False  # each epoch replays one captured graph
@@ -213,13 +218,13 @@ class _Run:
 def graph_mode(net, graph=None) -> tuple[bool, str]:
     """(whether training ``net`` replays each epoch as one captured graph, and why).
 
-    graph=None: on for the cupy backend when the route can be captured, eager elsewhere;
+    graph=None: on for the cupy and native backends when the route can be captured, eager elsewhere;
     graph=True: a graph or a GpubpError saying why not; graph=False: eager.
     """
     ok, why = net.be.graph_support(net.gemm)
     if graph is None:
-        if net.be.name != "cupy":
-            return False, f"eager: graphs are on by default on the cupy backend only, not {net.be.name}"
+        if not net.be.graphs_by_default:
+            return False, f"eager: graphs are on by default on the cupy and native backends, not {net.be.name}"
         return ok, why if ok else f"eager: {why}"
     if graph and not ok:
         raise GpubpError(f"a graph was asked for but cannot be captured: {why}")
@@ -228,14 +233,22 @@ def graph_mode(net, graph=None) -> tuple[bool, str]:
 
 def _steps(run: _Run, bar=None) -> None:
     """The epoch's work on the device: gather the training set in the permutation's order (one
-    kernel), then one step per contiguous mini-batch slice, the last, partial batch too."""
+    kernel), then one step per contiguous mini-batch slice, the last, partial batch too. Where the
+    backend gathers per step (the CPU), each step first gathers its own rows into its batch buffer."""
     net, n, bs = run.net, run.X.shape[0], run.bs
     cols_x, cols_y = run.X.shape[1], run.Y.shape[1]
-    run.gather(n * (cols_x + cols_y), run.Xs, run.Ys, run.X, run.Y, run.perm, n, cols_x, cols_y)
+    if run.batches is None:
+        run.gather(n * (cols_x + cols_y), run.Xs, run.Ys, run.X, run.Y, run.perm, n, cols_x, cols_y)
     for k in range(0, n, bs):
-        net.step(run.Xs[k:k + bs], run.Ys[k:k + bs], run.opt)
+        m = min(bs, n - k)
+        if run.batches is None:
+            net.step(run.Xs[k:k + m], run.Ys[k:k + m], run.opt)
+        else:
+            Xb, Yb = run.batches[m]
+            run.gather(m * (cols_x + cols_y), Xb, Yb, run.X, run.Y, run.perm[k:k + m], m, cols_x, cols_y)
+            net.step(Xb, Yb, run.opt)
         if bar is not None:
-            bar.update(min(bs, n - k))
+            bar.update(m)
 
 
 def _capture_epoch(run: _Run):

@@ -12,7 +12,7 @@
 #include "gpubp.cuh"
 
 template <typename T>
-__device__ __forceinline__ void gather_rows(T* __restrict__ Xs, T* __restrict__ Ys, const T* __restrict__ X,
+__device__ __forceinline__ void take_rows(T* __restrict__ Xs, T* __restrict__ Ys, const T* __restrict__ X,
                                             const T* __restrict__ Y, const long long* __restrict__ perm,
                                             long long rows, long long cols_x, long long cols_y) {
     const long long width = cols_x + cols_y;
@@ -25,7 +25,7 @@ __device__ __forceinline__ void gather_rows(T* __restrict__ Xs, T* __restrict__ 
     }
 }
 
-GPUBP_EXPORT(gather_rows, gather_rows,
+GPUBP_EXPORT(gather_rows, take_rows,
              (T* __restrict__ Xs, T* __restrict__ Ys, const T* __restrict__ X, const T* __restrict__ Y,
               const long long* __restrict__ perm, long long rows, long long cols_x, long long cols_y),
              (Xs, Ys, X, Y, perm, rows, cols_x, cols_y))

@@ -30,13 +30,17 @@ def trained(backend, gemm, optimizer, dtype, graph, epochs=3, **kw):
     return net, history
 
 
+# the native backend's graphs replay the own route only (its blas route is NumPy's)
+ROUTES = [("emulated", "blas"), ("emulated", "own"), ("native", "own")]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("optimizer", list(ETA))
-@pytest.mark.parametrize("gemm", ["blas", "own"])
-def test_a_replayed_epoch_equals_an_eager_one_bit_for_bit(gemm, optimizer, dtype):
+@pytest.mark.parametrize("backend,gemm", ROUTES)
+def test_a_replayed_epoch_equals_an_eager_one_bit_for_bit(backend, gemm, optimizer, dtype):
     """Three epochs of 53 rows in batches of 8 (the last, partial batch is in the graph too)."""
-    eager, h_eager = trained("emulated", gemm, optimizer, dtype, graph=False)
-    graph, h_graph = trained("emulated", gemm, optimizer, dtype, graph=True)
+    eager, h_eager = trained(backend, gemm, optimizer, dtype, graph=False)
+    graph, h_graph = trained(backend, gemm, optimizer, dtype, graph=True)
     assert [r["mode"] for r in h_graph] == ["graph"] * 3 and [r["mode"] for r in h_eager] == ["eager"] * 3
     assert np.array_equal(graph.get_params(), eager.get_params())
     for k, v in eager.optimizer.state_arrays().items():
@@ -62,21 +66,23 @@ def epoch_counters(be, net, epochs, **kw):
 GRAPH_EPOCH = {"graph_launches": 1, "launches": 2, "gemms": 0, "h2d": 1, "d2h": 1, "syncs": 1, "allocs": 0}
 
 
-@pytest.mark.parametrize("gemm", ["blas", "own"])
-def test_epoch_counters_with_a_graph_on_the_emulator(gemm):
-    be = get_backend("emulated")
+@pytest.mark.parametrize("backend,gemm", ROUTES)
+def test_epoch_counters_with_a_graph(backend, gemm):
+    be = get_backend(backend)
     net = Network([20, 9, 7, 5], backend=be, seed=1, gemm=gemm)
     assert epoch_counters(be, net, 3, graph=True) == [GRAPH_EPOCH] * 2
     eager = epoch_counters(be, Network([20, 9, 7, 5], backend=be, seed=1, gemm=gemm), 3, graph=False)
     steps = 7  # 53 rows in batches of 8
     per_step = 3 * 3 - 1 if gemm == "own" else 2 * 3  # own: 3L - 1; blas: 2L kernels (+ 4L - 1 GEMMs)
-    assert eager == [{**GRAPH_EPOCH, "graph_launches": 0, "launches": 2 + 1 + steps * per_step,
+    # the gather: once an epoch into the epoch's buffer, or (native) once a step into the batch's
+    gathers = steps if be.gathers_per_step else 1
+    assert eager == [{**GRAPH_EPOCH, "graph_launches": 0, "launches": 2 + gathers + steps * per_step,
                       "gemms": 0 if gemm == "own" else steps * (4 * 3 - 1)}] * 2
 
 
 def test_graph_mode_says_what_runs_and_why():
     emulated = Network([4, 3], backend="emulated")
-    assert graph_mode(emulated) == (False, "eager: graphs are on by default on the cupy backend only, not emulated")
+    assert graph_mode(emulated) == (False, "eager: graphs are on by default on the cupy and native backends, not emulated")
     assert graph_mode(emulated, True)[0] is True
     numpy_net = Network([4, 3], backend="numpy")
     assert graph_mode(numpy_net, False) == (False, "eager: asked for (graph=False)")
@@ -86,13 +92,18 @@ def test_graph_mode_says_what_runs_and_why():
         train(numpy_net, data(n=10, n_in=4, k=3), epochs=1, graph=True)
 
 
-def test_capture_refuses_what_cuda_forbids_during_capture():
-    be = get_backend("emulated")
+@pytest.mark.parametrize("backend", ["emulated", "native"])
+def test_capture_refuses_what_cuda_forbids_during_capture(backend):
+    be = get_backend(backend)
     x = be.empty((4,), np.float32)
-    for action, what in ((lambda: be.empty((3,), np.float32), "an allocation"),
-                         (lambda: be.to_host(x), "a device-to-host copy"),
-                         (lambda: be.upload(x, np.ones(4)), "a host-to-device copy"),
-                         (lambda: be.synchronize(), "a synchronization")):
+    refused = [(lambda: be.empty((3,), np.float32), "an allocation"),
+               (lambda: be.to_host(x), "a device-to-host copy"),
+               (lambda: be.upload(x, np.ones(4)), "a host-to-device copy"),
+               (lambda: be.synchronize(), "a synchronization")]
+    if backend == "native":  # its replay runs kernels only: a NumPy product would be skipped
+        m, out = be.empty((2, 2), np.float32), be.empty((2, 2), np.float32)
+        refused.append((lambda: be.matmul(m, m, out), "a BLAS product"))
+    for action, what in refused:
         with pytest.raises(GpubpError, match=f"{what} during graph capture"), be.capture():
             action()
     with be.capture() as g:  # and the backend is usable after each refusal

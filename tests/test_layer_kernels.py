@@ -16,7 +16,8 @@ from gpubp.costs import COSTS
 from gpubp.errors import GpubpError
 from gpubp.optimizers import make_optimizer
 
-BACKENDS = ["emulated", pytest.param("cupy", marks=pytest.mark.gpu)]
+# native: the same sources as host code (native_layer.h's products), compiled for this CPU
+BACKENDS = ["emulated", "native", pytest.param("cupy", marks=pytest.mark.gpu)]
 DTYPES = [np.float32, np.float64]
 # (m, n_in, n_out): every size of 1, 7, 33, 257, 1000 appears in every role, no product is huge
 SHAPES = [(1, 1, 1), (7, 33, 257), (33, 257, 7), (257, 7, 33), (1000, 33, 7), (7, 1000, 33)]
@@ -198,7 +199,7 @@ def test_own_route_step_counters(backend, sizes, optimizer):
 
 
 def test_own_route_needs_a_kernel_backend():
-    with pytest.raises(GpubpError, match="gemm='own' runs our CUDA layer kernels.*cupy or emulated"):
+    with pytest.raises(GpubpError, match="gemm='own' runs our layer kernels.*cupy, emulated or native"):
         Network([4, 3], backend="numpy", gemm="own")
     with pytest.raises(GpubpError, match="unknown gemm route 'cublas'"):
         Network([4, 3], gemm="cublas")
@@ -281,7 +282,7 @@ def test_layer_forward_under_tf32_reads_rounded_operands(backend, tile):
     assert np.abs(be.to_host(dev[0]) - plain).max() > 1e-4  # TF32's 10 bits show
 
 
-@pytest.mark.parametrize("backend", ["emulated", pytest.param("cupy", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_tf32_training_agrees_across_backends_and_routes(backend):
     """Two epochs under tf32 on numpy (rounded copies), and on the kernel backend's both routes; and
     TF32 changed the weights, so it really ran."""

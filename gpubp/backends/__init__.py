@@ -15,7 +15,7 @@ from ..errors import BackendUnavailable, GpubpError
 from .base import Backend, Counters
 
 # name -> module under gpubp.backends; adding a backend is one file and one line here.
-REGISTRY = {"numpy": "numpy", "cupy": "cupy", "emulated": "emulated"}
+REGISTRY = {"numpy": "numpy", "cupy": "cupy", "emulated": "emulated", "native": "native"}
 AUTO_ORDER = ("cupy", "numpy")  # what "auto" tries, best first
 BACKEND_NAMES = ("auto", *REGISTRY)
 ENV_VAR = "GPUBP_BACKEND"
@@ -40,7 +40,7 @@ def cupy_status() -> tuple[bool, str]:
 
 
 def get_backend(name: str | Backend | None = None) -> Backend:
-    """The backend called ``name`` ("auto" | "numpy" | "cupy" | "emulated"); default from $GPUBP_BACKEND.
+    """The backend called ``name`` ("auto" or one of REGISTRY); default from $GPUBP_BACKEND.
 
     "auto" takes CuPy only when it imports and a CUDA device answers, else NumPy; ``.reason``
     says why. A named backend that cannot run here raises BackendUnavailable naming the cause.

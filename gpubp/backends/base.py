@@ -55,6 +55,9 @@ class Backend:
     capturing = False  # inside capture() (the kernel backends): launches are recorded into a graph
     counts_own_allocs = True  # the CuPy backend counts real pool allocations instead
     fuses_per_model = False
+    preferred_gemm = "blas"  # the route a Network takes here unless told (gemm=None)
+    graphs_by_default = False  # whether training replays each epoch as a graph unless told (graph=None)
+    gathers_per_step = False  # gather each mini-batch as its step starts, not the whole set once an epoch
 
     def __init__(self) -> None:
         self._active: list[Counters] = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 
+from ..backends import REGISTRY
 from ..errors import GpubpError
 from .contenders import gemm_rate, ours, pytorch
 from .report import (
@@ -33,7 +34,7 @@ from .report import (
 DEFAULT_SIZES = [[784, 30, 10], [784, 100, 10], [784, 1024, 1024, 10], [784, 4096, 4096, 10]]
 DEFAULT_BATCHES = [10, 128, 1024]
 QUICK_SIZES = [[784, 30, 10], [784, 100, 10], [784, 1024, 1024, 10]]
-BENCH_BACKENDS = ("numpy", "cupy", "emulated")
+BENCH_BACKENDS = tuple(REGISTRY)
 # Load average per core above which the numbers are suspect. BLAS runs a thread on every core and
 # waits for the slowest, so one other busy process already distorts a CPU case: before the start
 # (only other work counts) a quarter of the cores busy is too many; while running, this benchmark
@@ -78,12 +79,12 @@ def plan(backends=None, sizes=None, batch_sizes=None, steps=None, repeats=None, 
 
 
 def torch_devices(backends):
-    """PyTorch devices to run beside ours ("cpu" with numpy, "cuda" with cupy), or why none."""
+    """PyTorch devices to run beside ours ("cpu" with numpy or native, "cuda" with cupy), or why none."""
     try:
         import torch
     except ImportError:
         return [], "torch is not installed"
-    devices = ["cpu"] if "numpy" in backends else []
+    devices = ["cpu"] if {"numpy", "native"} & set(backends) else []
     if "cupy" in backends and torch.cuda.is_available():
         devices.append("cuda")
     return devices, None
