@@ -43,7 +43,7 @@ import numpy as np
 
 from . import checkpoint
 from .activations import INITS, get_activation
-from .backends import get_backend
+from .backends import get_backend, names_with
 from .backends.kernel import LAYER_TILES, layer_launch, layer_tile, tiles
 from .costs import get_cost
 from .errors import GpubpError, ModelFileError
@@ -183,7 +183,7 @@ class Network:
             raise GpubpError(f"unknown gemm route {gemm!r}: choose blas or own")
         if gemm == "own" and not self.be.compiles_kernels:
             raise GpubpError(f"gemm='own' runs our layer kernels, which the {self.be.name} backend does not "
-                             "run: use the cupy, emulated or native backend, or gemm='blas'")
+                             f"run: use the {names_with('compiles_kernels')} backend, or gemm='blas'")
         if gemm == "own" and self.cost.output.row_wise and self.sizes[-1] > tiles()["TileOutput"]["BN"]:
             raise GpubpError(f"gemm='own' fuses softmax into the output layer for up to {tiles()['TileOutput']['BN']} "
                              f"outputs, not {self.sizes[-1]}: use gemm='blas'")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .backends import names_with
 from .errors import GpubpError, TrainingDiverged, TrainingInterrupted, TrainingWarning
 from .optimizers import DEFAULT, Optimizer, make_optimizer
 
@@ -224,7 +225,8 @@ def graph_mode(net, graph=None) -> tuple[bool, str]:
     ok, why = net.be.graph_support(net.gemm)
     if graph is None:
         if not net.be.graphs_by_default:
-            return False, f"eager: graphs are on by default on the cupy and native backends, not {net.be.name}"
+            where = names_with("graphs_by_default").replace(" or ", " and ")
+            return False, f"eager: graphs are on by default on the {where} backends, not {net.be.name}"
         return ok, why if ok else f"eager: {why}"
     if graph and not ok:
         raise GpubpError(f"a graph was asked for but cannot be captured: {why}")

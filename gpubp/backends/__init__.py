@@ -20,7 +20,8 @@ AUTO_ORDER = ("cupy", "numpy")  # what "auto" tries, best first
 BACKEND_NAMES = ("auto", *REGISTRY)
 ENV_VAR = "GPUBP_BACKEND"
 
-__all__ = ["BACKEND_NAMES", "REGISTRY", "Backend", "Counters", "cupy_status", "get_backend", "probe", "reset"]
+__all__ = ["BACKEND_NAMES", "REGISTRY", "Backend", "Counters", "cupy_status", "get_backend", "names_with", "probe",
+           "reset"]
 
 _instances: dict[str, Backend] = {}
 
@@ -32,6 +33,12 @@ def _module(name: str):
 def probe(name: str) -> tuple[bool, str]:
     """(usable, one-line reason) for backend ``name``, without making it."""
     return _module(name).probe()
+
+
+def names_with(attribute: str) -> str:
+    """The registered backends whose class has ``attribute`` true, for messages: "a, b or c"."""
+    names = [n for n in REGISTRY if getattr(_module(n).BACKEND, attribute)]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def cupy_status() -> tuple[bool, str]:

@@ -58,6 +58,7 @@ class Backend:
     preferred_gemm = "blas"  # the route a Network takes here unless told (gemm=None)
     graphs_by_default = False  # whether training replays each epoch as a graph unless told (graph=None)
     gathers_per_step = False  # gather each mini-batch as its step starts, not the whole set once an epoch
+    torch_device = None  # the PyTorch device gpubp bench runs beside this backend ("cpu", "cuda"), if any
 
     def __init__(self) -> None:
         self._active: list[Counters] = []

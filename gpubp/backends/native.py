@@ -232,6 +232,7 @@ class NativeBackend(E.EmulatedBackend):
     preferred_gemm = "own"
     graphs_by_default = True
     gathers_per_step = True  # each mini-batch is gathered as its step starts, into a buffer that stays in cache
+    torch_device = "cpu"
 
     def __init__(self) -> None:
         super().__init__()

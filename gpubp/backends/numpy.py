@@ -19,6 +19,7 @@ from .base import Backend
 class NumpyBackend(Backend):
     name = "numpy"
     fuses_per_model = True
+    torch_device = "cpu"
 
     def __init__(self) -> None:
         super().__init__()
