@@ -22,7 +22,7 @@ import numpy as np
 from benchutil import NETS  # this script's directory is on sys.path when it runs
 
 from gpubp import Network, load_mnist
-from gpubp.bench import flops_per_sample, gemm_rate
+from gpubp.bench import SETTLE_SECONDS, flops_per_sample, gemm_rate
 from gpubp.bench.contenders import torch_trainer
 from gpubp.bench.nielsen import epoch_slice
 from gpubp.errors import BackendUnavailable
@@ -69,6 +69,7 @@ def main():
         fns = contenders(name, data)
         for _ in range(args.repeats):
             for who, fn in fns.items():
+                time.sleep(SETTLE_SECONDS)  # the previous contender's BLAS threads stop spinning
                 t0 = time.perf_counter()
                 fn()
                 scale = len(data[0]) / LOOP_ROWS if who == "network.py loop" else 1

@@ -13,6 +13,12 @@ from gpubp.bench.report import speedups
 from gpubp.cli import main
 
 
+@pytest.fixture(autouse=True)
+def no_settling(monkeypatch):
+    """The pause between contenders protects timings; these tests check what is reported, not speed."""
+    monkeypatch.setattr(bench, "SETTLE_SECONDS", 0.0)
+
+
 def test_flop_count_of_one_training_step():
     # forward 2*(784*30 + 30*10), dW the same, delta W only past the first layer: 2*30*10
     assert bench.flops_per_sample([784, 30, 10]) == 2 * 23_820 * 2 + 2 * 300

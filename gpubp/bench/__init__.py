@@ -17,6 +17,7 @@ figure), nielsen (network.py's per-example loop, the book's own speed).
 from __future__ import annotations
 
 import os
+import time
 
 from ..backends import REGISTRY
 from ..errors import GpubpError
@@ -40,9 +41,15 @@ BENCH_BACKENDS = tuple(REGISTRY)
 # (only other work counts) a quarter of the cores busy is too many; while running, this benchmark
 # itself keeps every core busy, so only a quarter beyond one per core says that something else competed.
 BUSY_BEFORE, BUSY_DURING = 0.25, 1.25
+# A pause before each contender's timing: OpenBLAS's threads (NumPy, PyTorch) spin for a while after
+# their last call, and on a machine with few cores they would take the next contender's cores (the
+# native backend's 20 steps of [784,1024,1024,10] timed right after NumPy's ran 1.5x slower than
+# after 0.2 s of quiet).
+SETTLE_SECONDS = 0.25
 
 __all__ = [
     "EPOCH_ROWS",
+    "SETTLE_SECONDS",
     "case_name",
     "flops_per_sample",
     "gemm_rate",
@@ -79,14 +86,16 @@ def plan(backends=None, sizes=None, batch_sizes=None, steps=None, repeats=None, 
 
 
 def torch_devices(backends):
-    """PyTorch devices to run beside ours ("cpu" with numpy or native, "cuda" with cupy), or why none."""
+    """PyTorch devices to run beside ours (each backend's torch_device: "cpu" beside numpy and native,
+    "cuda" beside cupy), or why none."""
     try:
         import torch
     except ImportError:
         return [], "torch is not installed"
-    devices = ["cpu"] if {"numpy", "native"} & set(backends) else []
-    if "cupy" in backends and torch.cuda.is_available():
-        devices.append("cuda")
+    from ..backends import get_backend
+
+    wanted = {get_backend(b).torch_device for b in backends} - {None}
+    devices = [d for d in ("cpu", "cuda") if d in wanted and (d == "cpu" or torch.cuda.is_available())]
     return devices, None
 
 
@@ -176,6 +185,7 @@ def _case(result, makers, s, batch, dtype, steps, repeats, data, rate, rows, log
     contenders = [(name, make(s, batch, dtype, steps, data)) for name, make in makers]
     for _ in range(repeats):  # each repeat times every contender in turn: ratios from one run
         for _, c in contenders:
+            time.sleep(SETTLE_SECONDS)
             c.time()
     load = machine_load()
     if load["per_core"] > BUSY_DURING and not any("busier than" in w for w in result["warnings"]):
