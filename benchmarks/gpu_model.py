@@ -1,7 +1,7 @@
 """What a GPU should buy, by a model (not a measurement), beside CPU rows measured by `gpubp bench`.
 
-    python benchmarks/gpu_model.py bench.json [--gpu h100|a100]    prints the README's model table
-    python benchmarks/gpu_model.py --stack 16,64,256 [--gpu h100|a100]   the README's sweep rows
+    uv run python benchmarks/gpu_model.py bench.json [--gpu h100|a100]    prints the README's model table
+    uv run python benchmarks/gpu_model.py --stack 16,64,256 [--gpu h100|a100]   the README's sweep rows
 
 For each network and batch size the bench measured on NumPy, a GPU step on each route and mode
 takes the largest of four times, and the table names which one bounds it:
@@ -35,10 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository
 
 from gpubp.bench.report import flops_per_sample, step_bytes
 

@@ -19,8 +19,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository
-
 from gpubp.backends import kernel as K
 
 THREADS = 256  # every kernel's block (1-D kernels: BLOCK; layer kernels: 16 x 16 threads of a tile)

@@ -168,7 +168,7 @@ def test_nvcc_compiles_without_spills(file, compiled):
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", p.stderr)
     assert spills and all(s == ("0", "0") for s in spills), p.stderr
     # and the header states the registers, shared memory and occupancy nvcc reports for sm_90 now
-    # (python tests/kernel_resources.py --write rewrites them after a kernel changes)
+    # (uv run --extra test python tests/kernel_resources.py --write rewrites them after a kernel changes)
     assert kernel_resources.stated(file) == kernel_resources.block(file, kernel_resources.parse(p.stderr))
 
 
