@@ -4,7 +4,8 @@
     uv run python benchmarks/gpu_model.py --stack 16,64,256 [--gpu h100|a100]   the README's sweep rows
 
 For each network and batch size the bench measured on NumPy, a GPU step on each route and mode
-takes the largest of four times, and the table names which one bounds it:
+takes the largest of four times, and the table names which one bounds it; it compares the GPU's
+epoch with NumPy's and with the fastest CPU row measured (numpy, native or PyTorch):
   flops    the step's FLOPs at an efficiency of the GPU's float32 peak: cuBLAS 60 % (blas route);
            our tiles 40 % of cuBLAS, i.e. 24 % of peak (own route: a 64x64 tile with 4x4 register
            blocking and no double buffering is between kernels 4 and 5 of Boehm's "How to optimize
@@ -118,22 +119,34 @@ def stack_table(models, sizes=(784, 30, 10), batch=10) -> str:
     return "\n".join(rows)
 
 
+def best_cpu(result, sizes, batch):
+    """(seconds per epoch, row name) of the fastest measured CPU row for one network and batch size:
+    numpy, the native backend's rows, or PyTorch on the CPU."""
+    rows = [(c["seconds_per_epoch"], c["backend"]) for c in result["cases"]
+            if c["sizes"] == sizes and c["batch"] == batch
+            and (c["backend"] in ("numpy", "torch-cpu") or c["backend"].startswith("native"))]
+    return min(rows)
+
+
 def table(result, gpu_key="h100") -> str:
     gpu = GPUS[gpu_key]
-    rows = [f"| network | batch | NumPy s/epoch (measured) | route, mode | kernels/step | {gpu['name']} s/epoch "
-            "(model) | bound | vs NumPy |", "|---|---:|---:|---|---:|---:|---|---:|"]
+    rows = [f"| network | batch | NumPy s/epoch (measured) | best CPU s/epoch (measured) | route, mode | "
+            f"kernels/step | {gpu['name']} s/epoch (model) | bound | vs NumPy | vs best CPU |",
+            "|---|---:|---:|---:|---|---:|---:|---|---:|---:|"]
     for c in result["cases"]:
         if c["backend"] != "numpy":
             continue
         sizes, batch = c["sizes"], c["batch"]
+        best, who = best_cpu(result, sizes, batch)
         rows_run = c.get("batch_rows", batch)
         steps = math.ceil(c.get("epoch_rows", result.get("epoch_rows", 50_000)) / rows_run)
         for route, graph in (("blas", False), ("own", False), ("blas", True), ("own", True)):
             t, bound, n = step_time(sizes, rows_run, route, graph, gpu)
             epoch = t * steps
             mode = f"{route}, {'graph' if graph else 'eager'}"
-            rows.append(f"| {','.join(map(str, sizes))} | {batch} | {c['seconds_per_epoch']:.3f} | {mode} | {n} | "
-                        f"{epoch:.4f} | {bound} | {c['seconds_per_epoch'] / epoch:.1f}x |")
+            rows.append(f"| {','.join(map(str, sizes))} | {batch} | {c['seconds_per_epoch']:.3f} | {best:.3f} ({who}) | "
+                        f"{mode} | {n} | {epoch:.4f} | {bound} | {c['seconds_per_epoch'] / epoch:.1f}x | "
+                        f"{best / epoch:.1f}x |")
     return "\n".join(rows)
 
 
