@@ -195,19 +195,25 @@ def build_code(code: str, cxx: str, stem: str = "kernels") -> ctypes.CDLL:
 
     ``stem`` names the library and the source in compiler messages. Run a kernel with ``Kernel``.
     """
-    unit = translation_unit(code, stem)
-    key = hashlib.sha256("\0".join((cxx, *CXX_FLAGS, unit)).encode()).hexdigest()[:24]
-    out = cache_dir() / f"{stem}-{key}.so"
+    return compile_unit(translation_unit(code, stem), cxx, CXX_FLAGS, cache_dir(), stem, f"{stem}.cu for the emulator")
+
+
+def compile_unit(unit: str, cxx: str, flags, where: Path, stem: str, what: str, key_extra=()) -> ctypes.CDLL:
+    """Compile (or reuse) a C++ translation unit into a shared library under ``where``, named by
+    ``stem`` and the hash of the compiler, the flags, ``key_extra`` and the code, and load it;
+    ``what`` names it in the one-line error a failed compile raises."""
+    key = hashlib.sha256("\0".join((cxx, *flags, *key_extra, unit)).encode()).hexdigest()[:24]
+    out = where / f"{stem}-{key}.so"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             src = Path(tmp) / (stem + ".cpp")
             src.write_text(unit)
             lib = Path(tmp) / out.name
-            res = subprocess.run([cxx, *CXX_FLAGS, "-o", str(lib), str(src)], capture_output=True, text=True)
+            res = subprocess.run([cxx, *flags, "-o", str(lib), str(src)], capture_output=True, text=True)
             if res.returncode != 0:
                 first = next((line for line in res.stderr.splitlines() if "error" in line), res.stderr.strip())
-                raise BackendUnavailable(f"{cxx} could not compile {stem}.cu for the emulator: {first}")
+                raise BackendUnavailable(f"{cxx} could not compile {what}: {first}")
             os.replace(lib, out)  # atomic: a concurrent build never sees half a library
     return ctypes.CDLL(str(out))
 

@@ -302,7 +302,12 @@ class KernelBackend(Backend):
             return
         if not self.capturing:
             self._count("launches")
-        self.execute(file, name, (grid_size(n, self.sm_count), 1, 1), (BLOCK, 1, 1), packed)
+        self.execute(file, name, *self.geometry(file, name, n), packed)
+
+    def geometry(self, file: str, name: str, n: int):
+        """(grid, block) of a 1-D launch over n items: blocks of BLOCK threads, at most BLOCKS_PER_SM
+        per SM, a grid-stride loop covering the rest."""
+        return (grid_size(n, self.sm_count), 1, 1), (BLOCK, 1, 1)
 
     def launch_grid(self, name: str, grid, block, shared_mem: int, *args) -> None:
         """Launch kernel ``name`` on an explicit ``grid`` of ``block``s, each (x, y, z) (missing

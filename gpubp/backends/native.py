@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
 import platform
 import re
@@ -168,20 +167,8 @@ def thread_flags(cxx: str) -> tuple[str, ...]:
 def build_unit(unit: str, cxx: str, stem: str) -> ctypes.CDLL:
     """Compile (or reuse) one translation unit with this backend's flags and load it."""
     flags = (*CXX_FLAGS, *arch_flags(cxx), *thread_flags(cxx))
-    key = hashlib.sha256("\0".join((cxx, *flags, cpu_identity(), unit)).encode()).hexdigest()[:24]
-    out = cache_dir() / f"{stem}-{key}.so"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            src = Path(tmp) / (stem + ".cpp")
-            src.write_text(unit)
-            lib = Path(tmp) / out.name
-            res = subprocess.run([cxx, *flags, "-o", str(lib), str(src)], capture_output=True, text=True)
-            if res.returncode != 0:
-                first = next((line for line in res.stderr.splitlines() if "error" in line), res.stderr.strip())
-                raise BackendUnavailable(f"{cxx} could not compile {stem} for the native backend: {first}")
-            os.replace(lib, out)  # atomic: a concurrent build never sees half a library
-    return ctypes.CDLL(str(out))
+    return E.compile_unit(unit, cxx, flags, cache_dir(), stem, f"{stem} for the native backend",
+                          key_extra=(cpu_identity(),))
 
 
 def probe() -> tuple[bool, str]:
@@ -253,17 +240,11 @@ class NativeBackend(E.EmulatedBackend):
             fn = self._entries[name] = E.Kernel(self._libs[file], name)
         return fn
 
-    def launch(self, name: str, n: int, *args) -> None:
+    def geometry(self, file: str, name: str, n: int):
         """A 1-D launch: one host thread over all n items, unless the kernel cooperates."""
-        file, packed = self._checked(name, args)
-        if n <= 0:
-            return
-        if not self.capturing:
-            self._count("launches")
         if self._cooperates(file, name):
-            self.execute(file, name, (K.grid_size(n, self.sm_count), 1, 1), (K.BLOCK, 1, 1), packed)
-        else:
-            self.execute(file, name, (1, 1, 1), (1, 1, 1), packed)
+            return super().geometry(file, name, n)
+        return (1, 1, 1), (1, 1, 1)
 
     def launch_grid(self, name: str, grid, block, shared_mem: int, *args) -> None:
         """A layer kernel computes its whole product in one host call; others run as given."""
