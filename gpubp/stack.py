@@ -50,7 +50,7 @@ class Stack(Network):
             raise GpubpError(f"a stack needs one or more non-negative seeds, got {self.seeds}")
         self.lead = (len(self.seeds),)
         super().__init__(sizes, cost=cost, activation=activation, backend=backend, dtype=dtype, seed=self.seeds[0],
-                         init=init)
+                         init=init, gemm="blas")  # batched products: the blas route, whatever the backend prefers
         self.K = len(self.seeds)
         self.rngs = [np.random.default_rng(s) for s in self.seeds]  # as Network(seed=s).rng
         self._bias_act_models = [self.be.kernel(a.forward_models_kernel, self.dtype) for a in self.layer_activations]

@@ -16,7 +16,7 @@ from gpubp.optimizers import ModelOptimizers, make_optimizer
 from gpubp.stack import Stack
 from gpubp.sweeping import grid, groups, normalize, parse_seeds, sweep, table, train_group
 
-BACKENDS = ["numpy", "emulated", pytest.param("cupy", marks=pytest.mark.gpu)]
+BACKENDS = ["numpy", "emulated", "native", pytest.param("cupy", marks=pytest.mark.gpu)]
 TOL = {"float64": 1e-10, "float32": 1e-4}  # relative, as tests/test_emulated.py
 COMBOS = [("quadratic", "sigmoid", "sgd", [0.5, 0.2, 0.1]), ("log_likelihood", "relu", "momentum", [0.1, 0.05, 0.2]),
           ("cross_entropy", "tanh", "adam", [0.01, 0.003, 0.02])]
