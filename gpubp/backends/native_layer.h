@@ -146,12 +146,14 @@ inline void product_nt(const T* __restrict A, const T* __restrict B, long long M
     constexpr int W = LANES<T>;
     const long long KV = K / W * W;
     const int rest = int(K - KV);
-    for_blocks(M, NT_R, M * N * K, [=](long long i0) GPUBP_NATIVE_INLINE {
-        for (long long j0 = 0; j0 < N; j0 += NT_C) {
+    // B's rows (the weights: the large operand) outermost, so each block of them is read from
+    // memory once and meets every row of A (the batch: small, it stays in cache).
+    for_blocks(N, NT_C, M * N * K, [=](long long j0) GPUBP_NATIVE_INLINE {
+        const T* b[NT_C];
+        for (int c = 0; c < NT_C; ++c) b[c] = B + clamp(j0 + c, N) * K;
+        for (long long i0 = 0; i0 < M; i0 += NT_R) {
             const T* a[NT_R];
-            const T* b[NT_C];
             for (int r = 0; r < NT_R; ++r) a[r] = A + clamp(i0 + r, M) * K;
-            for (int c = 0; c < NT_C; ++c) b[c] = B + clamp(j0 + c, N) * K;
             vec<T> acc[NT_R][NT_C] = {};
             for (long long k = 0; k < KV; k += W) {
                 vec<T> bv[NT_C];
@@ -208,22 +210,28 @@ inline void product_nn(const T* __restrict A, const T* __restrict B, long long M
     }
     constexpr int W = LANES<T>, SPAN = NN_V * W;
     const long long NV = N / SPAN * SPAN;
-    for_blocks(M, NN_R, M * N * K, [=](long long i0) GPUBP_NATIVE_INLINE {
-        const T* a[NN_R];
-        for (int r = 0; r < NN_R; ++r) a[r] = A + clamp(i0 + r, M) * K;
-        for (long long j0 = 0; j0 < NV; j0 += SPAN) {
-            vec<T> acc[NN_R][NN_V] = {};
-            block_nn<NN_R, NN_V>(acc, a, B, N, K, j0, W);
-            for (int r = 0; r < NN_R && i0 + r < M; ++r)
-                for (int v = 0; v < NN_V; ++v)
-                    for (int l = 0; l < W; ++l) f(i0 + r, j0 + v * W + l, acc[r][v][l]);
-        }
-        for (long long j0 = NV; j0 < N; j0 += W) {
-            const int last = N - j0 < W ? int(N - j0) : W;
-            vec<T> acc[NN_R][1] = {};
-            block_nn<NN_R, 1>(acc, a, B, N, K, j0, last);
-            for (int r = 0; r < NN_R && i0 + r < M; ++r)
-                for (int l = 0; l < last; ++l) f(i0 + r, j0 + l, acc[r][0][l]);
+    // Column strips of B (the weights) outermost: whole spans of SPAN columns, then single vectors,
+    // the last partial; each strip is read from memory once and meets every row block of A.
+    const long long spans = NV / SPAN, strips = spans + (N - NV + W - 1) / W;
+    for_blocks(strips, 1, M * N * K, [=](long long s) GPUBP_NATIVE_INLINE {
+        for (long long i0 = 0; i0 < M; i0 += NN_R) {
+            const T* a[NN_R];
+            for (int r = 0; r < NN_R; ++r) a[r] = A + clamp(i0 + r, M) * K;
+            if (s < spans) {
+                const long long j0 = s * SPAN;
+                vec<T> acc[NN_R][NN_V] = {};
+                block_nn<NN_R, NN_V>(acc, a, B, N, K, j0, W);
+                for (int r = 0; r < NN_R && i0 + r < M; ++r)
+                    for (int v = 0; v < NN_V; ++v)
+                        for (int l = 0; l < W; ++l) f(i0 + r, j0 + v * W + l, acc[r][v][l]);
+            } else {
+                const long long j0 = NV + (s - spans) * W;
+                const int last = N - j0 < W ? int(N - j0) : W;
+                vec<T> acc[NN_R][1] = {};
+                block_nn<NN_R, 1>(acc, a, B, N, K, j0, last);
+                for (int r = 0; r < NN_R && i0 + r < M; ++r)
+                    for (int l = 0; l < last; ++l) f(i0 + r, j0 + l, acc[r][0][l]);
+            }
         }
     });
 }
