@@ -217,7 +217,8 @@ def _sweep_parser(s):
 
 def _common(p):
     p.add_argument("--backend", choices=list(BACKEND_NAMES), default=None,
-                   help="default: $GPUBP_BACKEND or auto (CuPy when a GPU answers, else NumPy)")
+                   help="default: $GPUBP_BACKEND or auto (CuPy when a GPU answers, else NumPy); native: our "
+                        "kernels compiled for this CPU, usually the fastest on a CPU (see the README)")
     _data_args(p)
 
 
