@@ -11,6 +11,7 @@ from cupy_standin import CAPTURE_REFUSED
 from gpubp import Network, train
 from gpubp.backends import cublas, get_backend
 from gpubp.errors import GpubpError
+from gpubp.optimizers import make_optimizer
 from gpubp.training import graph_mode
 
 ETA = {"sgd": 0.5, "momentum": 0.1, "adam": 0.01}
@@ -173,3 +174,39 @@ def test_blas_route_without_a_loadable_cublas_runs_eager_by_default(cupy_be, mon
     with pytest.raises(GpubpError, match="cannot be captured: the blas route needs libcublas"):
         graph_mode(net, True)
     assert graph_mode(Network([20, 9, 7, 5], backend=be, seed=1, gemm="own"))[0] is True
+
+
+@pytest.mark.parametrize("backend", ["emulated", "native"])
+def test_a_capture_belongs_to_its_thread(backend):
+    """While one thread captures, another thread's steps, copies and allocations run as usual and
+    stay out of the first thread's graph (the backend is one object per process)."""
+    import threading
+
+    be = get_backend(backend)
+    X, y = data(n=10, n_in=20)
+    net = Network([20, 9, 5], backend=be, dtype="float64", seed=2, gemm="own")
+    Xd, Yd = net.to_device(X), net.one_hot(net.labels(y))
+    opt = make_optimizer("sgd", eta=0.5, n=10).bind(net)
+    net.step(Xd, Yd, opt)
+    before = be.to_host(net.params).copy()
+    inside, done, recorded = threading.Event(), threading.Event(), []
+
+    def capture():
+        with be.capture() as graph:
+            inside.set()
+            done.wait(30)
+        recorded.append(graph)
+
+    t = threading.Thread(target=capture)
+    t.start()
+    assert inside.wait(30)
+    try:
+        net.step(Xd, Yd, opt)  # this thread, eager, while the other captures
+        after = be.to_host(net.params)  # a copy, refused only inside this thread's own capture
+        be.empty((3,), np.float32)
+    finally:
+        done.set()
+        t.join()
+    assert not np.array_equal(after, before)  # the step ran here
+    graph = recorded[0]
+    assert len(getattr(graph, "launches", getattr(graph, "nodes", None))) == 0  # and was not recorded there

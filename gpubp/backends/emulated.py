@@ -316,6 +316,28 @@ class EmulatedBackend(K.KernelBackend):
         self._libs: dict[str, ctypes.CDLL] = {}
         self._entries: dict[str, Kernel] = {}
         self.seed = _default_seed()
+        self._captures = threading.local()
+
+    # A capture belongs to the thread that opened it: the backend is one object per process, and
+    # another thread's launches, copies and allocations meanwhile run as usual (as work on another
+    # CUDA stream is not captured), rather than landing in this thread's graph.
+    @property
+    def _graph(self):
+        return getattr(self._captures, "graph", None)
+
+    @property
+    def capturing(self) -> bool:
+        return self._graph is not None
+
+    @contextmanager
+    def _capturing_into(self, graph):
+        if self.capturing:
+            raise GpubpError("a capture is already in progress")
+        self._captures.graph = graph
+        try:
+            yield graph
+        finally:
+            self._captures.graph = None
 
     @property
     def seed(self) -> int:
@@ -351,16 +373,8 @@ class EmulatedBackend(K.KernelBackend):
     def graph_support(self, gemm: str) -> tuple[bool, str]:
         return True, "the emulator records a graph's launches and products and replays them"
 
-    @contextmanager
     def capture(self):
-        if self.capturing:
-            raise GpubpError("a capture is already in progress")
-        graph = RecordedGraph(self)
-        self._graph, self.capturing = graph, True
-        try:
-            yield graph
-        finally:
-            self._graph, self.capturing = None, False
+        return self._capturing_into(RecordedGraph(self))
 
     def _record_or_run(self, work) -> None:
         if self.capturing:

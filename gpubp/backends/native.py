@@ -34,7 +34,6 @@ import platform
 import re
 import subprocess
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -274,16 +273,8 @@ class NativeBackend(E.EmulatedBackend):
                            "are NumPy's: use the own route (gemm='own')")
         return True, "the native backend records an epoch's launches and replays them in one call"
 
-    @contextmanager
     def capture(self):
-        if self.capturing:
-            raise GpubpError("a capture is already in progress")
-        graph = NativeGraph(self)
-        self._graph, self.capturing = graph, True
-        try:
-            yield graph
-        finally:
-            self._graph, self.capturing = None, False
+        return self._capturing_into(NativeGraph(self))
 
     def matmul(self, a, b, out, tf32=False):
         self._refuse_in_capture("a BLAS product")
