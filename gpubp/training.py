@@ -213,6 +213,7 @@ class _Run:
     evaluation: tuple | None = None
     graph: bool = False  # each epoch replays one captured graph
     captured: object = None  # the epoch's graph, captured on the first epoch
+    captured_with: object = None  # the optimizer's hyperparameters and tf32 baked into it
     gather: object = None  # the gather_rows kernel
 
 
@@ -278,8 +279,10 @@ def _epoch(run: _Run) -> dict:
     try:
         be.upload(run.perm, net.rng.permutation(n))
         if run.graph:
-            if run.captured is None:
-                run.captured = _capture_epoch(run)
+            baked = (type(opt), sorted(opt.hyperparameters().items()), net.tf32)
+            if run.captured is None or run.captured_with != baked:  # a graph keeps the scalars it was captured with
+                run.captured = None  # the old graph goes before the new one is recorded
+                run.captured, run.captured_with = _capture_epoch(run), baked
             run.captured.launch()
             if bar is not None:
                 bar.update(n)

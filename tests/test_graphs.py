@@ -210,3 +210,21 @@ def test_a_capture_belongs_to_its_thread(backend):
     assert not np.array_equal(after, before)  # the step ran here
     graph = recorded[0]
     assert len(getattr(graph, "launches", getattr(graph, "nodes", None))) == 0  # and was not recorded there
+
+
+@pytest.mark.parametrize("backend,gemm", ROUTES)
+def test_a_changed_learning_rate_is_captured_anew(backend, gemm):
+    """A graph bakes in the scalars of its launches (eta, the decay): when on_epoch changes the
+    optimizer's eta, the next epoch is captured again, and equals the eager run bit for bit."""
+    X, y = data()
+    out = {}
+    for graph in (False, True):
+        net = Network([20, 9, 5], backend=backend, dtype="float64", seed=3, gemm=gemm)
+
+        def schedule(record, net=net):
+            net.optimizer.eta *= 0.1
+
+        net.sgd((X, y), epochs=3, mini_batch_size=8, eta=0.5, lmbda=1.0, graph=graph, on_epoch=schedule,
+                monitor_training_cost=False)
+        out[graph] = net.get_params()
+    assert np.array_equal(out[True], out[False])
