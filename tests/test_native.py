@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +166,14 @@ def test_large_products_split_between_threads_give_the_same_bits(tmp_path):
     assert np.array_equal(out["1"], out["2"])
     assert np.linalg.norm(out["2"] - out["numpy"]) <= 1e-10 * np.linalg.norm(out["numpy"])
     assert 130 * 801 * 67 >= native.PARALLEL_MACS  # the first layer's products do take the threaded path
+
+
+def test_an_arch_this_cpu_cannot_run_is_refused_not_a_crash(monkeypatch):
+    """A library built for instructions the CPU lacks would die of SIGILL: the probe runs a program
+    built for the target first (Sapphire Rapids has AVX-512 FP16, which few other CPUs have)."""
+    _x86_arch("sapphirerapids")
+    if "avx512_fp16" in Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU runs Sapphire Rapids' instructions: nothing to refuse")
+    monkeypatch.setenv("GPUBP_NATIVE_ARCH", "sapphirerapids")
+    with pytest.raises(BackendUnavailable, match="-march=sapphirerapids uses instructions this CPU does not have"):
+        native.NativeBackend()

@@ -138,29 +138,64 @@ def arch_flags(cxx: str) -> tuple[str, ...]:
 @functools.cache
 def _probe_arch(cxx: str, flag: str, asked: bool) -> tuple[str, ...]:
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "probe.cpp"
-        src.write_text("int main() { return 0; }\n")
-        res = subprocess.run([cxx, flag, "-o", str(Path(tmp) / "probe"), str(src)], capture_output=True, text=True)
-    if res.returncode == 0:
+        src, exe = Path(tmp) / "probe.cpp", Path(tmp) / "probe"
+        src.write_text(ARCH_PROBE)
+        res = subprocess.run([cxx, flag, "-o", str(exe), str(src)], capture_output=True, text=True)
+        runs = res.returncode == 0 and subprocess.run([str(exe)], capture_output=True).returncode == 0
+    if res.returncode == 0 and runs:
         return (flag,)
-    if asked:
-        lines = res.stderr.strip().splitlines() or ["no message"]
-        why = next((line for line in lines if "error" in line), lines[0])
-        raise BackendUnavailable(f"GPUBP_NATIVE_ARCH: {cxx} refuses {flag} ({why}): "
-                                 f"name an architecture it knows (e.g. x86-64-v3), or unset it for -march=native")
-    return ()
+    if not asked:
+        return ()
+    if res.returncode == 0:  # it compiled, for instructions this CPU lacks: a library would die of SIGILL
+        raise BackendUnavailable(f"GPUBP_NATIVE_ARCH: {flag} uses instructions this CPU does not have: name an "
+                                 f"older architecture (e.g. x86-64-v3, x86-64), or unset it for -march=native")
+    lines = res.stderr.strip().splitlines() or ["no message"]
+    why = next((line for line in lines if "error" in line), lines[0])
+    raise BackendUnavailable(f"GPUBP_NATIVE_ARCH: {cxx} refuses {flag} ({why}): "
+                             f"name an architecture it knows (e.g. x86-64-v3), or unset it for -march=native")
+
+
+# Exits 1 when the target's vector extensions, as the compiler sees them, are more than this CPU has.
+ARCH_PROBE = r"""
+int main() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+#ifdef __AVX512FP16__
+    if (!__builtin_cpu_supports("avx512fp16")) return 1;
+#endif
+#ifdef __AVX512F__
+    if (!__builtin_cpu_supports("avx512f")) return 1;
+#endif
+#ifdef __AVX2__
+    if (!__builtin_cpu_supports("avx2")) return 1;
+#endif
+#ifdef __FMA__
+    if (!__builtin_cpu_supports("fma")) return 1;
+#endif
+#ifdef __AVX__
+    if (!__builtin_cpu_supports("avx")) return 1;
+#endif
+#endif
+    return 0;
+}
+"""
 
 
 @functools.cache
 def thread_flags(cxx: str) -> tuple[str, ...]:
-    """-fopenmp where the compiler has it (the layer kernels' large products then use every core),
-    else nothing (they run on the calling thread)."""
+    """-fopenmp where the compiler has it and its runtime loads (the layer kernels' large products
+    then use every core), else nothing (they run on the calling thread)."""
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "probe.cpp"
+        src, lib = Path(tmp) / "probe.cpp", Path(tmp) / "probe.so"
         src.write_text("#include <omp.h>\nextern \"C\" int f() { return omp_get_max_threads(); }\n")
-        res = subprocess.run([cxx, *OPENMP_FLAGS, "-shared", "-fPIC", "-o", str(Path(tmp) / "probe.so"), str(src)],
-                             capture_output=True)
-    return OPENMP_FLAGS if res.returncode == 0 else ()
+        res = subprocess.run([cxx, *OPENMP_FLAGS, "-shared", "-fPIC", "-o", str(lib), str(src)], capture_output=True)
+        if res.returncode != 0:
+            return ()
+        try:
+            ctypes.CDLL(str(lib))
+        except OSError:  # the OpenMP runtime is not where the loader looks
+            return ()
+    return OPENMP_FLAGS
 
 
 def build_unit(unit: str, cxx: str, stem: str) -> ctypes.CDLL:
