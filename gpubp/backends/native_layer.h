@@ -129,20 +129,26 @@ constexpr int NT_R = 5, NT_C = WIDE ? 4 : 2;  // C = A B^T along k (forward, out
 constexpr int NN_R = 5, NN_V = WIDE ? 4 : 2;  // C = A B, columns in vectors (BP2)
 constexpr int TN_R = 5, TN_V = WIDE ? 4 : 2;  // C = D^T A, columns in vectors (BP4)
 
+// Under tf32 (float only): f(i, j, c) for c = sum over k of tf32(a(i, k)) tf32(b(k, j)), in k's
+// order, in plain loops (TF32 is a GPU format, emulated here for its effect on accuracy).
+template <typename T, class AtA, class AtB, class F>
+inline void product_tf32(AtA a, AtB b, long long M, long long N, long long K, F f) {
+    for (long long i = 0; i < M; ++i)
+        for (long long j = 0; j < N; ++j) {
+            T s = T(0);
+            for (long long k = 0; k < K; ++k) s += gpubp_tf32(a(i, k)) * gpubp_tf32(b(k, j));
+            f(i, j, s);
+        }
+}
+
 // f(i, j, c) for every element of C (M x N) = A (M x K) B (N x K)^T: rows of A and B are contiguous
 // in k, which runs in whole vectors and, for the last K % LANES, one zero-filled vector.
 template <typename T, class F>
 inline void product_nt(const T* __restrict A, const T* __restrict B, long long M, long long N, long long K, int tf32,
                        F f) {
-    if (tf32 && sizeof(T) == 4) {
-        for (long long i = 0; i < M; ++i)
-            for (long long j = 0; j < N; ++j) {
-                T s = T(0);
-                for (long long k = 0; k < K; ++k) s += gpubp_tf32(A[i * K + k]) * gpubp_tf32(B[j * K + k]);
-                f(i, j, s);
-            }
-        return;
-    }
+    if (tf32 && sizeof(T) == 4)
+        return product_tf32<T>([&](long long i, long long k) { return A[i * K + k]; },
+                               [&](long long k, long long j) { return B[j * K + k]; }, M, N, K, f);
     constexpr int W = LANES<T>;
     const long long KV = K / W * W;
     const int rest = int(K - KV);
@@ -199,15 +205,9 @@ inline void block_nn(vec<T> (&acc)[R][V], const T* const (&a)[R], const T* __res
 template <typename T, class F>
 inline void product_nn(const T* __restrict A, const T* __restrict B, long long M, long long N, long long K, int tf32,
                        F f) {
-    if (tf32 && sizeof(T) == 4) {
-        for (long long i = 0; i < M; ++i)
-            for (long long j = 0; j < N; ++j) {
-                T s = T(0);
-                for (long long k = 0; k < K; ++k) s += gpubp_tf32(A[i * K + k]) * gpubp_tf32(B[k * N + j]);
-                f(i, j, s);
-            }
-        return;
-    }
+    if (tf32 && sizeof(T) == 4)
+        return product_tf32<T>([&](long long i, long long k) { return A[i * K + k]; },
+                               [&](long long k, long long j) { return B[k * N + j]; }, M, N, K, f);
     constexpr int W = LANES<T>, SPAN = NN_V * W;
     const long long NV = N / SPAN * SPAN;
     // Column strips of B (the weights) outermost: whole spans of SPAN columns, then single vectors,
@@ -260,15 +260,9 @@ inline void block_tn(vec<T> (&acc)[R][V], const long long (&row)[R], const T* __
 template <typename T, class F, class G>
 inline void product_tn(const T* __restrict D, const T* __restrict A, long long M, long long N, long long K, int tf32,
                        F f, G g) {
-    if (tf32 && sizeof(T) == 4) {
-        for (long long i = 0; i < M; ++i)
-            for (long long j = 0; j < N; ++j) {
-                T s = T(0);
-                for (long long k = 0; k < K; ++k) s += gpubp_tf32(D[k * M + i]) * gpubp_tf32(A[k * N + j]);
-                f(i, j, s);
-            }
-        return;
-    }
+    if (tf32 && sizeof(T) == 4)
+        return product_tf32<T>([&](long long i, long long k) { return D[k * M + i]; },
+                               [&](long long k, long long j) { return A[k * N + j]; }, M, N, K, f);
     constexpr int W = LANES<T>, SPAN = TN_V * W;
     const long long NV = N / SPAN * SPAN;
     for_blocks(M, TN_R, M * N * K, [=](long long i0) GPUBP_NATIVE_INLINE {
