@@ -6,9 +6,14 @@ import subprocess
 
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import one_line_error, run_cli
 
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
+
+
+def disk_full(*args, **kwargs):
+    """A write that finds the disk full (monkeypatched over np.savez or json.dump)."""
+    raise ENOSPC
 
 
 def tiny_train(tiny_dir, *extra):
@@ -16,37 +21,23 @@ def tiny_train(tiny_dir, *extra):
             "--backend", "numpy", "--seed", "1", "--quiet", *extra]
 
 
-def one_line(err):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
 def test_a_full_disk_at_the_model_still_writes_the_metrics(capsys, tmp_path, tiny_dir, monkeypatch):
-    def full(*a, **k):
-        raise ENOSPC
-
-    monkeypatch.setattr(np, "savez", full)
+    monkeypatch.setattr(np, "savez", disk_full)
     model, metrics = tmp_path / "m.npz", tmp_path / "run.json"
     code, out, err = run_cli(capsys, *tiny_train(tiny_dir, "--save", str(model), "--metrics-out", str(metrics)))
-    line = one_line(err)
-    assert code == 2 and out.startswith("test accuracy")
-    assert f"did not write the model {model} (No space left on device)" in line
-    assert f"wrote the metrics {metrics}" in line
+    one_line_error(code, err, f"did not write the model {model} (No space left on device)",
+                   f"wrote the metrics {metrics}")
+    assert out.startswith("test accuracy")
     assert 0 < json.loads(metrics.read_text())["test_accuracy"] <= 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]  # no model, no temporary file
 
 
 def test_a_full_disk_at_the_metrics_still_writes_the_model(capsys, tmp_path, tiny_dir, monkeypatch):
-    def full(*a, **k):
-        raise ENOSPC
-
-    monkeypatch.setattr(json, "dump", full)
+    monkeypatch.setattr(json, "dump", disk_full)
     model, metrics = tmp_path / "m.npz", tmp_path / "run.json"
     code, _, err = run_cli(capsys, *tiny_train(tiny_dir, "--save", str(model), "--metrics-out", str(metrics)))
-    line = one_line(err)
-    assert code == 2 and f"did not write the metrics {metrics} (No space left on device)" in line
-    assert f"wrote the model {model}" in line
+    one_line_error(code, err, f"did not write the metrics {metrics} (No space left on device)",
+                   f"wrote the model {model}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
 
 
@@ -69,9 +60,8 @@ def test_a_real_full_disk(capsys, small_tmpfs, tiny_dir):
     model, metrics = small_tmpfs / "m.npz", small_tmpfs / "run.json"
     code, _, err = run_cli(capsys, *tiny_train(tiny_dir, "--sizes", "10,3000,10", "--save", str(model),
                                            "--metrics-out", str(metrics)))
-    line = one_line(err)
-    assert code == 2 and f"did not write the model {model} (No space left on device)" in line
-    assert f"wrote the metrics {metrics}" in line
+    one_line_error(code, err, f"did not write the model {model} (No space left on device)",
+                   f"wrote the metrics {metrics}")
     assert json.loads(metrics.read_text())["config"]["sizes"] == [10, 3000, 10]
     assert sorted(p.name for p in small_tmpfs.iterdir()) == ["run.json"]
 
@@ -97,10 +87,7 @@ def fast_bench(monkeypatch):
 
 def test_a_full_disk_at_the_bench_json_keeps_the_table_and_the_plot(capsys, tmp_path, tiny_dir, fast_bench,
                                                                     monkeypatch):
-    def full(*a, **k):
-        raise ENOSPC
-
-    monkeypatch.setattr(json, "dump", full)
+    monkeypatch.setattr(json, "dump", disk_full)
     code, out, err = run_cli(capsys, *tiny_bench(tiny_dir, tmp_path))
     line = last_line(err)
     assert code == 2 and "| numpy | 10,8,10 | 10 |" in out
