@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .activations import ACTIVATIONS
-from .backends import BACKEND_NAMES
+from .backends import BACKEND_NAMES, names_with
 from .costs import COSTS
 from .data import N_CLASSES
 from .errors import GpubpError, TrainingInterrupted
@@ -126,13 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train_parser(t):
-    t.add_argument("--sizes", type=_sizes, default=[784, 30, 10], help="layer widths (default 784,30,10)")
-    t.add_argument("--cost", choices=list(COSTS), default="quadratic",
+def _model_args(p):
+    """What a network is and how it learns, the same for train and sweep."""
+    p.add_argument("--sizes", type=_sizes, default=[784, 30, 10], help="layer widths (default 784,30,10)")
+    p.add_argument("--cost", choices=list(COSTS), default="quadratic",
                    help="output cost (default quadratic; log_likelihood has a softmax output layer)")
-    t.add_argument("--activation", choices=list(ACTIVATIONS), default="sigmoid",
+    p.add_argument("--activation", choices=list(ACTIVATIONS), default="sigmoid",
                    help="hidden layers' activation (default sigmoid)")
-    t.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd", help="update rule (default sgd)")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd", help="update rule (default sgd)")
+
+
+def _number_args(p):
+    """The floating-point type and the weights' initialisation, the same for train and sweep."""
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="floating-point type of the parameters and the data (default float32)")
+    p.add_argument("--init", choices=list(INIT_CHOICES), default="default",
+                   help="weights: the activation's default (network2's N(0,1/n_in); he, N(0,2/n_in), for relu), "
+                        "or network2, large (network.py's N(0,1)), he (default: default)")
+
+
+def _train_parser(t):
+    _model_args(t)
     t.add_argument("--momentum", type=_number(float, 0, True), default=None, metavar="MU",
                    help="mu for --optimizer momentum (default 0.9)")
     t.add_argument("--eta", type=_number(float, 0, False), default=None,
@@ -141,23 +155,20 @@ def _train_parser(t):
     t.add_argument("--batch-size", type=_number(int, 1, True), default=10, help="mini-batch size (default 10)")
     t.add_argument("--epochs", type=_number(int, 0, True), default=30,
                    help="epochs to train (default 30); with --resume, this many MORE epochs")
-    t.add_argument("--dtype", choices=["float32", "float64"], default="float32",
-                   help="floating-point type of the parameters and the data (default float32)")
-    t.add_argument("--init", choices=list(INIT_CHOICES), default="default",
-                   help="weights: the activation's default (network2's N(0,1/n_in); he, N(0,2/n_in), for relu), "
-                        "or network2, large (network.py's N(0,1)), he (default: default)")
+    _number_args(t)
     t.add_argument("--early-stopping", type=_number(int, 1, True), default=None, metavar="N",
                    help="stop after N epochs without a better validation accuracy (default: train every epoch)")
     t.add_argument("--no-train-cost", action="store_true",
                    help="skip the per-epoch training-cost pass over the training set (train_cost is null)")
     t.add_argument("--gemm", choices=list(GEMM_ROUTES), default=None,
                    help="how a step's products run: blas (the BLAS, cuBLAS on a GPU, then fused kernels) or own "
-                        "(our layer kernels, 3L-1 launches a step; --backend cupy, emulated or native) "
+                        f"(our layer kernels, 3L-1 launches a step; --backend {names_with('compiles_kernels')}) "
                         "(default: own on the native backend, blas elsewhere)")
     graph = t.add_mutually_exclusive_group()
     graph.add_argument("--graph", dest="graph", action="store_true", default=None,
                        help="replay each epoch as one captured graph, or fail saying why not (default: on for "
-                            "the cupy and native backends when the route can be captured, eager elsewhere)")
+                            f"the {names_with('graphs_by_default', 'and')} backends when the route "
+                            "can be captured, eager elsewhere)")
     graph.add_argument("--no-graph", dest="graph", action="store_false", default=None,
                        help="issue every launch eagerly (default: see --graph)")
     t.add_argument("--tf32", action="store_true",
@@ -180,11 +191,7 @@ def _train_parser(t):
 
 
 def _sweep_parser(s):
-    s.add_argument("--sizes", type=_sizes, default=[784, 30, 10], help="layer widths (default 784,30,10)")
-    s.add_argument("--cost", choices=list(COSTS), default="quadratic", help="output cost (default quadratic)")
-    s.add_argument("--activation", choices=list(ACTIVATIONS), default="sigmoid",
-                   help="hidden layers' activation (default sigmoid)")
-    s.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd", help="update rule (default sgd)")
+    _model_args(s)
     s.add_argument("--momentum", type=_number(float, 0, True), default=0.9, metavar="MU",
                    help="mu for --optimizer momentum (default 0.9)")
     s.add_argument("--seeds", default="1", help="seeds for weights and shuffling, e.g. 1-8 or 1,3,5 (default 1)")
@@ -193,10 +200,7 @@ def _sweep_parser(s):
     s.add_argument("--lmbda", type=_list(float), default=None, help="L2 strengths, e.g. 0,5 (default 0)")
     s.add_argument("--batch-size", type=_number(int, 1, True), default=10, help="mini-batch size (default 10)")
     s.add_argument("--epochs", type=_number(int, 1, True), default=30, help="epochs to train (default 30)")
-    s.add_argument("--dtype", choices=["float32", "float64"], default="float32",
-                   help="floating-point type of the parameters and the data (default float32)")
-    s.add_argument("--init", choices=list(INIT_CHOICES), default="default",
-                   help="weight initialisation, as train's (default: default)")
+    _number_args(s)
     s.add_argument("--group-size", type=_number(int, 1, True), default=None, metavar="K",
                    help="models trained at once as one stack (default 16)")
     s.add_argument("--threads", type=_number(int, 1, True), default=1,

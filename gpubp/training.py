@@ -226,7 +226,7 @@ def graph_mode(net, graph=None) -> tuple[bool, str]:
     ok, why = net.be.graph_support(net.gemm)
     if graph is None:
         if not net.be.graphs_by_default:
-            where = names_with("graphs_by_default").replace(" or ", " and ")
+            where = names_with("graphs_by_default", "and")
             return False, f"eager: graphs are on by default on the {where} backends, not {net.be.name}"
         return ok, why if ok else f"eager: {why}"
     if graph and not ok:

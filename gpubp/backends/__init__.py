@@ -35,10 +35,11 @@ def probe(name: str) -> tuple[bool, str]:
     return _module(name).probe()
 
 
-def names_with(attribute: str) -> str:
-    """The registered backends whose class has ``attribute`` true, for messages: "a, b or c"."""
+def names_with(attribute: str, last: str = "or") -> str:
+    """The registered backends whose class has ``attribute`` true, for messages: "a, b or c"
+    (``last`` joins the last two)."""
     names = [n for n in REGISTRY if getattr(_module(n).BACKEND, attribute)]
-    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
+    return ", ".join(names[:-1]) + f" {last} " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def cupy_status() -> tuple[bool, str]:
