@@ -175,16 +175,15 @@ class Network:
         self._ws: dict[tuple[int, bool], Workspace] = {}
 
     def _check_route(self, gemm) -> str:
+        softmax_too_wide = self.cost.output.row_wise and self.sizes[-1] > tiles()["TileOutput"]["BN"]
         if gemm is None:  # the backend's preference, where this network can take it
-            gemm = self.be.preferred_gemm
-            if gemm == "own" and (self.cost.output.row_wise and self.sizes[-1] > tiles()["TileOutput"]["BN"]):
-                gemm = "blas"
+            gemm = "blas" if softmax_too_wide else self.be.preferred_gemm
         if gemm not in GEMM_ROUTES:
             raise GpubpError(f"unknown gemm route {gemm!r}: choose blas or own")
         if gemm == "own" and not self.be.compiles_kernels:
             raise GpubpError(f"gemm='own' runs our layer kernels, which the {self.be.name} backend does not "
                              f"run: use the {names_with('compiles_kernels')} backend, or gemm='blas'")
-        if gemm == "own" and self.cost.output.row_wise and self.sizes[-1] > tiles()["TileOutput"]["BN"]:
+        if gemm == "own" and softmax_too_wide:
             raise GpubpError(f"gemm='own' fuses softmax into the output layer for up to {tiles()['TileOutput']['BN']} "
                              f"outputs, not {self.sizes[-1]}: use gemm='blas'")
         return gemm

@@ -130,7 +130,7 @@ def train(net, training_data, epochs=30, mini_batch_size=None, eta=None, lmbda=N
     run.Y = net.one_hot(run.labels)
     if be.gathers_per_step:  # one buffer per batch size, gathered into as each step starts (a CPU's cache)
         run.batches = {m: (be.empty((m, run.X.shape[1]), net.dtype), be.empty((m, run.Y.shape[1]), net.dtype))
-                       for m in {bs, n % bs or bs}}
+                       for m in _batch_rows(n, bs)}
     else:  # the whole set, gathered in the epoch's order once an epoch (a GPU's one kernel)
         run.Xs, run.Ys = be.empty(run.X.shape, net.dtype), be.empty(run.Y.shape, net.dtype)
     run.perm = be.empty((n,), np.int64)  # each epoch's permutation is uploaded into this one buffer
@@ -254,12 +254,17 @@ def _steps(run: _Run, bar=None) -> None:
             bar.update(m)
 
 
+def _batch_rows(n: int, bs: int) -> set[int]:
+    """The rows a step of an epoch of n rows can have: the batch size, and the last batch's."""
+    return {bs, n % bs or bs}
+
+
 def _capture_epoch(run: _Run):
     """Capture one epoch's steps as a graph: everything a step needs (workspaces for the full and
     the last batch, the optimizer's state, loaded kernels) is made first, since nothing may be
     allocated or loaded while a stream captures (the pool's addresses would be baked in)."""
     net, be, n, bs = run.net, run.net.be, run.X.shape[0], run.bs
-    for m in {bs, n % bs or bs}:
+    for m in _batch_rows(n, bs):
         net.workspace(m)
     run.opt.bind(net)
     be.warmup()
