@@ -233,7 +233,15 @@ _CTYPES = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_
 _ENTRY_ARGTYPES = (*[ctypes.c_uint] * 6, ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.POINTER(ctypes.c_void_p))
 # A library's runtime state (fibers, the running kernel, the error text) is global, and ctypes
 # lets go of the GIL during a call: one launch at a time.
-_LAUNCH_LOCK = threading.Lock()
+LAUNCH_LOCK = threading.Lock()
+
+
+def pack_args(args) -> tuple[list, ctypes.Array]:
+    """cuLaunchKernel's kernelParams for ``args``: the values' holders (keep them alive while the
+    pointers are used) and the array of one pointer per argument, pointing at its value."""
+    holders = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray) else _CTYPES[a.dtype](a)
+               for a in args]
+    return holders, (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
 
 
 class Kernel:
@@ -249,22 +257,23 @@ class Kernel:
     def __init__(self, lib: ctypes.CDLL, name: str) -> None:
         self.name = name
         try:
-            self._fn = getattr(lib, f"gpubp_emu_{name}")
+            self.entry = getattr(lib, f"gpubp_emu_{name}")  # the host entry point, with CUDA's launch arguments
         except AttributeError:
             raise GpubpError(f"the emulator library has no kernel named {name!r}") from None
-        self._fn.argtypes = _ENTRY_ARGTYPES
-        self._fn.restype = ctypes.c_int
+        self.entry.argtypes = _ENTRY_ARGTYPES
+        self.entry.restype = ctypes.c_int
         self._error = lib.gpubp_emu_error
         self._error.restype = ctypes.c_char_p
 
+    def error(self) -> EmulatorError:
+        """The library's account of the broken rule that failed its last launch."""
+        return EmulatorError(self._error().decode(errors="replace"))
+
     def __call__(self, grid, block, args, shared_mem: int = 0, seed: int = 0) -> None:
-        # kernelParams: one pointer per argument, pointing at the argument's value.
-        holders = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray) else _CTYPES[a.dtype](a)
-                   for a in args]
-        argv = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
-        with _LAUNCH_LOCK:
-            if self._fn(*grid, *block, shared_mem, seed & 0xFFFFFFFFFFFFFFFF, argv):
-                raise EmulatorError(self._error().decode(errors="replace"))
+        _holders, argv = pack_args(args)  # the values argv points at, alive until the call returns
+        with LAUNCH_LOCK:
+            if self.entry(*grid, *block, shared_mem, seed & 0xFFFFFFFFFFFFFFFF, argv):
+                raise self.error()
 
 
 def _default_seed() -> int:

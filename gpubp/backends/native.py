@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import cache_root
-from ..errors import BackendUnavailable, EmulatorError, GpubpError
+from ..errors import BackendUnavailable, GpubpError
 from . import emulated as E
 from . import kernel as K
 
@@ -212,14 +212,6 @@ def probe() -> tuple[bool, str]:
         return False, str(e)
 
 
-def _pack(args) -> tuple[list, ctypes.Array]:
-    """cuLaunchKernel's kernelParams for ``args``: the values' holders (keep them alive) and the
-    array of pointers to them."""
-    holders = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray) else E._CTYPES[a.dtype](a)
-               for a in args]
-    return holders, (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
-
-
 class NativeGraph:
     """The launches recorded by ``capture()``, replayed in order by one call into C."""
 
@@ -227,10 +219,10 @@ class NativeGraph:
         self.be, self.kernels, self.launches, self._keep, self._table = be, [], [], [], None
 
     def add(self, kernel: E.Kernel, grid, block, shared_mem: int, args) -> None:
-        holders, argv = _pack(args)
+        holders, argv = E.pack_args(args)
         self._keep += [holders, argv, args]  # the arrays too: the graph holds their addresses
         self.kernels.append(kernel)
-        self.launches.append(Launch(ctypes.cast(kernel._fn, ctypes.c_void_p), (ctypes.c_uint * 3)(*grid),
+        self.launches.append(Launch(ctypes.cast(kernel.entry, ctypes.c_void_p), (ctypes.c_uint * 3)(*grid),
                                     (ctypes.c_uint * 3)(*block), shared_mem, 0, argv))
 
     def launch(self) -> None:
@@ -238,11 +230,10 @@ class NativeGraph:
         be._count("graph_launches")
         if self._table is None:
             self._table = (Launch * len(self.launches))(*self.launches)
-        with E._LAUNCH_LOCK:
+        with E.LAUNCH_LOCK:
             failed = be._replay(self._table, len(self.launches))
         if failed >= 0:
-            kernel = self.kernels[failed]
-            raise EmulatorError(kernel._error().decode(errors="replace"))
+            raise self.kernels[failed].error()
 
 
 class NativeBackend(E.EmulatedBackend):
