@@ -5,7 +5,7 @@
 Network A, [784, 30, 10], quadratic, eta 3.0, float32, plain SGD, one epoch = 50,000 images:
   one model   an epoch of gpubp.train, its record's seconds (synchronized): its shuffle (one gather
               of the training set on the device) and 5,000 steps
-  K stacked   gpubp.sweeping.Group.epoch: K permutations, and 5,000 stack steps that each gather
+  K stacked   gpubp.sweeps.Group.epoch: K permutations, and 5,000 stack steps that each gather
               their K batches (the Stack of K seeds is one group of `gpubp sweep`)
   K in 2 threads  two groups of K/2 models, each in its own thread, at once: NumPy lets go of the
               GIL inside its BLAS calls and large elementwise loops, so two cores can share the work
@@ -23,7 +23,7 @@ import threading
 import time
 
 from gpubp import Network, load_mnist, train
-from gpubp.sweeping import Group, grid
+from gpubp.sweeps import Group, grid
 
 
 def stacked(data, models, batch):

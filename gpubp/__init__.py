@@ -4,7 +4,7 @@ from .backends import get_backend
 from .data import load_mnist
 from .errors import GpubpError
 from .network import Network
-from .sweeping import sweep
+from .sweeps import sweep
 from .training import train
 from .version import __version__
 

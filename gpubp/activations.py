@@ -32,7 +32,7 @@ class Activation:
 
     forward_kernel: ``bias_<name>(Z, b, rows, cols)``: Z <- f(Z + b), after the GEMM Z = A W^T.
     forward_models_kernel: ``bias_<name>_models(Z, b, rows, cols, rows_per_model, b_stride)``: the
-                    same for the K networks of a gpubp.stack.Stack, each row block with its model's b.
+                    same for the K networks of a gpubp.sweeps.stack.Stack, each row block with its model's b.
     delta_kernel:   ``<name>_delta(G, A, n)``: G <- G * f'(z) from A (BP2), or None for an output-only one.
     init:           the weight initialisation networks with this activation get by default.
     row_wise:       the forward kernel works a row per thread (softmax) rather than an element per thread.

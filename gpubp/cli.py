@@ -436,7 +436,7 @@ def cmd_evaluate(args) -> int:
 
 def _check_json_and_plot(args, command):
     """--json and --plot can be written, and --plot's matplotlib is there: fail now, not after the run."""
-    from .plotting import pyplot
+    from .figures import pyplot
 
     _check_writable(args.json, "JSON file")
     _check_writable(args.plot, "plot")
@@ -484,27 +484,27 @@ def cmd_bench(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from . import sweeping
+    from . import sweeps
 
     _check_json_and_plot(args, "sweep")
-    runs = sweeping.grid(sweeping.parse_seeds(args.seeds), etas=args.eta or [None], lmbdas=args.lmbda or [0.0],
+    runs = sweeps.grid(sweeps.parse_seeds(args.seeds), etas=args.eta or [None], lmbdas=args.lmbda or [0.0],
                          sizes=args.sizes, cost=args.cost, activation=args.activation, optimizer=args.optimizer,
                          momentum=args.momentum, dtype=args.dtype, init=args.init, batch_size=args.batch_size,
                          epochs=args.epochs)
     data = _load_data(args, args.sizes, "--sizes")
-    plan = sweeping.groups(runs, args.group_size)
+    plan = sweeps.groups(runs, args.group_size)
     where = f"on Ray ({args.ray})" if args.ray else f"on backend {args.backend or 'auto'}"
     print(f"gpubp sweep: {len(runs)} runs in {len(plan)} group(s) of up to {max(map(len, plan))} models, {where}",
           file=sys.stderr)
-    result = sweeping.sweep(runs, data=data, backend=args.backend, group_size=args.group_size, ray=args.ray,
+    result = sweeps.sweep(runs, data=data, backend=args.backend, group_size=args.group_size, ray=args.ray,
                             threads=args.threads, progress=False if args.quiet else None,
                             monitor_training_cost=args.train_cost)
     result = {**result, **provenance(args.argv)}  # the command line, where the API has none
-    print(sweeping.table(result))
+    print(sweeps.table(result))
     print()
-    print(sweeping.summary(result))
+    print(sweeps.summary(result))
     _, failed = _write_outputs([("JSON", args.json, lambda p: write_json(p, result)),
-                                ("plot", args.plot, lambda p: sweeping.plot(result, p))],
+                                ("plot", args.plot, lambda p: sweeps.plot(result, p))],
                                lambda m: print(m, file=sys.stderr))
     if failed:
         raise GpubpError(failed)
@@ -513,7 +513,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_plot(args) -> int:
     from . import curves
-    from .plotting import pyplot
+    from .figures import pyplot
 
     _check_writable(args.out, "plot")
     pyplot("gpubp plot", "gpubp plot ...")  # fail before reading anything

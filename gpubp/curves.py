@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from .errors import GpubpError
-from .plotting import pyplot, save
+from .figures import pyplot, save
 
 WHAT = "a RUN.json written by gpubp train --metrics-out"
 

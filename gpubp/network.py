@@ -33,7 +33,7 @@ launch each, 3L - 1 per step, and nothing from cuBLAS. Workspaces are made the f
 first step a training step allocates nothing, copies nothing and waits for nothing.
 
 Every array above may carry leading model axes (``lead``): () for one network, (K,) for the K
-networks of a gpubp.stack.Stack, whose parameters are one (K, P) buffer, W[l] (K, n_out, n_in)
+networks of a gpubp.sweeps.stack.Stack, whose parameters are one (K, P) buffer, W[l] (K, n_out, n_in)
 and A[l] (K, m, n_l); the products are then batched and the same equations run unchanged.
 """
 

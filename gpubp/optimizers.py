@@ -16,7 +16,7 @@ Plain SGD needs no gradient buffer: its update rides in the BP3/BP4 products the
 (W <- decay*W - eta*delta^T a, one GEMM with alpha and beta), so ``fused`` tells the network to
 do that; the others read ``grads`` and launch their kernel.
 
-The K networks of a gpubp.stack.Stack each have an optimizer of one kind, with its own eta and
+The K networks of a gpubp.sweeps.stack.Stack each have an optimizer of one kind, with its own eta and
 lmbda: ``ModelOptimizers`` holds them and updates the (K, P) buffers in one ``<kernel>_models``
 kernel, which reads each model's values (``per_model``) from device arrays.
 

@@ -17,7 +17,7 @@ from helpers import assert_close
 from gpubp import Network
 from gpubp.backends import kernel as K
 from gpubp.optimizers import SGD, ModelOptimizers, Momentum, make_optimizer
-from gpubp.stack import Stack
+from gpubp.sweeps.stack import Stack
 
 
 def test_cupy_backend_drives_kernels_as_cupy_documents(cupy_be):

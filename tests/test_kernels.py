@@ -473,7 +473,7 @@ CASES = {
     "sgd_update_unit_step": ("sgd.cu", "sgd_update", case_sgd_update(1.0)),
     "momentum_update": ("momentum.cu", "momentum_update", case_momentum_update()),
     "adam_update": ("adam.cu", "adam_update", case_adam_update()),
-    # the K-model variants (gpubp.stack)
+    # the K-model variants (gpubp.sweeps.stack)
     **{f"bias_{a}_models": (f"{a}.cu", f"bias_{a}_models", case_bias_models(a)) for a in ("sigmoid", "tanh", "relu")},
     "bias_softmax_models": ("softmax.cu", "bias_softmax_models", case_bias_models("softmax")),
     "sgd_update_models": ("sgd.cu", "sgd_update_models", case_sgd_update(0.37, models=True)),

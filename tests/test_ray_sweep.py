@@ -16,7 +16,7 @@ import pytest
 
 from gpubp import sweep
 from gpubp.errors import GpubpError
-from gpubp.sweeping import grid
+from gpubp.sweeps import grid
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (uv run --extra test --extra ray ...)")
 pytestmark = pytest.mark.ray
@@ -96,7 +96,7 @@ def test_an_error_in_a_group_is_one_line_and_not_retried(local_ray, tmp_path):
 
 
 def test_an_address_where_nothing_answers_fails_in_seconds():
-    from gpubp.ray_sweep import check_address
+    from gpubp.sweeps.ray import check_address
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

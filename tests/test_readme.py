@@ -117,7 +117,7 @@ def test_install_hints_name_real_extras_in_forms_that_work_from_a_clone():
 def test_hints_printed_by_the_package_are_commands_from_the_clone(monkeypatch):
     from gpubp import sysinfo
     from gpubp.errors import GpubpError
-    from gpubp.plotting import pyplot
+    from gpubp.figures import pyplot
 
     assert "uv run --extra cuda13 gpubp" in sysinfo.GPU_INSTALL_HINT
     assert "pip install -e '.[cuda13]'" in sysinfo.GPU_INSTALL_HINT

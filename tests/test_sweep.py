@@ -13,8 +13,8 @@ from helpers import assert_close
 from gpubp import Network, get_backend
 from gpubp.errors import GpubpError
 from gpubp.optimizers import ModelOptimizers, make_optimizer
-from gpubp.stack import Stack
-from gpubp.sweeping import grid, groups, normalize, parse_seeds, sweep, table, train_group
+from gpubp.sweeps.stack import Stack
+from gpubp.sweeps import grid, groups, normalize, parse_seeds, sweep, table, train_group
 
 BACKENDS = ["numpy", "emulated", "native", pytest.param("cupy", marks=pytest.mark.gpu)]
 TOL = {"float64": 1e-10, "float32": 1e-4}  # relative, as tests/test_emulated.py
@@ -43,7 +43,7 @@ def mnist_rows(mnist, n=300):
 @pytest.mark.parametrize("cost,activation,optimizer,etas", COMBOS)
 def test_each_model_of_a_stack_trains_as_its_own_network(backend, dtype, cost, activation, optimizer, etas):
     """Three models, each its own seed, eta and lambda; two epochs of 8-row batches with a partial last
-    one, driven through the public API as gpubp.sweeping drives it: weights and optimizer state equal."""
+    one, driven through the public API as gpubp.sweeps drives it: weights and optimizer state equal."""
     rng = np.random.default_rng(31)
     X, y = rng.random((45, 20)), rng.integers(0, 5, 45)
     seeds, lmbdas = [3, 4, 5], [0.0, 1.0, 2.5]
@@ -212,7 +212,7 @@ def test_ray_without_the_extra_says_how_to_get_it():
 
 
 def test_a_sweep_without_ray_imports_nothing_of_ray():
-    code = ("import sys, numpy as np; from gpubp import sweep; from gpubp.sweeping import grid\n"
+    code = ("import sys, numpy as np; from gpubp import sweep; from gpubp.sweeps import grid\n"
             "X = np.random.default_rng(0).random((30, 6)); y = np.arange(30) % 3\n"
             "d = {'train': (X, y), 'validation': (X, y), 'test': (X, y)}\n"
             "sweep(grid([1, 2], sizes=[6, 4, 3], epochs=1), data=d, progress=False)\n"

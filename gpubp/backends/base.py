@@ -42,7 +42,7 @@ class Backend:
 
     Capabilities are class attributes, so callers ask rather than probe for methods:
     ``compiles_kernels`` (our CUDA runs here: CuPy and the emulator), and ``fuses_per_model``: a
-    gpubp.stack.Stack folds plain SGD's update into each model's BP4 product, one BLAS call per
+    gpubp.sweeps.stack.Stack folds plain SGD's update into each model's BP4 product, one BLAS call per
     model, as one network's step does (on the CPU a call costs a microsecond; on a GPU it would be
     K launches a layer, so there a stack keeps one batched product and the update kernel).
     """

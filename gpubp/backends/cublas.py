@@ -9,7 +9,7 @@ baked into the graph like every kernel's scalars.
 
 Operands are row-major device arrays (C-contiguous, or F-contiguous transposed views); cuBLAS is
 column-major, so out = alpha a b + beta out is computed as out^T = alpha b^T a^T + beta out^T.
-A stack's products (gpubp.stack) are batched: every model's matrix the same shape, a fixed stride
+A stack's products (gpubp.sweeps.stack) are batched: every model's matrix the same shape, a fixed stride
 apart, one cublas<t>gemmStridedBatched call for all of them (``gemm_batched``).
 Pointers come from ``__cuda_array_interface__`` (CuPy) or ``__array_interface__`` (the tests'
 stand-in, where "device" arrays are NumPy's).

@@ -1,6 +1,6 @@
 """The CuPy backend: device arrays in CuPy, GEMMs in cuBLAS, our kernels through RawModule.
 
-The products of a gpubp.stack.Stack (3-D: a leading model axis) are one strided-batched call each
+The products of a gpubp.sweeps.stack.Stack (3-D: a leading model axis) are one strided-batched call each
 through our cuBLAS binding (``Cublas.gemm_batched``): cupy.matmul would first copy every operand
 that is not C-contiguous, and a stack's are strided views (W and W^T of the (K, P) parameters, D^T).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
-from ..plotting import pyplot, save
+from ..figures import pyplot, save
 
 __all__ = ["figure", "plot", "pyplot"]
 

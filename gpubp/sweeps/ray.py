@@ -1,7 +1,7 @@
 """A sweep's groups as Ray tasks: `gpubp sweep ... --ray auto|HOST:PORT` (the ray extra).
 
 Imported only when a sweep is given ``ray=``; nothing else in gpubp imports Ray. Each group (K runs
-of one shape, trained by the ``train`` it is given: gpubp.sweeping.train_group) is one task: it
+of one shape, trained by the ``train`` it is given: gpubp.sweeps.run.train_group) is one task: it
 gets the data from the object store (put once), trains its Stack on the worker's backend ("auto":
 CuPy where the task was given a GPU) and returns its results, which the driver collects as they
 finish, so the table and the JSON are the same as a local sweep's. A task asks for one GPU when the
@@ -24,7 +24,7 @@ import socket
 
 import ray
 
-from .errors import GpubpError
+from ..errors import GpubpError
 
 MAX_RETRIES = 3  # attempts after the first, for a group whose worker died
 

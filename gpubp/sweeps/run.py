@@ -1,100 +1,26 @@
-"""Sweeps: many training runs (seeds x eta x lambda) trained K at a time as one Stack, locally or on Ray.
+"""Sweeps run: many training runs (seeds x eta x lambda) trained K at a time as one Stack, locally or on Ray.
 
-A run is one `gpubp train`: its settings are a dict of SHARED settings (the network and how it
-trains) and PER_RUN ones (seed, eta, lmbda). Runs that agree on every SHARED setting form groups
-of at most ``group_size``; a group trains as one gpubp.stack.Stack, so its K models cost one
-step's launches and batched products, and each model's weights equal those of its own
-``gpubp train --seed S --eta ETA --lmbda L`` (bit for bit on NumPy; the tests check it). Groups run
-one after another here, or as Ray tasks on a cluster (gpubp.ray_sweep, imported only then).
-(The module is sweeping.py, as training.py holds ``train``: a module named sweep would be shadowed
-by the function ``gpubp.sweep``.)
+Runs that agree on every SHARED setting (gpubp.sweeps.plan) train together as one
+gpubp.sweeps.stack.Stack, so its K models cost one step's launches and batched products, and each
+model's weights equal those of its own ``gpubp train --seed S --eta ETA --lmbda L`` (bit for bit
+on NumPy; the tests check it). Groups run one after another here, or as Ray tasks on a cluster
+(gpubp.sweeps.ray, imported only then).
 
 Each run's result: its settings, its per-epoch history (the records `gpubp train` keeps), its best
 validation accuracy and that epoch, its test accuracy after the last epoch, and its seconds: the
-group's training time over K, the share the run cost. ``table`` and ``summary`` print them,
-``plot`` draws test accuracy per config with the spread over seeds.
+group's training time over K, the share the run cost. gpubp.sweeps.report prints and draws them.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-import statistics
 import sys
 import time
 
 import numpy as np
 
-from .errors import GpubpError
-from .network import check_sizes
-from .optimizers import ModelOptimizers, make_optimizer
-
-# What the runs of one group share, with gpubp train's defaults, and what each run has of its own.
-SHARED = {"sizes": [784, 30, 10], "cost": "quadratic", "activation": "sigmoid", "optimizer": "sgd", "momentum": 0.9,
-          "dtype": "float32", "init": "default", "batch_size": 10, "epochs": 30}
-PER_RUN = {"seed": None, "eta": None, "lmbda": 0.0}
-DEFAULT_GROUP_SIZE = 16
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'1-8' -> [1, ..., 8]; '1,3,5' and '1-4,9' work too; each seed once, in order."""
-    seeds = []
-    for part in str(text).split(","):
-        part = part.strip()
-        lo, dash, hi = part.partition("-")
-        try:
-            seeds += range(int(lo), int(hi) + 1) if dash else [int(part)]
-        except ValueError:
-            raise GpubpError(f"seeds must look like 1-8 or 1,3,5, got {text!r}") from None
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise GpubpError(f"seeds must be distinct non-negative integers, got {text!r}")
-    return seeds
-
-
-def grid(seeds, etas=(None,), lmbdas=(0.0,), **shared) -> list[dict]:
-    """One run per (eta, lmbda, seed), config after config; ``shared``: any SHARED setting."""
-    return [normalize({**shared, "seed": s, "eta": e, "lmbda": lm})
-            for e, lm, s in itertools.product(etas, lmbdas, seeds)]
-
-
-def normalize(run: dict) -> dict:
-    """A run's settings, complete and checked: defaults filled in, eta resolved to the optimizer's
-    default when None, sizes and hyperparameters validated (GpubpError before anything trains)."""
-    unknown = set(run) - set(SHARED) - set(PER_RUN)
-    if unknown:
-        raise GpubpError(f"unknown run settings {sorted(unknown)}: a run has {', '.join([*SHARED, *PER_RUN])}")
-    r = {**SHARED, **PER_RUN, **run}
-    r["sizes"] = check_sizes(r["sizes"])
-    if r["seed"] is None or int(r["seed"]) < 0:
-        raise GpubpError(f"every run needs a non-negative seed, got {r['seed']!r}")
-    r["seed"] = int(r["seed"])
-    opt = _optimizer(r, n=1)
-    r["eta"], r["lmbda"] = opt.eta, opt.lmbda
-    r["batch_size"], r["epochs"] = int(r["batch_size"]), int(r["epochs"])
-    if r["batch_size"] < 1 or r["epochs"] < 1:
-        raise GpubpError(f"batch_size and epochs must be >= 1, got {r['batch_size']} and {r['epochs']}")
-    return r
-
-
-def _optimizer(run: dict, n: int):
-    hyper = {"momentum": run["momentum"]} if run["optimizer"] == "momentum" else {}
-    return make_optimizer(run["optimizer"], eta=run["eta"], lmbda=run["lmbda"], n=n, **hyper)
-
-
-def shared_key(run: dict) -> tuple:
-    return tuple(tuple(v) if isinstance(v, list) else v for v in (run[k] for k in SHARED))
-
-
-def groups(runs, group_size=None) -> list[list[dict]]:
-    """The runs in groups that can train as one Stack: same SHARED settings, at most group_size each
-    (default DEFAULT_GROUP_SIZE), in the order the runs came."""
-    size = DEFAULT_GROUP_SIZE if group_size is None else int(group_size)
-    if size < 1:
-        raise GpubpError(f"group size must be >= 1, got {group_size}")
-    by_key: dict[tuple, list[dict]] = {}
-    for r in runs:
-        by_key.setdefault(shared_key(r), []).append(r)
-    return [rs[k:k + size] for rs in by_key.values() for k in range(0, len(rs), size)]
+from ..errors import GpubpError
+from ..optimizers import ModelOptimizers
+from .plan import SHARED, _optimizer, groups, normalize, shared_key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +138,7 @@ def sweep(runs, data=None, data_dir=None, verify=True, backend=None, group_size=
     data: load_mnist()'s dict, or None to load it from ``data_dir`` (``verify`` as load_mnist's).
     backend: each group's backend ("auto" | "numpy" | "cupy" | "emulated"; on Ray, chosen on each worker).
     ray: None trains the groups here; "auto" or "HOST:PORT" sends each group to that Ray cluster as
-        a task (gpubp.ray_sweep), retried if its worker dies.
+        a task (gpubp.sweeps.ray), retried if its worker dies.
     threads: groups trained here at once, each in a thread of its own (NumPy lets go of the GIL in
         its BLAS calls and large loops, so on the CPU two threads use two cores; default 1).
     progress: a bar over runs on stderr; None shows it only when stderr is a terminal.
@@ -226,7 +152,7 @@ def sweep(runs, data=None, data_dir=None, verify=True, backend=None, group_size=
     if len(set(seen)) != len(seen):
         raise GpubpError("the sweep lists the same run twice")
     if data is None:
-        from .data import load_mnist
+        from ..data import load_mnist
 
         data = load_mnist(data_dir, verify=verify)
     _check_widths(runs, data)
@@ -239,7 +165,7 @@ def sweep(runs, data=None, data_dir=None, verify=True, backend=None, group_size=
             done = _run_here(plan, data, backend, monitor_training_cost, int(threads), bar, group_hook)
         else:
             try:
-                from .ray_sweep import run_groups
+                from .ray import run_groups
             except ImportError as e:
                 if not (e.name or "").startswith("ray"):
                     raise
@@ -289,8 +215,8 @@ def _check_widths(runs, data) -> None:
 def result(groups_done, backend=None, ray=None, seconds=None) -> dict:
     """The sweep's JSON-ready record: every run (settings, history, results, its group), each
     group's size, seconds and device, and what ran it (gpubp version, machine, time)."""
-    from . import sysinfo
-    from .fileio import provenance
+    from .. import sysinfo
+    from ..fileio import provenance
 
     runs, info = [], []
     for i, g in enumerate(groups_done):
@@ -318,72 +244,3 @@ def _epoch_note(bar, i, n_groups, group_hook):
             group_hook(i, epoch)
     return note
 
-
-# ---------------------------------------------------------------------------------------------
-# Reports: the table, the summary per config, the figure
-# ---------------------------------------------------------------------------------------------
-
-def config_of(run: dict, varying) -> str:
-    """A run's config in words: eta and lambda, then any other setting that varies in the sweep."""
-    words = [f"eta {run['eta']:g}", f"lambda {run['lmbda']:g}"]
-    words += [f"{k} {','.join(map(str, run[k])) if isinstance(run[k], list) else run[k]}" for k in varying]
-    return ", ".join(words)
-
-
-def _configs(result) -> dict[str, list[dict]]:
-    """{config: its runs, by seed}, configs in the order they first appear."""
-    runs = result["runs"]
-    varying = [k for k in SHARED if len({str(r["run"][k]) for r in runs}) > 1]
-    out: dict[str, list[dict]] = {}
-    for r in runs:
-        out.setdefault(config_of(r["run"], varying), []).append(r)
-    return {c: sorted(rs, key=lambda r: r["run"]["seed"]) for c, rs in out.items()}
-
-
-def _pct(x) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f} %"
-
-
-def table(result) -> str:
-    """Markdown: one row per run (config, seed, best validation accuracy and its epoch, test
-    accuracy, seconds: the run's share of its group's training time)."""
-    rows = ["| config | seed | best validation (epoch) | test | s/run |", "|---|---:|---:|---:|---:|"]
-    for config, runs in _configs(result).items():
-        for r in runs:
-            note = f" (diverged in epoch {r['diverged_epoch']})" if r["diverged_epoch"] else ""
-            rows.append(f"| {config} | {r['run']['seed']} | {_pct(r['best_validation_accuracy'])} "
-                        f"({r['best_epoch']}) | {_pct(r['test_accuracy'])}{note} | {r['seconds']:.1f} |")
-    return "\n".join(rows)
-
-
-def summary(result) -> str:
-    """Markdown: one row per config, test accuracy's mean, min and max over its seeds."""
-    rows = ["| config | seeds | test mean | test min | test max | best validation mean |",
-            "|---|---:|---:|---:|---:|---:|"]
-    for config, runs in _configs(result).items():
-        test = [r["test_accuracy"] for r in runs]
-        val = [r["best_validation_accuracy"] for r in runs]
-        rows.append(f"| {config} | {len(runs)} | {_pct(statistics.fmean(test))} | {_pct(min(test))} | "
-                    f"{_pct(max(test))} | {_pct(statistics.fmean(val))} |")
-    return "\n".join(rows)
-
-
-def plot(result, path) -> None:
-    """Test accuracy per config (PNG): each seed a dot, the mean a bar, the seeds' min..max a line."""
-    from .plotting import pyplot, save
-
-    configs = _configs(result)
-    fig, ax = pyplot().subplots(figsize=(max(6.0, 1.6 * len(configs) + 2), 4.2))
-    for x, runs in enumerate(configs.values()):
-        test = [100 * r["test_accuracy"] for r in runs]
-        jitter = np.linspace(-0.12, 0.12, len(test)) if len(test) > 1 else [0.0]
-        ax.plot([x, x], [min(test), max(test)], color="C0", lw=2, alpha=0.5)
-        ax.scatter(x + np.asarray(jitter), test, color="C0", s=18, zorder=3)
-        ax.plot([x - 0.25, x + 0.25], [statistics.fmean(test)] * 2, color="C3", lw=2)
-    ax.set_xticks(range(len(configs)), list(configs), rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("test accuracy (%)")
-    run = result["runs"][0]["run"]
-    ax.set_title(f"[{','.join(map(str, run['sizes']))}] {run['cost']}, {run['epochs']} epochs: "
-                 f"a dot per seed, the mean in red", fontsize=9)
-    fig.tight_layout()
-    save(fig, path)

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import GpubpError
-from .network import Network
+from ..errors import GpubpError
+from ..network import Network
 
 
 class Stack(Network):
