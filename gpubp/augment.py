@@ -254,3 +254,95 @@ def scipy_distort(X, aug: Augment, seed: int, epoch: int) -> np.ndarray:
         # grid-constant: 0 beyond the edge, and interpolated toward it (mode="constant" would not interpolate there)
         out[r] = map_coordinates(X[r].reshape(h, w), [sy, sx], order=1, mode="grid-constant", cval=0.0).reshape(-1)
     return np.clip(out, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line: --augment and its parameters (gpubp train, gpubp samples), and the samples figure
+# ---------------------------------------------------------------------------------------------
+
+_FLAGS = (("shift", "PX", "shift up to PX pixels each way"),
+          ("rotate", "DEG", "rotate up to DEG degrees each way"),
+          ("scale", "FRAC", "scale by 1 +- FRAC (below 1)"),
+          ("shear", "DEG", "shear up to DEG degrees each way"),
+          ("elastic_alpha", "A", "Simard's elastic field scaled by A pixels"),
+          ("elastic_sigma", "S", "the elastic field's Gaussian blur, S pixels"))
+
+
+def _non_negative(text: str) -> float:
+    import argparse
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
+
+
+def add_augment_arguments(parser, default: str = "none") -> None:
+    """--augment PRESET and one flag per parameter (each overrides the preset), as an argument group."""
+    g = parser.add_argument_group("augmentation (distortions drawn anew every epoch)")
+    g.add_argument("--augment", choices=list(PRESETS), default=None, metavar="PRESET",
+                   help=f"a preset: {', '.join(f'{k} ({Augment(**v).describe()})' for k, v in PRESETS.items())} "
+                        f"(default {default}; the flags below override it)")
+    for name, metavar, what in _FLAGS:
+        g.add_argument("--" + name.replace("_", "-"), type=_non_negative, default=None, metavar=metavar, help=what)
+
+
+def augment_from_args(args, default: str = "none") -> Augment | None:
+    """The Augment that --augment and its flags ask for; None when it distorts nothing."""
+    aug = Augment.preset(args.augment or default, **{name: getattr(args, name) for name, _, _ in _FLAGS})
+    return None if aug.identity else aug
+
+
+def _integer(lo: int, hi: int):
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, got {text}")
+        return v
+    return parse
+
+
+def add_samples_arguments(parser) -> None:
+    """gpubp samples' own arguments (the data and backend arguments come from the CLI)."""
+    from pathlib import Path
+
+    parser.add_argument("-o", "--out", type=Path, default=Path("samples.png"), metavar="OUT.png",
+                        help="the PNG to write (default samples.png)")
+    parser.add_argument("--count", type=_integer(1, 50), default=8, metavar="N",
+                        help="training images shown, one per row (1 to 50, default 8)")
+    parser.add_argument("--epochs", type=_integer(1, 20), default=6, metavar="E",
+                        help="distortions of each: epochs 0 .. E-1, one per column (1 to 20, default 6)")
+    parser.add_argument("--seed", type=_integer(0, 2**64 - 1), default=1,
+                        help="the run's seed: which distortions (default 1)")
+    add_augment_arguments(parser, default="simard-elastic")
+
+
+def samples_figure(X, aug: Augment, seed: int, epochs: int, backend, title: str):
+    """Rows of images X (n, h*w): each original, then its distortions for epochs 0 .. epochs-1."""
+    from .figures import pyplot
+
+    plt = pyplot("gpubp samples", "gpubp samples ...")
+    h, w = aug.image_shape(X.shape[1])
+    be = backend
+    shots = [np.asarray(X)] + [be.to_host(aug(X, seed=seed, epoch=e, backend=be)) for e in range(epochs)]
+    n = len(X)
+    fig, axes = plt.subplots(n, epochs + 1, figsize=(1.1 * (epochs + 1) + 0.4, 1.1 * n + 0.7), squeeze=False)
+    for i in range(n):
+        for j, shot in enumerate(shots):
+            ax = axes[i][j]
+            ax.imshow(shot[i].reshape(h, w), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title("original" if j == 0 else f"epoch {j - 1}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return fig

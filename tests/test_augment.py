@@ -441,3 +441,67 @@ def test_bad_calls_say_what_is_wrong():
     with pytest.raises(GpubpError, match="no augmentation preset named 'elastik'"):
         Augment.preset("elastik")
     assert Augment.preset("simard-elastic", rotate=5.0) == Augment(elastic_alpha=34, elastic_sigma=4, rotate=5)
+
+
+# ---------------------------------------------------------------------------------------------
+# gpubp samples and the --augment flags
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def square_dir(tmp_path_factory):
+    """An MNIST-format directory of 6 x 6 images (load with --no-verify)."""
+    from helpers import write_mnist_like
+
+    return str(write_mnist_like(tmp_path_factory.mktemp("square"), n_train=10_020, n_test=10, shape=(6, 6)))
+
+
+def test_samples_writes_originals_beside_their_distortions(capsys, tmp_path, square_dir):
+    from helpers import run_cli
+
+    out = tmp_path / "samples.png"
+    code, stdout, err = run_cli(capsys, "samples", "--data-dir", square_dir, "--no-verify", "--backend", "numpy",
+                                "--augment", "simard-affine", "--rotate", "10", "--count", "3", "--epochs", "2",
+                                "-o", str(out))
+    assert code == 0, err
+    assert f"wrote the picture {out}" in stdout
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+    assert list(tmp_path.iterdir()) == [out]  # nothing half-written beside it
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--augment", "none"], ["distort nothing"]),
+    (["--rotate", "-3"], ["--rotate", "must be a finite number >= 0"]),
+    (["--augment", "elastik"], ["--augment", "invalid choice"]),
+    (["--count", "0"], ["--count", "must be from 1 to 50"]),
+    (["--scale", "1.5"], ["scale must be from 0 to 1 (excluded)"]),
+])
+def test_samples_refuses_bad_flags_in_one_line(capsys, tmp_path, square_dir, argv, needles):
+    from helpers import one_line_error, run_cli
+
+    out = tmp_path / "samples.png"
+    code, _, err = run_cli(capsys, "samples", "--data-dir", square_dir, "--no-verify", "--backend", "numpy", *argv,
+                           "-o", str(out))
+    one_line_error(code, err, *needles)
+    assert not out.exists()
+
+
+def test_samples_says_when_the_images_are_not_square(capsys, tmp_path, tiny_dir):
+    from helpers import one_line_error, run_cli
+
+    code, _, err = run_cli(capsys, "samples", "--data-dir", tiny_dir, "--no-verify", "--backend", "numpy",
+                           "-o", str(tmp_path / "s.png"))
+    one_line_error(code, err, "10 pixels are not square images")
+
+
+def test_augment_flags_build_the_augment_they_name():
+    import argparse
+
+    from gpubp.augment import add_augment_arguments, augment_from_args
+
+    p = argparse.ArgumentParser()
+    add_augment_arguments(p)
+    assert augment_from_args(p.parse_args([])) is None  # no flag: no augmentation
+    assert augment_from_args(p.parse_args(["--augment", "simard-elastic", "--elastic-alpha", "20", "--shift", "1"])) \
+        == Augment(elastic_alpha=20, elastic_sigma=4, shift=1)
+    assert augment_from_args(p.parse_args(["--rotate", "5"])) == Augment(rotate=5)
