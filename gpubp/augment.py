@@ -193,8 +193,14 @@ class AugmentPlan:
         R = self.radius
         self.work = be.empty((P, 2, (w + 2 * R) * h + (h + 2 * R) * w) if self.elastic else (1,), self.dtype)
         self.field = be.empty((P, 2, h, w) if self.elastic else (1,), self.dtype)
-        self._kernels = {s: be.kernel(s, self.dtype) for s in ("augment_affine", "augment_pad", "augment_field",
-                                                               "augment_resample")}
+        stems = ("augment_affine", "augment_pad", "augment_field", "augment_resample")
+        self._kernels = {s: be.kernel(s, self.dtype) for s in stems}
+        if be.compiles_kernels:  # compiled and loaded now: a capture must find them loaded
+            from .backends import kernel as K
+
+            for s in stems:
+                name = s + K.suffix(self.dtype)
+                be.load_kernel(K.signatures()[name][0], name)
 
     def set_epoch(self, seed: int, epoch: int) -> None:
         """Upload (seed, epoch) into the key the kernels read (one 12-byte copy, outside any graph)."""

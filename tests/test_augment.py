@@ -505,3 +505,22 @@ def test_augment_flags_build_the_augment_they_name():
     assert augment_from_args(p.parse_args(["--augment", "simard-elastic", "--elastic-alpha", "20", "--shift", "1"])) \
         == Augment(elastic_alpha=20, elastic_sigma=4, shift=1)
     assert augment_from_args(p.parse_args(["--rotate", "5"])) == Augment(rotate=5)
+
+
+def test_the_cupy_backend_captures_an_epochs_augmentation_as_one_graph(cupy_be):
+    """CuPy's stream capture (the stand-in keeps CuPy's rules: raw pointers baked in, work on the capture
+    stream): the graph replays with each epoch's key uploaded before it."""
+    be, fake = cupy_be
+    X = images(np.random.default_rng(7), 9, 28, 28, np.float32)
+    aug = Augment(**ELASTIC)
+    plan = aug.plan(be, np.float32, 28, 28, rows_per_pass=4)
+    Xd, out = be.to_device(X), be.empty(X.shape, np.float32)
+    be.prepare_capture("own")
+    with be.counters() as c, be.capture() as graph:
+        plan.run(Xd, out)
+    assert (c.allocs, c.h2d, c.d2h, c.syncs) == (0, 0, 0, 0)
+    for epoch in (0, 1):
+        plan.set_epoch(5, epoch)
+        graph.launch()
+        assert_close(be.to_host(out), aug(X, seed=5, epoch=epoch, backend="numpy"), atol=1e-5,
+                     what=f"replayed graph, epoch {epoch}")
