@@ -17,9 +17,10 @@ image row, pixel) as kernels/philox.cuh's table says, so every backend makes the
 (float32 within 1e-5) and an epoch's distortions do not depend on the batch order.
 
 The work is four kernels (kernels/augment.cu; NumPy references in gpubp.reference), run over passes
-of at most ROWS_PER_PASS images through workspaces made once by ``Augment.plan``: an epoch's
-augmentation allocates nothing, copies nothing back and waits for nothing, so it can sit inside a
-captured graph (upload the epoch's key with ``plan.set_epoch`` before each replay).
+of at most ROWS_PER_PASS images (8192 on a GPU, 512 on a CPU) through workspaces made once by
+``Augment.plan``: an epoch's augmentation allocates nothing, copies nothing back and waits for
+nothing, so it can sit inside a captured graph (upload the epoch's key with ``plan.set_epoch``
+before each replay).
 ``Augment()`` distorts nothing and returns its input unchanged.
 """
 
@@ -33,7 +34,9 @@ import numpy as np
 from . import reference
 from .errors import GpubpError
 
-ROWS_PER_PASS = 4096  # images per pass: the workspaces hold 2 fields x h x w each for this many
+# Images per pass (the workspaces hold about 12 h w numbers per image, 38 KB for MNIST in float32): a
+# GPU wants thousands of fields at once, a CPU wants the workspaces to stay in its caches.
+ROWS_PER_PASS = {"gpu": 8192, "cpu": 512}
 TRUNCATE = 3.0  # the blur's radius in standard deviations (before rounding: floor(3 sigma + 0.5))
 PRESETS = {
     "none": {},
@@ -125,8 +128,9 @@ class Augment:
         g = np.exp(-(np.arange(-r, r + 1, dtype=np.float64) ** 2) / (2 * self.elastic_sigma**2))
         return g / g.sum()
 
-    def plan(self, be, dtype, h: int, w: int, rows_per_pass: int = ROWS_PER_PASS) -> AugmentPlan:
-        """The workspaces and launches that distort images of h x w pixels in ``dtype`` on backend ``be``."""
+    def plan(self, be, dtype, h: int, w: int, rows_per_pass: int | None = None) -> AugmentPlan:
+        """The workspaces and launches that distort images of h x w pixels in ``dtype`` on backend ``be``,
+        ``rows_per_pass`` images at a time (default ROWS_PER_PASS for the backend's kind)."""
         return AugmentPlan(self, be, dtype, h, w, rows_per_pass)
 
     def __call__(self, X, seed: int = 0, epoch: int = 0, backend="numpy"):
@@ -146,22 +150,27 @@ class Augment:
         if self.identity:
             return Xd.copy() if Xd is X else Xd
         out = be.empty(X.shape, dtype)
-        plan = self._plans(be, dtype, h, w)
+        plan = self._plans(be, dtype, h, w, len(X))
         plan.set_epoch(seed, epoch)
         plan.run(Xd, out)
         return out
 
-    def _plans(self, be, dtype, h, w) -> AugmentPlan:
-        """One plan per backend, dtype and image shape, kept: repeated calls allocate no workspace."""
+    def _plans(self, be, dtype, h, w, rows) -> AugmentPlan:
+        """One plan per backend, dtype, image shape and pass size, kept: repeated calls allocate no workspace."""
         cache = self.__dict__.setdefault("_plan_cache", {})
-        k = (id(be), np.dtype(dtype), h, w)
+        per_pass = min(default_rows_per_pass(be), max(rows, 1))
+        k = (id(be), np.dtype(dtype), h, w, per_pass)
         if k not in cache:
-            cache[k] = self.plan(be, dtype, h, w)
+            cache[k] = self.plan(be, dtype, h, w, per_pass)
         return cache[k]
 
     def as_dict(self) -> dict:
         """The parameters, for metrics and model files."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "shape"}
+
+
+def default_rows_per_pass(be) -> int:
+    return ROWS_PER_PASS["cpu" if be.xp is np else "gpu"]
 
 
 def check_seed_epoch(seed, epoch) -> None:
@@ -174,15 +183,19 @@ def check_seed_epoch(seed, epoch) -> None:
 class AugmentPlan:
     """An Augment's workspaces on one backend (made here, once) and its launches (``run``: kernels only).
 
-    key (3,) uint32: (seed mod 2^32, seed div 2^32, epoch), read by the kernels on the device;
-    affine (P, 6), rows and field (P, 2, h, w) each, P = rows_per_pass; the blur's taps (2R + 1,).
+    key (3,) uint32: (seed mod 2^32, seed div 2^32, epoch), read by the kernels on the device; taps
+    (2R + 1,): the blur's weights; per pass of P = rows_per_pass images: affine (P, 6), padded
+    (P, (h+4)(w+4)), field (P, 2, h, w) and work (P, 2, (w+2R) h + (h+2R) w) (the last two only
+    when there is an elastic field).
     """
 
-    def __init__(self, aug: Augment, be, dtype, h: int, w: int, rows_per_pass: int = ROWS_PER_PASS) -> None:
+    def __init__(self, aug: Augment, be, dtype, h: int, w: int, rows_per_pass: int | None = None) -> None:
         if not be.compiles_kernels and be.name != "numpy":
             raise GpubpError(f"the {be.name} backend runs no kernels: Augment needs numpy, native, emulated or cupy")
         self.aug, self.be, self.dtype, self.h, self.w = aug, be, np.dtype(dtype), h, w
-        self.rows_per_pass = int(rows_per_pass)
+        self.rows_per_pass = default_rows_per_pass(be) if rows_per_pass is None else int(rows_per_pass)
+        if self.rows_per_pass < 1:
+            raise GpubpError(f"rows_per_pass must be at least 1, got {rows_per_pass!r}")
         self.radius = aug.radius(h, w) if aug.elastic_sigma else 0
         self.elastic = aug.elastic_alpha != 0
         self.key = be.to_device(np.zeros(3), np.uint32)
@@ -232,9 +245,9 @@ class AugmentPlan:
 
 
 def scipy_distort(X, aug: Augment, seed: int, epoch: int) -> np.ndarray:
-    """The same distortions in float64, image by image, by SciPy (gaussian_filter on the same Philox noise,
-    then map_coordinates at the same affine map plus the field): an independent formula for the tests,
-    and the per-image pipeline the benchmarks measure the kernels against."""
+    """The same distortions in float64, image by image, by SciPy: the affine map composed from its
+    matrices, gaussian_filter on the same Philox noise, map_coordinates at the map plus the field. A
+    formula independent of the kernels and their references, for the tests."""
     from scipy.ndimage import gaussian_filter, map_coordinates
 
     X = np.asarray(X, dtype=np.float64)

@@ -108,13 +108,14 @@ __device__ __forceinline__ void augment_blur_padded(T* __restrict__ dst, const T
     for (; j < n; ++j) augment_blur_run<1>(dst, src, g, j, stride, taps);
 }
 
-// One field of one image (rows * 2 of them): its noise, drawn x-major (philox.cuh's table) into work
-// between radius zero rows each side, blurred along x into d (w, h), turned y-major into the second
-// half of work (again between zero rows), blurred along y into d (h, w). work: (2, workspace) per image.
+// One field of one image (rows * 2 of them): its noise, drawn x-major (philox.cuh's table) between
+// radius rows of zeros each side, blurred along x into d (w, h), turned y-major (again between rows of
+// zeros), blurred along y into d (h, w). Tw holds (w + 2R) h + (h + 2R) w numbers per field for the two.
 template <typename T>
-__device__ __forceinline__ void augment_field(T* __restrict__ D, T* __restrict__ Tw, const unsigned int* __restrict__ key,
-                                              const T* __restrict__ g, long long rows, long long row0, long long h,
-                                              long long w, long long radius) {
+__device__ __forceinline__ void augment_field(T* __restrict__ D, T* __restrict__ Tw,
+                                              const unsigned int* __restrict__ key, const T* __restrict__ g,
+                                              long long rows, long long row0, long long h, long long w,
+                                              long long radius) {
     const unsigned int k0 = key[0], k1 = key[1], epoch = key[2];
     const long long quads = (h + 3) / 4, hw = h * w;
     const long long noise_size = (w + 2 * radius) * h, turned_size = (h + 2 * radius) * w;

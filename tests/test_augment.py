@@ -45,7 +45,8 @@ ELASTIC = dict(shift=2.5, rotate=20.0, scale=0.2, shear=12.0, elastic_alpha=34.0
 PROBE = (K.kernel_dir() / "philox.cuh").read_text() + r"""
 extern "C" __global__ void philox_words(unsigned int* __restrict__ out, const unsigned int* __restrict__ counters,
                                         const unsigned int* __restrict__ keys, long long n) {
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)blockDim.x * gridDim.x) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)blockDim.x * gridDim.x) {
         const Philox4 r = gpubp_philox4x32_10(
             gpubp_philox_counter(counters[4 * i], counters[4 * i + 1], counters[4 * i + 2], counters[4 * i + 3]),
             keys[2 * i], keys[2 * i + 1]);
@@ -276,7 +277,8 @@ def test_affine_kernel_is_the_documented_map(backend, dtype):
     key = key_of(99, 2)
     be = get_backend(backend)
     A = be.to_device(np.full((rows, 6), np.nan), dtype)
-    be.kernel("augment_affine", dtype)(rows, A, be.to_device(key, np.uint32), rows, row0, h, w, rot, scale, shear, shift)
+    be.kernel("augment_affine", dtype)(rows, A, be.to_device(key, np.uint32), rows, row0, h, w, rot, scale, shear,
+                                       shift)
     expected = np.empty((rows, 6))
     centre = np.array([(w - 1) / 2, (h - 1) / 2])
     for r in range(rows):
