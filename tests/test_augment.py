@@ -526,3 +526,15 @@ def test_the_cupy_backend_captures_an_epochs_augmentation_as_one_graph(cupy_be):
         graph.launch()
         assert_close(be.to_host(out), aug(X, seed=5, epoch=epoch, backend="numpy"), atol=1e-5,
                      what=f"replayed graph, epoch {epoch}")
+
+
+def test_the_new_kernel_files_meet_the_kernel_standard_in_test_kernels():
+    """augment.cu and max_norm.cu go through test_kernels.py's per-file checks (NVRTC as CuPy compiles, nvcc
+    without spills, the sm_90 resources their headers state, no double in float code but where the header
+    says why); here, that they are among its files and state a reference, a launch and tolerances."""
+    assert {"augment.cu", "max_norm.cu"} <= set(K.kernel_files())
+    for f in ("augment.cu", "max_norm.cu"):
+        head = (K.kernel_dir() / f).read_text().split("#include")[0]
+        assert "NumPy reference: gpubp.reference." in head and "Launch:" in head
+        for dt in DTYPES:
+            assert K.tolerance(f, dt) is not None
