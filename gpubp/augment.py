@@ -164,6 +164,10 @@ class Augment:
             cache[k] = self.plan(be, dtype, h, w, per_pass)
         return cache[k]
 
+    def __getstate__(self) -> dict:
+        """The parameters only: the plans hold device workspaces, which neither pickle nor travel."""
+        return {k: v for k, v in self.__dict__.items() if k != "_plan_cache"}
+
     def as_dict(self) -> dict:
         """The parameters, for metrics and model files."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "shape"}

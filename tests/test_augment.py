@@ -538,3 +538,16 @@ def test_the_new_kernel_files_meet_the_kernel_standard_in_test_kernels():
         assert "NumPy reference: gpubp.reference." in head and "Launch:" in head
         for dt in DTYPES:
             assert K.tolerance(f, dt) is not None
+
+
+def test_an_augment_that_has_run_still_pickles_as_its_parameters():
+    import copy
+    import pickle
+
+    aug = Augment(**ELASTIC)
+    X = images(np.random.default_rng(8), 3, 28, 28, np.float32)
+    first = aug(X, seed=1, epoch=0, backend="native")  # now it holds a plan with the native backend's arrays
+    back = pickle.loads(pickle.dumps(aug))
+    assert back == aug and "_plan_cache" not in back.__dict__
+    np.testing.assert_array_equal(back(X, seed=1, epoch=0, backend="native"), first)
+    assert copy.deepcopy(aug) == aug
