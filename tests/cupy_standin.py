@@ -238,9 +238,17 @@ class FakeCupy(types.ModuleType):
             attributes = {"MultiProcessorCount": 3}
 
         self._null = Stream(null=True)
-        runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=lambda i: {"name": b"Stand-in"})
+        runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=lambda i: {"name": b"Stand-in"},
+                                        runtimeGetVersion=lambda: 0, driverGetVersion=lambda: 0)  # 0: none here
+        self.__version__ = "14 (stand-in)"
+        self.allocator = "pool"
+
+        def set_allocator(allocator=None):
+            """cupy.cuda.set_allocator(None): plain cudaMalloc, no pool (what .ci/sanitize sets for memcheck)."""
+            self.allocator = allocator
+
         self.cuda = types.SimpleNamespace(MemoryHook=MemoryHook, Device=Device, runtime=runtime, Stream=Stream,
-                                          Graph=Graph, get_current_stream=self._current)
+                                          Graph=Graph, get_current_stream=self._current, set_allocator=set_allocator)
         self.RawModule = RawModule
         self.cublas = types.SimpleNamespace(gemm=self._cublas_gemm)
 
