@@ -280,7 +280,6 @@ def _epoch(run: _Run) -> dict:
     epoch's captured graph; then the evaluations, brought back in one copy."""
     net, be, opt = run.net, run.net.be, run.opt
     n = run.X.shape[0]
-    bar = _bar(run.show, n, net.epochs_trained + 1, run.total)
     perm = net.rng.permutation(n)
     capture_seconds = None
     if run.graph:  # captured outside the epoch's clock: it is set-up, timed as capture_seconds
@@ -290,6 +289,7 @@ def _epoch(run: _Run) -> dict:
             run.captured = None  # the old graph goes before the new one is recorded
             run.captured, run.captured_with = _capture_epoch(run), baked
             capture_seconds = time.perf_counter() - tc
+    bar = _bar(run.show, n, net.epochs_trained + 1, run.total)
     t0 = time.perf_counter()
     try:
         be.upload(run.perm, perm)
