@@ -104,7 +104,8 @@ def test_the_dry_run_writes_what_it_found_and_measured(dry_run):
     assert found["dry_run"] and "Stand-in" in found["device"]
     assert found["cublas"]["path"].endswith("libcublas.so.13")
     graphs = json.loads((out / "graphs.json").read_text())
-    assert {(g["route"], g["dtype"]) for g in graphs} == {(r, d) for r in ("blas", "own") for d in ("float32", "float64")}
+    routes = {(r, d) for r in ("blas", "own") for d in ("float32", "float64")}
+    assert {(g["route"], g["dtype"]) for g in graphs} == routes
     assert all(g["passed"] for g in graphs)
     bench = json.loads((out / "bench.json").read_text())
     assert {c["backend"] for c in bench["cases"]} >= {"numpy", "native", "cupy", "cupy-own-graph"}
