@@ -18,8 +18,8 @@ source or documentation:
   context manager that makes it current in this thread; begin_capture() refuses the default stream
   and captures in relaxed mode; end_capture() returns a Graph, or raises
   cudaErrorStreamCaptureInvalidated when a refused call broke the capture; Graph.launch(stream=None)
-  replays it (cupy/cuda/stream.pyx, graph.pyx). A Graph holds raw pointers only: its nodes keep no
-  array alive. While the current stream captures: kernels launched on it are recorded, not run; any
+  replays it (cupy/cuda/stream.pyx, graph.pyx). A Graph holds its cudaGraph_t, cudaGraphExec_t and
+  stream only (cupy/cuda/graph.pxd): its nodes hold raw pointers and keep no array alive. While the current stream captures: kernels launched on it are recorded, not run; any
   cuBLAS call through CuPy raises NotImplementedError (cupy_backends/cuda/libs/cublas.pyx,
   setStream); synchronous copies and synchronizing it raise and invalidate the capture; allocating
   from the pool is ALLOWED (relaxed mode exists for it: the comment in Stream.begin_capture), and
