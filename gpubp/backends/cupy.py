@@ -183,10 +183,9 @@ class CupyBackend(K.KernelBackend):
         """CuPy's stream capture (Stream.begin_capture/end_capture, as CuPy documents it): everything
         launched on this thread's capture stream in the block becomes one cupy.cuda.Graph.
 
-        A cupy.cuda.Graph holds its cudaGraph_t, cudaGraphExec_t and stream only (cupy/cuda/graph.pxd):
-        the graph's nodes hold raw device pointers, so the handle keeps
-        alive every array a captured launch or product named, for as long as the graph lives. If the
-        block raises, its error is the one that propagates (ending a capture that a refused call has
+        A cupy.cuda.Graph holds its cudaGraph_t, cudaGraphExec_t and stream only (cupy/cuda/graph.pxd)
+        and the graph's nodes hold raw device pointers, so the handle keeps alive every array a
+        captured launch or product named, for as long as the graph lives. If the block raises, its error is the one that propagates (ending a capture that a refused call has
         invalidated raises cudaErrorStreamCaptureInvalidated, which would hide it). An allocation
         CuPy made from its pool during the capture (its address is baked in) fails the capture."""
         stream = self._mine("stream")
