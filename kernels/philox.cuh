@@ -20,9 +20,9 @@
 //   augmentation, per epoch and image (row r of the data set):
 //       affine parameters:  c = (j, r, epoch, GPUBP_PHILOX_AFFINE), j = 0: rotation, scale, shear,
 //                           x shift; j = 1: y shift (and three unused words)
-//       elastic noise:      c = ((f * h + y) * ceil(w / 4) + x div 4, r, epoch, GPUBP_PHILOX_ELASTIC),
-//                           word x mod 4: field f (0: x displacement, 1: y), pixel (y, x) of an h x w
-//                           image (each image row starts a new call)
+//       elastic noise:      c = ((f * w + x) * ceil(h / 4) + y div 4, r, epoch, GPUBP_PHILOX_ELASTIC),
+//                           word y mod 4: field f (0: x displacement, 1: y), pixel (y, x) of an h x w
+//                           image, drawn column by column (each column starts a new call)
 // Words become numbers by their top 24 bits, which float and double hold exactly, so the float32
 // and float64 draws are the same numbers:
 //   uniform01(u)  = (u >> 8) * 2^-24                 in [0, 1)
