@@ -12,6 +12,7 @@ checks them against the sizes they declare before it allocates anything.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import zipfile
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GpubpError, ModelFileError
-from .fileio import atomic_path, provenance
+from .fileio import atomic_path, is_stream, provenance
 
 FORMAT = "gpubp-model"
 VERSION = 2
@@ -35,8 +36,14 @@ def save(path, meta: dict, arrays: dict) -> Path:
     if not path.parent.is_dir():
         raise GpubpError(f"cannot save the model to {path}: directory {path.parent} does not exist")
     meta = {**{k: v for k, v in provenance().items() if k != "argv"}, **meta}  # which gpubp wrote it, and when
+    members = {"format": np.array(FORMAT), "version": np.array(VERSION), "meta": np.array(json.dumps(meta)), **arrays}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, format=np.array(FORMAT), version=np.array(VERSION), meta=np.array(json.dumps(meta)), **arrays)
+        if is_stream(tmp):  # a pipe or a device cannot seek back, as the zip writer does: build it in memory
+            buf = io.BytesIO()
+            np.savez(buf, **members)
+            f.write(buf.getbuffer())
+        else:
+            np.savez(f, **members)
     return path
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +21,7 @@ from .backends import BACKEND_NAMES, names_with
 from .costs import COSTS
 from .data import N_CLASSES
 from .errors import GpubpError, TrainingInterrupted
-from .fileio import provenance, write_json
+from .fileio import is_stream, provenance, same_file, write_json
 from .network import GEMM_ROUTES, INIT_CHOICES, check_sizes
 from .optimizers import OPTIMIZERS
 from .training import graph_mode
@@ -239,6 +242,10 @@ def _check_writable(path: Path | None, what: str) -> None:
         return
     if path.is_dir():
         raise GpubpError(f"{what} {path} is a directory: give a file name")
+    if is_stream(path):  # /dev/null, /dev/stdout, a FIFO: written in place, never renamed over
+        if not os.access(path, os.W_OK):
+            raise GpubpError(f"cannot write {what} {path}: it is not writable")
+        return
     parent = path.parent
     if not parent.is_dir():
         raise GpubpError(f"cannot write {what} {path}: directory {parent} does not exist")
@@ -246,10 +253,74 @@ def _check_writable(path: Path | None, what: str) -> None:
         raise GpubpError(f"cannot write {what} {path}: directory {parent} is not writable")
 
 
+def _check_distinct(outputs, may_share=()) -> None:
+    """Two outputs (or an output and an input) on one file would leave only the last written: refuse
+    before the work. ``outputs``: (flag, path) pairs; ``may_share``: flag pairs that may name one file."""
+    given = [(flag, path) for flag, path in outputs if path is not None]
+    for i, (flag, path) in enumerate(given):
+        for other, other_path in given[i + 1:]:
+            if {flag, other} not in [set(p) for p in may_share] and same_file(path, other_path):
+                raise GpubpError(f"{flag} and {other} both name {path}: one would overwrite the other; "
+                                 f"give each its own file")
+
+
+class _Interrupts:
+    """SIGINT and SIGTERM (sent by job schedulers, timeout and container stops) both raise
+    KeyboardInterrupt, so every command keeps what it finished either way. One Ctrl-C can arrive
+    twice a moment apart (uv run forwards it as the terminal sends it too): a second one within a
+    second is the same interrupt. While outputs are written (``held``) an interrupt waits, so
+    nothing half-done is lost; ``signum`` is the last signal that interrupted (for the exit status)."""
+
+    ECHO = 1.0  # seconds
+
+    def __init__(self):
+        self.signum, self.last, self.holding = signal.SIGINT, None, 0
+
+    def __call__(self, signum, frame):
+        now = time.monotonic()
+        if self.holding or (self.last is not None and now - self.last < self.ECHO):
+            return
+        self.signum, self.last = signum, now
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield
+            return
+        self.signum, self.last = signal.SIGINT, None
+        before = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in before.items():
+                signal.signal(s, handler)
+
+    @contextmanager
+    def held(self):
+        self.holding += 1
+        try:
+            yield
+        finally:
+            self.holding -= 1
+
+    def status(self) -> int:
+        return 128 + int(self.signum)  # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them
+
+
+_INTERRUPTS = _Interrupts()
+
+
 def _write_outputs(outputs, say) -> tuple[list[str], str]:
     """Write each (what, path, write) whose path is set, each on its own, so that one failure (a full
     disk) loses only that file. Returns (written, "" or one line: what was not written and why, and
-    what was). Every writer is atomic, so a failed output leaves no file and no partial file."""
+    what was). Every writer is atomic, so a failed output leaves no file and no partial file, and an
+    interrupt waits until the writing is done."""
+    with _INTERRUPTS.held():
+        return _write_each(outputs, say)
+
+
+def _write_each(outputs, say) -> tuple[list[str], str]:
     written, failed = [], []
     for what, path, write in outputs:
         if path is None:
@@ -286,13 +357,16 @@ def cmd_train(args) -> int:
 
     _check_writable(args.save, "model file")
     _check_writable(args.metrics_out, "metrics file")
+    _check_distinct([("--resume", args.resume), ("--save", args.save), ("--metrics-out", args.metrics_out)],
+                    may_share=[("--save", "--resume")])
     given = _given(args)
+    began = time.perf_counter()
     be = get_backend(args.backend)
     _check_route(be, args)
     net, data = _model_and_data(args, given, be)
     start = net.epochs_trained
-    say = (lambda *a: None) if args.quiet else print
-    say(f"gpubp train: {net} on {be.device} ({be.reason})")
+    say = (lambda *a: None) if args.quiet else _say
+    say(f"gpubp train: {net} on {be.device} ({be.reason}), seed {net.seed}")
     graph, graph_why = graph_mode(net, args.graph)
     say(f"each epoch is one captured graph ({graph_why})" if graph else f"each epoch runs {graph_why}")
     if be.compiles_kernels:
@@ -342,19 +416,24 @@ def cmd_train(args) -> int:
                "epochs": history, **history.summary(),
                "interrupted": {"epoch": interrupted.epoch, "completed": interrupted.completed} if interrupted else None,
                "test_accuracy": test["accuracy"] if test else None}
-    written, failed = _write_outputs([("model", args.save, net.save),
-                                      ("metrics", args.metrics_out, lambda p: write_json(p, metrics))], say)
+    outputs = [("model", args.save, net.save), ("metrics", args.metrics_out, lambda p: write_json(p, metrics))]
+    if interrupted is not None and interrupted.completed == start:  # no epoch finished: keep what is there
+        outputs = []
+    written, failed = _write_outputs(outputs, say)
     if interrupted is not None:
-        print(f"gpubp train: {_interrupted_line(interrupted, written, failed)}", file=sys.stderr)
-        return 130
+        print(f"gpubp train: {_interrupted_line(interrupted, written, failed, start)}", file=sys.stderr)
+        return _INTERRUPTS.status()
+    say(f"total {time.perf_counter() - began:.1f} s")
     if failed:
         raise GpubpError(failed)
     return 0
 
 
-def _interrupted_line(e, written, failed) -> str:
+def _interrupted_line(e, written, failed, start) -> str:
     """'interrupted in epoch K: saved the model M and the metrics R after epoch K-1', and what failed."""
     where = f"in epoch {e.epoch}" if e.epoch else f"after epoch {e.completed}"
+    if e.completed == start:
+        return f"interrupted {where}: no epoch finished, so nothing was written"
     if written:
         kept = f"saved {' and '.join(written)} after epoch {e.completed}"
     elif not failed:
@@ -362,6 +441,12 @@ def _interrupted_line(e, written, failed) -> str:
     else:
         kept = ""
     return f"interrupted {where}: " + "; ".join(x for x in (kept, failed) if x)
+
+
+def _say(*args) -> None:
+    """A progress line, flushed: piped (to a log or tee) stdout is block-buffered and would show nothing
+    until the end."""
+    print(*args, flush=True)
 
 
 def _model_and_data(args, given, be):
@@ -440,6 +525,7 @@ def _check_json_and_plot(args, command):
 
     _check_writable(args.json, "JSON file")
     _check_writable(args.plot, "plot")
+    _check_distinct([("--json", args.json), ("--plot", args.plot)])
     if args.plot:
         pyplot("--plot", f"gpubp {command} ...")
 
@@ -477,7 +563,7 @@ def cmd_bench(args) -> int:
         kept = f"; the table above and {' and '.join(written)} hold them" if written else "; the table above holds them"
         print(f"gpubp bench: interrupted in case {result['interrupted']}: {n} case{'' if n == 1 else 's'} "
               f"finished{kept}" + (f"; {failed}" if failed else ""), file=sys.stderr)
-        return 130
+        return _INTERRUPTS.status()
     if failed:
         raise GpubpError(failed)
     return 0
@@ -580,13 +666,14 @@ def main(argv=None) -> int:
     if extra:  # the subcommand's parser says it, so the hint is "gpubp train --help"
         _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.func(args)
+        with _INTERRUPTS.installed():
+            return args.func(args)
     except GpubpError as e:
         print(f"gpubp {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gpubp {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _INTERRUPTS.status()
 
 
 def _subparser(parser, command):
