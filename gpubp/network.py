@@ -550,6 +550,8 @@ class Network:
         meta, arrays = checkpoint.load(path)
         cfg = meta["model"]
         try:  # the declared sizes must match the stored vector before anything is allocated
+            if cfg.get("gemm") not in (None, *GEMM_ROUTES):
+                raise GpubpError(f"gemm {str(cfg['gemm'])[:40]!r} is none of {', '.join(GEMM_ROUTES)}")
             sizes = check_sizes(cfg["sizes"])
             if count_parameters(sizes) != arrays["params"].size:
                 raise GpubpError(f"sizes {','.join(map(str, sizes))} need {count_parameters(sizes):,} "
