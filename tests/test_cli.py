@@ -309,3 +309,14 @@ def test_a_graph_with_tf32_from_the_command_line(capsys, tmp_path, mnist_dir):
     m = json.loads(metrics.read_text())
     assert m["config"]["graph"] is True and m["config"]["gemm"] == "blas" and m["config"]["tf32"] is True
     assert [e["mode"] for e in m["epochs"]] == ["graph", "graph"] and m["test_accuracy"] > 0.3
+
+
+@pytest.mark.parametrize("backend", ["native", "emulated"])
+def test_a_kernel_cache_that_cannot_be_written_is_one_line(tmp_path, tiny_dir, backend):
+    """XDG_CACHE_HOME under a regular file (as read-only or full, for root too): exit 2, one line."""
+    (tmp_path / "file").write_text("in the way")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "file" / "cache")}
+    res = subprocess.run([sys.executable, "-m", "gpubp", "train", "--backend", backend, "--data-dir", tiny_dir,
+                          "--no-verify", "--sizes", "10,8,10", "--epochs", "1", "--quiet"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    one_line_error(res.returncode, res.stderr, "cannot write the kernel cache", "XDG_CACHE_HOME")

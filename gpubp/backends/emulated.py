@@ -205,16 +205,20 @@ def compile_unit(unit: str, cxx: str, flags, where: Path, stem: str, what: str, 
     key = hashlib.sha256("\0".join((cxx, *flags, *key_extra, unit)).encode()).hexdigest()[:24]
     out = where / f"{stem}-{key}.so"
     if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            src = Path(tmp) / (stem + ".cpp")
-            src.write_text(unit)
-            lib = Path(tmp) / out.name
-            res = subprocess.run([cxx, *flags, "-o", str(lib), str(src)], capture_output=True, text=True)
-            if res.returncode != 0:
-                first = next((line for line in res.stderr.splitlines() if "error" in line), res.stderr.strip())
-                raise BackendUnavailable(f"{cxx} could not compile {what}: {first}")
-            os.replace(lib, out)  # atomic: a concurrent build never sees half a library
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+                src = Path(tmp) / (stem + ".cpp")
+                src.write_text(unit)
+                lib = Path(tmp) / out.name
+                res = subprocess.run([cxx, *flags, "-o", str(lib), str(src)], capture_output=True, text=True)
+                if res.returncode != 0:
+                    first = next((line for line in res.stderr.splitlines() if "error" in line), res.stderr.strip())
+                    raise BackendUnavailable(f"{cxx} could not compile {what}: {first}")
+                os.replace(lib, out)  # atomic: a concurrent build never sees half a library
+        except OSError as e:  # a read-only or full cache, or a file where its directory should be
+            raise BackendUnavailable(f"cannot write the kernel cache {where} ({e.strerror or e}): set "
+                                     f"XDG_CACHE_HOME to a writable directory with free space") from None
     return ctypes.CDLL(str(out))
 
 
