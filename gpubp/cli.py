@@ -48,7 +48,11 @@ def _sizes(text):
 _KIND_NAMES = {int: "an integer", float: "a number"}
 
 
-def _number(kind, lo, inclusive):
+MAX_EPOCHS = 1_000_000  # more would never finish; a mistyped count should be said, not started
+HEARTBEAT_SECONDS = 30.0  # a piped sweep's progress line comes at most this often
+
+
+def _number(kind, lo, inclusive, hi=None):
     def parse(text):
         try:
             v = kind(text)
@@ -56,12 +60,17 @@ def _number(kind, lo, inclusive):
             raise argparse.ArgumentTypeError(f"expected {_KIND_NAMES[kind]}, got {text!r}") from None
         if not math.isfinite(v) or (v < lo if inclusive else v <= lo):
             raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {lo}, got {text}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi:,}, got {text}")
         return v
     return parse
 
 
 def _list(kind):
     def parse(text):
+        if text.strip() and any(not s.strip() for s in text.split(",")):  # 0.5,,1 is a typo, not two values
+            raise argparse.ArgumentTypeError(f"the list {text!r} has an empty entry: give values joined by single "
+                                             f"commas, like 0.1,0.5")
         try:
             values = [kind(s.strip()) for s in text.split(",") if s.strip()]
         except ValueError:
@@ -156,7 +165,7 @@ def _train_parser(t):
                    help="learning rate (default: 3.0 for sgd, 0.3 for momentum, 0.001 for adam)")
     t.add_argument("--lmbda", type=_number(float, 0, True), default=0.0, help="L2 strength lambda (default 0.0)")
     t.add_argument("--batch-size", type=_number(int, 1, True), default=10, help="mini-batch size (default 10)")
-    t.add_argument("--epochs", type=_number(int, 0, True), default=30,
+    t.add_argument("--epochs", type=_number(int, 0, True, MAX_EPOCHS), default=30,
                    help="epochs to train (default 30); with --resume, this many MORE epochs")
     _number_args(t)
     t.add_argument("--early-stopping", type=_number(int, 1, True), default=None, metavar="N",
@@ -202,7 +211,7 @@ def _sweep_parser(s):
                    help="learning rates, e.g. 0.1,0.5 (default: the optimizer's, 3.0 for sgd)")
     s.add_argument("--lmbda", type=_list(float), default=None, help="L2 strengths, e.g. 0,5 (default 0)")
     s.add_argument("--batch-size", type=_number(int, 1, True), default=10, help="mini-batch size (default 10)")
-    s.add_argument("--epochs", type=_number(int, 1, True), default=30, help="epochs to train (default 30)")
+    s.add_argument("--epochs", type=_number(int, 1, True, MAX_EPOCHS), default=30, help="epochs to train (default 30)")
     _number_args(s)
     s.add_argument("--group-size", type=_number(int, 1, True), default=None, metavar="K",
                    help="models trained at once as one stack (default 16)")
@@ -387,6 +396,10 @@ def cmd_train(args) -> int:
         say(f"epoch {r['epoch']}/{start + args.epochs}: validation accuracy {r['validation_accuracy']:.4f}, "
             f"{cost}{r['seconds']:.2f} s ({r['mode']})")
 
+    batch = args.batch_size if "batch_size" in given or not args.resume else net.mini_batch_size
+    if batch and batch >= len(data["train"][1]):
+        print(f"gpubp train: warning: batch size {batch:,} is not less than the {len(data['train'][1]):,} training "
+              f"images: each epoch is one step over all of them", file=sys.stderr)
     interrupted = None
     try:
         with _warnings_as_lines("train"):
@@ -513,9 +526,10 @@ def cmd_evaluate(args) -> int:
     be = get_backend(args.backend)
     net = Network.load(args.model, backend=be)
     data = _load_data(args, net.sizes, f"model {args.model}", split="test")
+    began = time.perf_counter()
     test = net.measure(*data["test"], cost=False)
     print(f"{args.model}: {net}")
-    print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']})")
+    print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']}) in {time.perf_counter() - began:.2f} s")
     return 0
 
 
@@ -579,12 +593,20 @@ def cmd_sweep(args) -> int:
                          epochs=args.epochs)
     data = _load_data(args, args.sizes, "--sizes")
     plan = sweeps.groups(runs, args.group_size)
-    where = f"on Ray ({args.ray})" if args.ray else f"on backend {args.backend or 'auto'}"
+    if args.ray:
+        where = f"on Ray ({args.ray})"
+    else:
+        from .backends import get_backend
+
+        be = get_backend(args.backend)
+        where = f"on backend {be.name} ({be.device})"
     print(f"gpubp sweep: {len(runs)} runs in {len(plan)} group(s) of up to {max(map(len, plan))} models, {where}",
-          file=sys.stderr)
+          file=sys.stderr, flush=True)
+    piped = not args.quiet and not args.ray and not sys.stderr.isatty()  # no bar: a line now and then instead
     result = sweeps.sweep(runs, data=data, backend=args.backend, group_size=args.group_size, ray=args.ray,
                             threads=args.threads, progress=False if args.quiet else None,
-                            monitor_training_cost=args.train_cost)
+                            monitor_training_cost=args.train_cost,
+                            group_hook=_Heartbeat(len(plan), args.epochs) if piped else None)
     result = {**result, **provenance(args.argv)}  # the command line, where the API has none
     print(sweeps.table(result))
     print()
@@ -595,6 +617,22 @@ def cmd_sweep(args) -> int:
     if failed:
         raise GpubpError(failed)
     return 0
+
+
+class _Heartbeat:
+    """A sweep's progress as a line on stderr at most every HEARTBEAT_SECONDS, where no bar is drawn
+    (stderr piped to a log): a long sweep is seen to be alive."""
+
+    def __init__(self, groups, epochs):
+        self.groups, self.epochs, self.every = groups, epochs, HEARTBEAT_SECONDS
+        self.began = self.last = time.monotonic()
+
+    def __call__(self, group, epoch):
+        now = time.monotonic()
+        if epoch and now - self.last >= self.every:
+            self.last = now
+            print(f"gpubp sweep: group {group + 1}/{self.groups} finished epoch {epoch}/{self.epochs}, "
+                  f"{now - self.began:.0f} s so far", file=sys.stderr, flush=True)
 
 
 def cmd_plot(args) -> int:
