@@ -535,11 +535,13 @@ def cmd_evaluate(args) -> int:
 
 def _check_json_and_plot(args, command):
     """--json and --plot can be written, and --plot's matplotlib is there: fail now, not after the run."""
-    from .figures import pyplot
+    from .figures import image_format, pyplot
 
     _check_writable(args.json, "JSON file")
     _check_writable(args.plot, "plot")
     _check_distinct([("--json", args.json), ("--plot", args.plot)])
+    if args.plot:
+        image_format(args.plot)
     if args.plot:
         pyplot("--plot", f"gpubp {command} ...")
 
@@ -637,9 +639,10 @@ class _Heartbeat:
 
 def cmd_plot(args) -> int:
     from . import curves
-    from .figures import pyplot
+    from .figures import image_format, pyplot
 
     _check_writable(args.out, "plot")
+    image_format(args.out, "-o")
     pyplot("gpubp plot", "gpubp plot ...")  # fail before reading anything
     runs = [curves.load_run(p) for p in args.runs]
     names = curves.labels(runs, args.runs)
