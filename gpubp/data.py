@@ -205,7 +205,8 @@ def download(name: str, directory: Path, mirrors=None, log=None, timeout: float 
                 log(f"  failed ({e}); trying the next mirror")
                 break
     raise _DownloadFailed(name, "; ".join(failures),
-                          "check your connection, or put the four MNIST files in a directory and pass --data-dir")
+                          f"check your connection, or put the four MNIST files ({', '.join(MNIST_FILES)}, each "
+                          f"may be .gz) in a directory and set GPUBP_DATA_DIR to it, or pass --data-dir")
 
 
 class _Mismatch(Exception):

@@ -215,8 +215,9 @@ def test_dropped_connection_leaves_nothing_half_written(tiny, tmp_path):
 def test_unreachable_mirror_is_a_clear_error(tiny, tmp_path):
     with Server(tiny) as s:
         url = s.url
-    with pytest.raises(DataError, match="could not download.*--data-dir"):
+    with pytest.raises(DataError, match="could not download.*--data-dir") as e:
         D.download(NAME, tmp_path, mirrors=[url], log=lambda m: None, timeout=5)
+    assert "set GPUBP_DATA_DIR" in str(e.value) and all(name in str(e.value) for name in D.MNIST_FILES)
 
 
 def test_load_mnist_fills_the_cache_by_download_then_reuses_it(tiny, tmp_path, monkeypatch):
