@@ -212,3 +212,11 @@ def test_the_quick_start_installs_uv_from_its_wheel_where_pip_cannot(tmp_path, p
     res = run("run", "gpubp", "train", UVW_PYPI=index.as_uri())  # PIP_NO_INDEX with no links: pip fails
     assert res.returncode == 0, res.stderr
     assert res.stdout == "stand-in uv run gpubp train\n" and "fetching its wheel from PyPI" in res.stderr
+
+
+def test_what_the_examples_write_is_ignored_by_git():
+    """Run from the clone's root, the examples must not leave untracked files behind."""
+    ignored = set((ROOT / ".gitignore").read_text().splitlines())
+    flags = {"--save", "--metrics-out", "-o", "--json", "--plot"}
+    written = {a for c in examples() for prev, a in zip(gpubp_argv(c), gpubp_argv(c)[1:]) if prev in flags}
+    assert written and {f"/{name}" for name in written} <= ignored, sorted(written)
