@@ -68,7 +68,7 @@ def _number(kind, lo, inclusive, hi=None):
 
 def _list(kind):
     def parse(text):
-        if text.strip() and any(not s.strip() for s in text.split(",")):  # 0.5,,1 is a typo, not two values
+        if text.strip(" ,") and any(not s.strip() for s in text.split(",")):  # 0.5,,1 is a typo, not two values
             raise argparse.ArgumentTypeError(f"the list {text!r} has an empty entry: give values joined by single "
                                              f"commas, like 0.1,0.5")
         try:
@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmark training steps on CPU and GPU (and PyTorch eager when it imports)")
     b.add_argument("--backends", type=_list(str), default=None,
-                   help="e.g. numpy,native,cupy,emulated (default: numpy, and cupy; cupy is skipped, saying why, "
-                        "without a GPU)")
+                   help="e.g. numpy,native,cupy,emulated (default: numpy,native,cupy; cupy is skipped, saying why, "
+                        "without a GPU, and native without a C++ compiler)")
     b.add_argument("--sizes", type=_sizes, nargs="+", default=None, metavar="784,30,10",
                    help="networks, each as widths joined by commas, several allowed (default: 784,30,10 "
                         "784,100,10 784,1024,1024,10 784,4096,4096,10; --quick drops the last)")
@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--modes", type=_list(str), default=None,
                    help="eager, graph: steps issued one by one, or replayed as one captured graph where the "
                         "backend can (default: eager,graph)")
+    b.add_argument("--threads", type=_number(int, 1, True), default=None, metavar="N",
+                   help="threads of NumPy's BLAS (OpenBLAS) while timing, recorded in the JSON (default: the BLAS's "
+                        "own, usually one per core)")
     b.add_argument("--quick", action="store_true", help="a small sweep that finishes in under a minute")
     b.add_argument("--json", type=Path, metavar="OUT.json",
                    help="write every number and the machine (default: not written)")
@@ -554,10 +557,12 @@ def cmd_bench(args) -> int:
     for what, given, allowed in (("--routes", args.routes, bench.ROUTES), ("--modes", args.modes, bench.MODES)):
         if given is not None and (not given or not set(given) <= set(allowed)):
             raise GpubpError(f"{what} takes one or more of {', '.join(allowed)}, got {','.join(given) or 'nothing'}")
-    result = bench.run(backends=args.backends, sizes=args.sizes, batch_sizes=args.batch_sizes, steps=args.steps,
-                       repeats=args.repeats, dtype=args.dtype, quick=args.quick, data_dir=args.data_dir,
-                       verify=not args.no_verify, log=lambda m: print(m, file=sys.stderr),
-                       routes=args.routes or bench.ROUTES, modes=args.modes or bench.MODES)
+    with _blas_threads(args.threads):
+        result = bench.run(backends=args.backends, sizes=args.sizes, batch_sizes=args.batch_sizes, steps=args.steps,
+                           repeats=args.repeats, dtype=args.dtype, quick=args.quick, data_dir=args.data_dir,
+                           verify=not args.no_verify, log=lambda m: print(m, file=sys.stderr, flush=True),
+                           routes=args.routes or bench.ROUTES, modes=args.modes or bench.MODES)
+    result["threads"] = args.threads
     m = result["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, NumPy {m['numpy']} ({m['blas']['name']} "
           f"{m['blas']['version']}, {m['blas']['threads']} threads), GPU: {m['gpu'] or 'none'}")
@@ -583,6 +588,24 @@ def cmd_bench(args) -> int:
     if failed:
         raise GpubpError(failed)
     return 0
+
+
+@contextmanager
+def _blas_threads(n):
+    """NumPy's BLAS on ``n`` threads inside (unchanged when None), as it was after."""
+    from . import sysinfo
+
+    if n is None:
+        yield
+        return
+    before = sysinfo.set_blas_threads(n)
+    if before is None:
+        raise GpubpError(f"--threads: this NumPy's BLAS ({sysinfo.blas()['name']}) cannot be told its threads from "
+                         f"here; set OPENBLAS_NUM_THREADS={n} (or OMP_NUM_THREADS) before running instead")
+    try:
+        yield
+    finally:
+        sysinfo.set_blas_threads(before)
 
 
 def cmd_sweep(args) -> int:

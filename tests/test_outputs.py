@@ -236,3 +236,20 @@ def test_a_piped_train_prints_each_epoch_as_it_finishes(tmp_path, tiny_dir):
     finally:
         p.kill()
         p.communicate()
+
+
+def test_bench_on_a_cpu_times_the_native_backend_by_default_and_sets_the_blas_threads(capsys, tmp_path, tiny_dir,
+                                                                                      fast_bench):
+    from gpubp import sysinfo
+    from gpubp.backends import cupy_status
+
+    argv = tiny_bench(tiny_dir, tmp_path, "--threads", "1")
+    del argv[argv.index("--backends"):argv.index("--backends") + 2]
+    threads = sysinfo.blas()["threads"]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    result = json.loads((tmp_path / "b.json").read_text())
+    rows = {c["backend"] for c in result["cases"]}
+    assert {"numpy", "native"} <= rows and (cupy_status()[0] or not any(r.startswith("cupy") for r in rows))
+    assert result["threads"] == 1 and result["machine"]["blas"]["threads"] in (1, None)
+    assert sysinfo.blas()["threads"] == threads  # put back afterwards
