@@ -347,3 +347,14 @@ def test_train_and_evaluate_say_how_long_they_took(capsys, tmp_path, tiny_dir):
     assert code == 0 and re.search(r"^total \d+\.\d s$", out, re.M), out
     code, out, _ = run_cli(capsys, "evaluate", str(tmp_path / "m.npz"), "--data-dir", tiny_dir, "--no-verify")
     assert code == 0 and re.search(r"^test accuracy .* in \d+\.\d\d s$", out, re.M), out
+
+
+def test_the_seed_a_run_drew_is_printed_and_repeats_the_run(capsys, tiny_dir):
+    argv = ["train", "--data-dir", tiny_dir, "--no-verify", "--sizes", "10,8,10", "--backend", "numpy", "--epochs", "1"]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    seed = re.search(r"^gpubp train: .*, seed (\d+)$", out, re.M)
+    assert seed, out
+    again = run_cli(capsys, *argv, "--seed", seed.group(1))[1]
+    test_line = [line for line in out.splitlines() if line.startswith("test accuracy")]
+    assert test_line and test_line == [line for line in again.splitlines() if line.startswith("test accuracy")]

@@ -220,3 +220,11 @@ def test_what_the_examples_write_is_ignored_by_git():
     flags = {"--save", "--metrics-out", "-o", "--json", "--plot"}
     written = {a for c in examples() for prev, a in zip(gpubp_argv(c), gpubp_argv(c)[1:]) if prev in flags}
     assert written and {f"/{name}" for name in written} <= ignored, sorted(written)
+
+
+def test_the_quick_start_names_the_default_initialisation():
+    from gpubp import Network
+
+    text = " ".join(section("Quick start").split())
+    assert Network([784, 30, 10]).init == "network2" and "with network2's initialisation" in text
+    assert "--init large` gives network.py's N(0, 1)" in text
