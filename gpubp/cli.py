@@ -532,7 +532,8 @@ def cmd_evaluate(args) -> int:
     began = time.perf_counter()
     test = net.measure(*data["test"], cost=False)
     print(f"{args.model}: {net}")
-    print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']}) in {time.perf_counter() - began:.2f} s")
+    took = time.perf_counter() - began
+    print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']}) in {took:.2f} s")
     return 0
 
 

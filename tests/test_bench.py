@@ -109,10 +109,11 @@ def test_plot_colours_backends_and_crosses_out_flagged_cases():
     result["cases"][0]["warnings"] = ["numpy 784,30,10 batch 10: its repeats disagree by 3.0x"]
     fig = figure(result)
     lines = fig.axes[0].lines
-    colours = {l.get_label().split()[0]: l.get_color() for l in lines if l.get_label().split()[0] in ("numpy", "native")}
-    assert colours["numpy"] != colours["native"]
-    assert all(l.get_color() == colours[l.get_label().split()[0]] for l in lines if l.get_label()[:5] in ("numpy", "nativ"))
-    crossed = [l for l in lines if l.get_marker() == "x"]
+    curves = [(line.get_label().split()[0], line) for line in lines if line.get_marker() == "o"]
+    colours = {backend: line.get_color() for backend, line in curves}
+    assert set(colours) == {"numpy", "native"} and colours["numpy"] != colours["native"]
+    assert all(line.get_color() == colours[backend] for backend, line in curves)  # one colour per backend
+    crossed = [line for line in lines if line.get_marker() == "x"]
     assert len(crossed) == 1 and list(crossed[0].get_xdata()) == [10] and "not to be trusted" in crossed[0].get_label()
     plt.close(fig)
 
