@@ -26,7 +26,7 @@ def figure(result):
     if gpu_rows:
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     else:
-        fig, left = plt.subplots(1, 1, figsize=(7.5, 5.2))
+        fig, left = plt.subplots(1, 1, figsize=(10, 5.2))
     nets = sorted({tuple(c["sizes"]) for c in cases}, key=lambda s: sum(s))
     backends = list(dict.fromkeys(c["backend"] for c in cases))
     styles = ["-", "--", ":", "-."]
@@ -51,7 +51,10 @@ def figure(result):
     left.set(xscale="log", yscale="log", xlabel="batch size", ylabel="training samples / s",
              title=f"Throughput ({result['dtype']}, {result['machine']['cpu']})" + ("\nthe machine was busy: "
                                                                                  "numbers suspect" if busy else ""))
-    left.legend(fontsize=7)
+    if gpu_rows:
+        left.legend(fontsize=7)
+    else:  # one panel: the legend beside it, over no curve
+        left.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if gpu_rows:
         right.set(xscale="log", xlabel="batch size", ylabel="GPU / CPU speed-up (x)", title="CuPy vs NumPy")
         right.axhline(1.0, color="grey", lw=0.8)
