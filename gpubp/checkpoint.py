@@ -12,7 +12,6 @@ checks them against the sizes they declare before it allocates anything.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import zipfile
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GpubpError, ModelFileError
-from .fileio import atomic_path, is_stream, provenance
+from .fileio import atomic_path, provenance
 
 FORMAT = "gpubp-model"
 VERSION = 2
@@ -38,12 +37,7 @@ def save(path, meta: dict, arrays: dict) -> Path:
     meta = {**{k: v for k, v in provenance().items() if k != "argv"}, **meta}  # which gpubp wrote it, and when
     members = {"format": np.array(FORMAT), "version": np.array(VERSION), "meta": np.array(json.dumps(meta)), **arrays}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        if is_stream(tmp):  # a pipe or a device cannot seek back, as the zip writer does: build it in memory
-            buf = io.BytesIO()
-            np.savez(buf, **members)
-            f.write(buf.getbuffer())
-        else:
-            np.savez(f, **members)
+        np.savez(f, **members)
     return path
 
 

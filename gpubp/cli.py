@@ -21,7 +21,7 @@ from .backends import BACKEND_NAMES, names_with
 from .costs import COSTS
 from .data import N_CLASSES
 from .errors import GpubpError, TrainingInterrupted
-from .fileio import is_stream, provenance, same_file, write_json
+from .fileio import in_place, provenance, same_file, write_json
 from .network import GEMM_ROUTES, INIT_CHOICES, check_sizes
 from .optimizers import OPTIMIZERS
 from .training import graph_mode
@@ -191,7 +191,8 @@ def _train_parser(t):
                         "elsewhere, to see the effect on accuracy) (default: off)")
     _common(t)
     t.add_argument("--seed", type=_number(int, 0, True), default=None,
-                   help="seed for weights and shuffling, >= 0 (default: a random one, printed in the metrics)")
+                   help="seed for weights and shuffling, >= 0 (default: a random one, printed on the first line and "
+                        "in the metrics)")
     t.add_argument("--resume", type=Path, metavar="MODEL.npz",
                    help="continue the run saved in MODEL.npz: its model, optimizer state, shuffle, epoch count and "
                         "batch size; --optimizer, --eta, --lmbda, --momentum, --batch-size override the file's only "
@@ -254,7 +255,7 @@ def _check_writable(path: Path | None, what: str) -> None:
         return
     if path.is_dir():
         raise GpubpError(f"{what} {path} is a directory: give a file name")
-    if is_stream(path):  # /dev/null, /dev/stdout, a FIFO: written in place, never renamed over
+    if in_place(path):  # /dev/null, /dev/stdout, a FIFO: written in place, never renamed over
         if not os.access(path, os.W_OK):
             raise GpubpError(f"cannot write {what} {path}: it is not writable")
         return

@@ -159,6 +159,19 @@ def test_a_fifo_or_a_device_is_written_in_place_not_replaced(capsys, tmp_path, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "null"]  # no temporary file left beside
 
 
+def test_stdout_as_an_output_keeps_what_was_printed_around_it(tmp_path, tiny_dir):
+    """/proc/self/fd/1 (what /dev/stdout links to) with stdout redirected to a regular file: the metrics
+    are written through that descriptor, between the lines printed before and after, and the file stays."""
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:
+        res = subprocess.run([sys.executable, "-m", "gpubp", *tiny_train(tiny_dir, "--metrics-out", "/proc/self/fd/1")],
+                             stdout=f, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    text = out.read_text()
+    assert text.startswith("test accuracy") and text.count("\n{\n") == 1, text[:300]
+    assert json.loads(text[text.index("\n{\n"):])["config"]["sizes"] == [10, 8, 10]
+
+
 def test_an_interrupt_while_the_outputs_are_written_waits_for_them(capsys, tmp_path, tiny_dir, monkeypatch,
                                                                    fast_bench):
     """uv run delivers one Ctrl-C twice, the second while outputs are written: they must still be whole."""
