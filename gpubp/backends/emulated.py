@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import cache_root
+from ..cache import cache_root
 from ..errors import BackendUnavailable, EmulatorError, GpubpError
 from . import kernel as K
+from .host import HostArrays
 
 RUNTIME_HEADER = Path(__file__).with_name("emulator_runtime.h")  # the shim, scheduler and launchers
 CXX_FLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-fno-fast-math", "-fvisibility=hidden")
@@ -306,7 +307,7 @@ class RecordedGraph:
             node()
 
 
-class EmulatedBackend(K.KernelBackend):
+class EmulatedBackend(HostArrays, K.KernelBackend):
     """NumPy arrays; every custom kernel launch runs the CUDA source on the CPU.
 
     ``seed`` (default $GPUBP_EMULATOR_SEED, else 0) fixes the order in which a block's threads
@@ -399,13 +400,23 @@ class EmulatedBackend(K.KernelBackend):
     def matmul(self, a, b, out, tf32=False):
         if not self.capturing:
             return super().matmul(a, b, out, tf32)
-        self._record_or_run(lambda: self._product(a, b, out, None, None, tf32))
+        self._record_or_run(lambda: self.product(a, b, out, None, None, tf32))
         return out
 
     def gemm(self, a, b, out, alpha, beta, tf32=False) -> None:
         if not self.capturing:
             return super().gemm(a, b, out, alpha, beta, tf32)
-        self._record_or_run(lambda: self._product(a, b, out, alpha, beta, tf32))
+        self._record_or_run(lambda: self.product(a, b, out, alpha, beta, tf32))
+
+    def gemm_plan(self, a, b, out):
+        """A plan whose calls during a capture are recorded, through ``gemm``, as products are."""
+        plan, b0 = super().gemm_plan(a, b, out), b
+
+        def run(alpha, beta, b=None):
+            if self.capturing:
+                return self.gemm(a, b0 if b is None else b, out, alpha, beta)
+            plan(alpha, beta, b)
+        return run
 
     def empty(self, shape, dtype):
         self._refuse_in_capture("an allocation")

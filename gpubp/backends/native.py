@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import cache_root
+from ..cache import cache_root
 from ..errors import BackendUnavailable, GpubpError
 from . import emulated as E
 from . import kernel as K
@@ -241,10 +241,7 @@ class NativeBackend(E.EmulatedBackend):
 
     name = "native"
     sm_count = 1  # cooperating kernels get grids of up to BLOCKS_PER_SM blocks
-    preferred_gemm = "own"
-    graphs_by_default = True
-    gathers_per_step = True  # each mini-batch is gathered as its step starts, into a buffer that stays in cache
-    torch_device = "cpu"
+    graphs_by_default = True  # and so the own route by default (HostArrays.preferred_gemm)
 
     def __init__(self) -> None:
         super().__init__()
@@ -271,11 +268,10 @@ class NativeBackend(E.EmulatedBackend):
             return super().geometry(file, name, n)
         return (1, 1, 1), (1, 1, 1)
 
-    def launch_grid(self, name: str, grid, block, shared_mem: int, *args) -> None:
-        """A layer kernel computes its whole product in one host call; others run as given."""
-        if is_layer_kernel(name):
-            grid, block = (1, 1, 1), (1, 1, 1)
-        super().launch_grid(name, grid, block, shared_mem, *args)
+    def layer_launcher(self, name: str, grid, block):
+        """The host launcher of layer kernel entry ``name``: native_layer.h's code computes the
+        whole product in one call (the tile and grid are the GPU's business), so one 1 x 1 launch."""
+        return lambda *args: self.launch_grid(name, (1, 1, 1), (1, 1, 1), 0, *args)
 
     @staticmethod
     @functools.cache
@@ -318,8 +314,7 @@ class NativeBackend(E.EmulatedBackend):
     def empty(self, shape, dtype):
         """An uninitialised array whose data starts on a 64-byte boundary (NumPy gives 16)."""
         self._refuse_in_capture("an allocation")
-        if self.counts_own_allocs:
-            self._count("allocs")
+        self._count("allocs")
         dtype = np.dtype(dtype)
         n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         raw = np.empty(n + ALIGN, dtype=np.uint8)
