@@ -9,9 +9,10 @@ bases (``class NumpyBackend(HostArrays, Backend)``), so these methods stand in f
 gpubp.backends.base.Backend's, which are written for a device with its own memory.
 
 What follows from host memory is set here too: a step's mini-batch is gathered as the step
-starts (``gathers_per_step``: its rows stay in the CPU's cache), and where epochs replay as
-graphs by default (the native backend), a network takes the own route unless told, since the
-host BLAS's calls cannot be replayed in a graph (``preferred_gemm``).
+starts (``gathers_per_step``: its rows stay in the CPU's cache; the emulated backend, which runs
+a GPU's epoch, keeps the GPU's gather), and where epochs replay as graphs by default (the native
+backend), a network takes the own route unless told, since the host BLAS's calls cannot be
+replayed in a graph (``preferred_gemm``).
 """
 
 from __future__ import annotations

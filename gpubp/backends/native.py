@@ -242,6 +242,7 @@ class NativeBackend(E.EmulatedBackend):
     name = "native"
     sm_count = 1  # cooperating kernels get grids of up to BLOCKS_PER_SM blocks
     graphs_by_default = True  # and so the own route by default (HostArrays.preferred_gemm)
+    gathers_per_step = True  # a CPU's epoch, as on the numpy backend (the emulated one runs a GPU's)
 
     def __init__(self) -> None:
         super().__init__()
