@@ -85,11 +85,6 @@ class Launch(ctypes.Structure):
                 ("params", ctypes.POINTER(ctypes.c_void_p))]
 
 
-def is_layer_kernel(name: str) -> bool:
-    """The own route's kernels (layer_forward_*, layer_delta_*, layer_update_*, layer_output_*)."""
-    return name.startswith("layer_")
-
-
 def native_code(file: str) -> str:
     """One kernel file's code for this backend: native_layer.h inserted before its first export."""
     code = K.source(file)
@@ -102,11 +97,12 @@ def native_code(file: str) -> str:
 
 
 def translation_unit(file: str) -> str:
-    """The host translation unit: the emulator's runtime, the code, and an entry per kernel; layer
-    kernels and the kernels that never cooperate run serially, the others as the emulator runs them."""
+    """The host translation unit: the emulator's runtime, the code, and an entry per kernel; the
+    kernels that never cooperate in this code (native_layer.h's layer kernels among them) run
+    serially, the others as the emulator runs them."""
     code = native_code(file)
-    together = E.cooperative_kernels(K.source(file))
-    entries = "".join(f"GPUBP_EMU_ENTRY({n}, {'true' if n in together and not is_layer_kernel(n) else 'false'})\n"
+    together = E.cooperative_kernels(code)
+    entries = "".join(f"GPUBP_EMU_ENTRY({n}, {'true' if n in together else 'false'})\n"
                       for n in K.parse_signatures(code))
     return f'{E.runtime_header()}\n#line 1 "{Path(file).stem}.cu"\n{E.emulator_source(code)}\n{entries}'
 
@@ -277,7 +273,7 @@ class NativeBackend(E.EmulatedBackend):
     @staticmethod
     @functools.cache
     def _cooperates(file: str, name: str) -> bool:
-        return name in E.cooperative_kernels(K.source(file)) and not is_layer_kernel(name)
+        return name in E.cooperative_kernels(native_code(file))
 
     def execute(self, file, name, grid, block, args, shared_mem=0) -> None:
         kernel = self.load_kernel(file, name)  # loaded before a graph records it
