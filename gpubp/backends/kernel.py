@@ -303,7 +303,7 @@ class KernelBackend(Backend):
         the tile that suits the product (``layer_tile``), an output layer's (layer_output_<cost>)
         its one tile, TileOutput; then a block per tile."""
         sfx = suffix(dtype)
-        if f"{stem}_s{sfx}" in signatures():
+        if all(f"{stem}_{t}{sfx}" in signatures() for t in LAYER_TILES):
             t = layer_tile(M, N, self.sm_count)
             name, tile = f"{stem}_{t}{sfx}", LAYER_TILES[t]
         else:
