@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import cache_root
 from .errors import DataError
 from .fileio import atomic_path
 
@@ -60,12 +61,6 @@ class _DownloadFailed(DataError):
 
 
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def cache_root() -> Path:
-    """$XDG_CACHE_HOME/gpubp, else ~/.cache/gpubp."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "gpubp"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -97,16 +97,19 @@ def plan(backends=None, sizes=None, batch_sizes=None, steps=None, repeats=None, 
     return backends, sizes, batches, steps, repeats, skipped
 
 
+# The PyTorch device that races each backend (none beside the emulator, which proves kernels, not speed).
+TORCH_DEVICES = {"numpy": "cpu", "native": "cpu", "cupy": "cuda"}
+
+
 def torch_devices(backends):
-    """PyTorch devices to run beside ours (each backend's torch_device: "cpu" beside numpy and native,
-    "cuda" beside cupy), or why none."""
+    """PyTorch devices to run beside ours (TORCH_DEVICES of the backends benched), or why none."""
     try:
         import torch
     except ImportError:
         return [], "torch is not installed"
     from ..backends import get_backend
 
-    wanted = {get_backend(b).torch_device for b in backends} - {None}
+    wanted = {TORCH_DEVICES.get(get_backend(b).name) for b in backends} - {None}
     devices = [d for d in ("cpu", "cuda") if d in wanted and (d == "cpu" or torch.cuda.is_available())]
     return devices, None
 
