@@ -49,9 +49,7 @@ def probe() -> tuple[bool, str]:
 
 class CupyBackend(K.KernelBackend):
     name = "cupy"
-    counts_own_allocs = False  # the pool hook counts every allocation
     graphs_by_default = True
-    torch_device = "cuda"
 
     def __init__(self) -> None:
         import cupy
