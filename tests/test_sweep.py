@@ -72,15 +72,18 @@ def test_each_model_of_a_stack_trains_as_its_own_network(backend, dtype, cost, a
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_a_sweep_group_equals_gpubp_train_on_mnist(mnist, backend, dtype):
+@pytest.mark.parametrize("stack", [True, False], ids=["stack", "networks"])
+def test_a_sweep_group_equals_gpubp_train_on_mnist(mnist, backend, dtype, stack):
     """network2's setup on 300 MNIST rows: seeds x eta x lambda in one group equal separate trainings,
     weights, every epoch's validation accuracy and the test accuracy (eta <= 0.5: at eta 3, cross-
-    entropy training is chaotic and one rounding apart grows to a different network, on any backend)."""
+    entropy training is chaotic and one rounding apart grows to a different network, on any backend),
+    whether the group trains as one Stack or as eight networks in three threads."""
     data = mnist_rows(mnist)
     runs = grid([1, 2], etas=[0.1, 0.5], lmbdas=[0.0, 5.0], sizes=[784, 20, 10], cost="cross_entropy", epochs=2,
                 dtype=dtype)
-    group = train_group(runs, data, backend=backend, keep_params=True)
+    group = train_group(runs, data, backend=backend, keep_params=True, stack=stack, threads=3)
     assert group["size"] == 8 and len(group["runs"]) == 8
+    assert group["stacked"] is stack and group["threads"] == (1 if stack else 3)
     for res in group["runs"]:
         r = res["run"]
         net = Network(r["sizes"], cost=r["cost"], backend=backend, dtype=dtype, seed=r["seed"])
@@ -120,7 +123,7 @@ def test_a_stack_step_costs_the_same_launches_for_any_k(backend, optimizer):
 
 @pytest.mark.parametrize("backend", ["emulated", pytest.param("cupy", marks=pytest.mark.gpu)])
 def test_a_group_returns_nothing_to_the_host_inside_an_epoch(backend):
-    """Per epoch: the K permutations go up in one copy, one sync on each side of the clock, and one
+    """Per epoch: the K permutations go up in one copy, one sync stops the clock, and one
     copy comes back (the validation accuracy and the finiteness check, summed on the device)."""
     be = get_backend(backend)
     rng = np.random.default_rng(0)
@@ -129,9 +132,9 @@ def test_a_group_returns_nothing_to_the_host_inside_an_epoch(backend):
     counts = {}
     for epochs in (1, 3):
         with be.counters() as c:
-            train_group(grid([1, 2, 3], sizes=[20, 8, 4], epochs=epochs, eta=1.0), data, backend=be)
+            train_group(grid([1, 2, 3], sizes=[20, 8, 4], epochs=epochs, eta=1.0), data, backend=be, stack=True)
         counts[epochs] = c
-    assert counts[3].h2d - counts[1].h2d == 2 and counts[3].syncs - counts[1].syncs == 4
+    assert counts[3].h2d - counts[1].h2d == 2 and counts[3].syncs - counts[1].syncs == 2
     assert counts[3].d2h - counts[1].d2h == 2 and counts[3].allocs == counts[1].allocs
     # per epoch: 25 steps of one gather and 2L + 1 = 5 kernels; an evaluation of one fill, L = 2 bias
     # kernels, and K = 3 argmax counts and parameter sums
