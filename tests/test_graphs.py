@@ -228,3 +228,32 @@ def test_a_changed_learning_rate_is_captured_anew(backend, gemm):
                 monitor_training_cost=False)
         out[graph] = net.get_params()
     assert np.array_equal(out[True], out[False])
+
+
+def test_native_replays_run_side_by_side_in_threads():
+    """A native graph's replay takes no process-wide lock (a launch's state is per OS thread), so
+    networks trained in threads replay on as many cores: here it finishes while another thread
+    holds the emulator's launch lock, and gives the same parameters as a replay with nothing else
+    going on."""
+    import threading
+
+    from gpubp.backends import emulated
+    from gpubp.training import Epochs
+
+    X, y = data(n=200, n_in=20)
+    params = []
+    for concurrent in (False, True):
+        net = Network([20, 9, 5], backend="native", dtype="float64", seed=2, gemm="own")
+        opt = make_optimizer("sgd", eta=0.5, n=200).bind(net)
+        driver = Epochs(net, net.to_device(X), net.labels(y), 8, opt, graph=True)
+        if not concurrent:
+            driver.epoch()
+        else:
+            finished = threading.Event()
+            t = threading.Thread(target=lambda: (driver.epoch(), finished.set()))
+            with emulated.LAUNCH_LOCK:
+                t.start()
+                assert finished.wait(20), "the replay waited for the launch lock"
+            t.join()
+        params.append(net.get_params())
+    assert np.array_equal(params[0], params[1])
