@@ -264,3 +264,33 @@ def test_the_readmes_sweep_commands_parse():
         words = shlex.split(c)
         args = build_parser().parse_args(words[words.index("gpubp") + 1:])
         assert args.command == "sweep" and args.func.__name__ == "cmd_sweep"
+
+
+def test_ctrl_c_in_a_sweep_keeps_the_groups_that_finished(tmp_path, tiny_dir, capsys, monkeypatch):
+    """Ctrl-C while the third group trains: the table, JSON and plot hold the two groups that
+    finished, the JSON says it was interrupted, the last line says what was kept, exit 130."""
+    from gpubp.cli import main
+    from gpubp.sweeps import run as sweep_run
+
+    real, calls = sweep_run.train_group, []
+
+    def until_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_run, "train_group", until_ctrl_c)
+    out_json, out_png = tmp_path / "s.json", tmp_path / "s.png"
+    code = main(["sweep", "--data-dir", tiny_dir, "--no-verify", "--sizes", "10,8,10", "--seeds", "1-2",
+                 "--eta", "0.5,1,2", "--epochs", "1", "--group-size", "2", "--backend", "numpy", "--quiet",
+                 "--json", str(out_json), "--plot", str(out_png)])
+    out, err = capsys.readouterr()
+    assert code == 130, err
+    res = json.loads(out_json.read_text())
+    assert res["interrupted"] == {"groups_finished": 2, "groups": 3}
+    assert sorted((r["run"]["eta"], r["run"]["seed"]) for r in res["runs"]) == [(0.5, 1), (0.5, 2), (1.0, 1), (1.0, 2)]
+    assert "| eta 0.5, lambda 0 | 1 |" in out and "| eta 1, lambda 0 | 2 |" in out and "eta 2" not in out
+    assert out_png.read_bytes()[:4] == b"\x89PNG"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("gpubp sweep: interrupted: 2 of 3 groups finished (4 runs)") and "s.json" in last

@@ -305,7 +305,7 @@ def result(groups_done, backend=None, ray=None, seconds=None) -> dict:
                      "device": g["device"], **{k: g[k] for k in ("stacked", "threads", "node") if k in g}})
         runs += [{**r, "group": i} for r in g["runs"]]
     return {**provenance(), "machine": sysinfo.machine(), "backend": backend or "auto", "ray": ray,
-            "seconds": seconds, "groups": info, "runs": runs}
+            "seconds": seconds, "groups": info, "runs": runs, "interrupted": None}
 
 
 def _bar(show, total):
