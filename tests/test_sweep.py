@@ -3,6 +3,7 @@ NumPy, within the backends' tolerance on the kernels), a step's device work does
 and `gpubp sweep` reports, writes and plots every run."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -294,3 +295,41 @@ def test_ctrl_c_in_a_sweep_keeps_the_groups_that_finished(tmp_path, tiny_dir, ca
     assert out_png.read_bytes()[:4] == b"\x89PNG"
     last = err.strip().splitlines()[-1]
     assert last.startswith("gpubp sweep: interrupted: 2 of 3 groups finished (4 runs)") and "s.json" in last
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_stack_is_trained_by_the_same_driver_graph_and_all(optimizer):
+    """gpubp.training.Epochs trains a Stack as it trains a Network: K interleaved permutations, the
+    partial last batch, and an epoch captured as one graph (the emulator's) that replays bit for bit
+    what the eager epochs do; every model equals its own network trained by gpubp.training.train."""
+    from gpubp.training import Epochs
+
+    rng = np.random.default_rng(8)
+    X, y = rng.random((45, 20)), rng.integers(0, 5, 45)
+    seeds, etas, lmbdas = [3, 4, 5], {"sgd": [0.5, 0.2, 0.1], "adam": [0.01, 0.003, 0.02]}[optimizer], [0.0, 1.0, 2.5]
+    params = {}
+    for graph in (False, True):
+        stack = Stack([20, 9, 5], seeds, cost="log_likelihood", activation="relu", backend="emulated", dtype="float64")
+        opt = ModelOptimizers([make_optimizer(optimizer, eta=e, lmbda=lm, n=45) for e, lm in zip(etas, lmbdas)])
+        driver = Epochs(stack, stack.to_device(X), stack.labels(y), 8, opt, graph=graph)
+        with stack.be.counters() as c:
+            for _ in range(2):
+                driver.epoch()
+        assert c.graph_launches == (2 if graph else 0) and driver.mode == ("graph" if graph else "eager")
+        params[graph] = stack.get_params()
+    assert np.array_equal(params[True], params[False])
+    for i, (s, e, lm) in enumerate(zip(seeds, etas, lmbdas)):
+        net = Network([20, 9, 5], cost="log_likelihood", activation="relu", backend="emulated", dtype="float64", seed=s)
+        net.sgd((X, y), epochs=2, mini_batch_size=8, eta=e, lmbda=lm, optimizer=optimizer, monitor_training_cost=False)
+        same_params(params[True][i], net.get_params(), "emulated", "float64", f"model {i} vs its own network")
+
+
+def test_a_cpu_sweep_spreads_its_models_over_every_core_by_default():
+    rng = np.random.default_rng(1)
+    X, y = rng.random((40, 6)), rng.integers(0, 3, 40)
+    data = {"train": (X, y), "validation": (X, y), "test": (X, y)}
+    res = sweep(grid([1, 2, 3, 4, 5], sizes=[6, 4, 3], epochs=1), data=data, backend="numpy", progress=False)
+    assert res["groups"][0]["stacked"] is False
+    assert res["groups"][0]["threads"] == min(5, os.cpu_count() or 1)
+    assert sweep(grid([1, 2], sizes=[6, 4, 3], epochs=1), data=data, backend="numpy", threads=1,
+                 progress=False)["groups"][0]["threads"] == 1
