@@ -257,3 +257,25 @@ def test_native_replays_run_side_by_side_in_threads():
             t.join()
         params.append(net.get_params())
     assert np.array_equal(params[0], params[1])
+
+
+def test_a_sweep_on_cupy_is_one_stack_captured_as_a_graph(cupy_be):
+    """Through the CuPy stand-in: a group is one Stack (its batched products through our binding),
+    its epochs captured and replayed as graphs by the same driver as one network's, each model
+    equal to its own network trained on NumPy."""
+    from gpubp.sweeps import grid, train_group
+
+    be, fake = cupy_be
+    X, y = data(n=45)
+    sets = {"train": (X, y), "validation": (X[:20], y[:20]), "test": (X[:20], y[:20])}
+    runs = grid([1, 2, 3], etas=[0.2, 0.5], sizes=[20, 9, 5], cost="log_likelihood", epochs=2, dtype="float64",
+                batch_size=8)
+    group = train_group(runs, sets, backend=be, keep_params=True)
+    assert group["stacked"] is True and group["size"] == 6
+    assert all(r["mode"] == "graph" for res in group["runs"] for r in res["history"])
+    assert fake.calls["captured"] > 0 and any("gemm" in str(c) for c in fake.cublas_lib.calls)
+    for res in group["runs"]:
+        r = res["run"]
+        net = Network([20, 9, 5], cost="log_likelihood", backend="numpy", dtype="float64", seed=r["seed"])
+        net.sgd((X, y), epochs=2, mini_batch_size=8, eta=r["eta"], monitor_training_cost=False)
+        np.testing.assert_allclose(res["params"], net.get_params(), rtol=1e-10, atol=1e-12)
