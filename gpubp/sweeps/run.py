@@ -54,7 +54,8 @@ def train_group(runs, data, backend=None, monitor_training_cost=False, on_epoch=
     threads: K networks train that many at once, a thread each (default: every core); a stack is one thread.
 
     Returns {"runs": one result per run, "size", "seconds" (the group's epochs, wall-clock), "backend",
-    "device", "stacked", "threads"}; keep_params adds each run's trained parameters (a host array, not JSON) to its result."""
+    "device", "stacked", "threads"}; keep_params adds each run's trained parameters (a host array, not
+    JSON) to its result."""
     group = Group(runs, data, backend, stack=stack, threads=threads)
     K, epochs = len(runs), runs[0]["epochs"]
     histories, diverged = [[] for _ in runs], [None] * K
