@@ -97,9 +97,9 @@ def train(net, training_data, epochs=30, mini_batch_size=None, eta=None, lmbda=N
         cupy backend when it can, True = always (or an error saying why not), False = eager.
 
     Each record: {"epoch" (counted from 1 over the network's life), "seconds" (training only,
-    synchronized; see Epochs for the clock), "capture_seconds" (capturing the epoch's graph, apart:
-    the first epoch's, and any recapture's), "eval_seconds", "mode" ("graph" or "eager"), "train_cost" (or None),
-    "validation_accuracy" (or None)}.
+    synchronized; see Epochs for the clock), "eval_seconds", "mode" ("graph" or "eager"), "train_cost" (or None),
+    "validation_accuracy" (or None)}, and "capture_seconds" in an epoch that captured its graph
+    (workspaces, kernel loading, capture and instantiation: set-up, not in "seconds").
     Warns (TrainingWarning) when validation accuracy stays at chance or the training cost stops
     moving for two epochs. Raises TrainingDiverged when the cost becomes NaN or infinite, and
     TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C, with the network put back to its state
@@ -285,7 +285,7 @@ class Epochs:
                 self.batches[m] = (Xb, Yb, Xb.reshape(self.K * m, cx), Yb.reshape(self.K * m, cy))
         self.graph = bool(graph)
         self.replay: EpochGraph | None = None
-        self.capture_seconds = 0.0  # capture time (and the warm-up before it), apart from the epochs' seconds
+        self.capture_seconds = None  # seconds spent capturing (None: no capture since the caller last took it)
 
     @property
     def mode(self) -> str:
@@ -351,7 +351,7 @@ class Epochs:
         self.replay = None  # the old graph goes before the new one is recorded
         t0 = time.perf_counter()
         self.replay = EpochGraph(self, baked)
-        self.capture_seconds += time.perf_counter() - t0
+        self.capture_seconds = (self.capture_seconds or 0.0) + time.perf_counter() - t0
 
 
 class EpochGraph:
@@ -359,15 +359,15 @@ class EpochGraph:
     graph holds raw pointers only, so the model (its parameters and workspaces), the optimizer (its
     state) and the driver's data and batch buffers stay alive as long as the graph does.
 
-    Before capture: the workspaces of both batch sizes, the optimizer's state and every kernel are
-    made (nothing may be allocated or loaded while a stream captures: the pool's addresses would be
-    baked in), and the backend prepares what its capture needs."""
+    Before capture: the workspaces of both batch sizes and the optimizer's state are made (nothing
+    may be allocated or loaded while a stream captures: the pool's addresses would be baked in), and
+    the backend's prepare_capture makes what its capture needs, the kernels loaded included. Nothing
+    here waits for the device: an epoch's one sync stops its clock."""
 
     def __init__(self, epochs: Epochs, baked: tuple):
         model, be = epochs.model, epochs.be
         workspaces = [model.workspace(m) for m in batch_rows(epochs.n, epochs.bs)]
         epochs.opt.bind(model)
-        be.warmup()
         be.prepare_capture(model.gemm)
         with be.capture() as graph:
             epochs._steps()
@@ -387,13 +387,15 @@ def _epoch(run: _Run) -> dict:
     finally:
         if bar is not None:
             bar.close()
-    capture, run.driver.capture_seconds = run.driver.capture_seconds, 0.0
+    capture, run.driver.capture_seconds = run.driver.capture_seconds, None
 
     net.epochs_trained += 1
     epoch = net.epochs_trained
     t1 = time.perf_counter()
-    record = {"epoch": epoch, "seconds": seconds, "capture_seconds": capture, "train_cost": None,
-              "validation_accuracy": None, "mode": run.driver.mode}
+    record = {"epoch": epoch, "seconds": seconds, "train_cost": None, "validation_accuracy": None,
+              "mode": run.driver.mode}
+    if capture is not None:
+        record["capture_seconds"] = capture
     # the training cost (or, without it, the parameters' finiteness) and the validation accuracy,
     # summed on the device and brought back in one copy
     X, labels = run.driver.X, run.driver.labels

@@ -47,8 +47,7 @@ def test_history_records_and_callback():
               evaluation_data=(X, y), on_epoch=seen.append, progress=False)
     assert [r["epoch"] for r in h] == [1, 2, 3] and seen == h  # counted from 1, as the console does
     for r in h:
-        assert set(r) == {"epoch", "seconds", "capture_seconds", "eval_seconds", "train_cost", "validation_accuracy",
-                          "mode"}
+        assert set(r) == {"epoch", "seconds", "eval_seconds", "train_cost", "validation_accuracy", "mode"}
         assert r["mode"] == "eager"  # numpy has no graphs
         assert 0 <= r["validation_accuracy"] <= 1 and r["train_cost"] > 0
 
@@ -202,16 +201,16 @@ def test_bad_training_data():
 # ---------------------------------------------------------------------------------------------
 
 def test_a_graphs_capture_is_timed_apart_from_the_epochs_training():
-    """Epoch 1 in graph mode: warm-up and capture go to capture_seconds, not to seconds; later
-    epochs replay the same graph and capture nothing; an eager run captures nothing at all."""
+    """Epoch 1 in graph mode: its capture goes to capture_seconds, not to seconds; later epochs
+    replay the same graph and have no capture_seconds; nor has an eager run."""
     X, y = toy(n=60)
     graph = train(Network([6, 5, 3], backend="emulated", seed=1, gemm="own"), (X, y), epochs=3, mini_batch_size=7,
                   eta=0.5, graph=True, progress=False)
-    assert graph[0]["capture_seconds"] > 0 and [r["capture_seconds"] for r in graph[1:]] == [0.0, 0.0]
+    assert graph[0]["capture_seconds"] > 0 and not any("capture_seconds" in r for r in graph[1:])
     assert all(r["seconds"] > 0 and r["mode"] == "graph" for r in graph)
     eager = train(Network([6, 5, 3], backend="emulated", seed=1, gemm="own"), (X, y), epochs=2, mini_batch_size=7,
                   eta=0.5, graph=False, progress=False)
-    assert [r["capture_seconds"] for r in eager] == [0.0, 0.0]
+    assert not any("capture_seconds" in r for r in eager)
 
 
 def test_a_captured_graph_keeps_alive_everything_it_recorded():

@@ -80,7 +80,7 @@ def ours(backend, sizes, batch, dtype, steps, data, gemm="blas", graph=False) ->
     with be.counters() as c:
         driver.epoch()
     return Contender(driver.epoch, math.ceil(rows / batch), be.synchronize, be.device,
-                     warm + driver.capture_seconds, c.as_dict())
+                     warm + (driver.capture_seconds or 0.0), c.as_dict())
 
 
 def torch_trainer(device, sizes, dtype, data):

@@ -147,16 +147,16 @@ class Group:
         """Driver i's epoch and evaluation: (finite per model, record per model)."""
         d = self.drivers[i]
         seconds = d.epoch()
-        capture, d.capture_seconds = d.capture_seconds, 0.0
+        capture, d.capture_seconds = d.capture_seconds, None
         d.model.epochs_trained += 1
         t1 = time.perf_counter()
         lmbdas = self.lmbdas if self.stack is not None else self.lmbdas[i]
         sets = [(*self.validation[i], 0.0, False, True), (d.X, d.labels, lmbdas, monitor_training_cost, False)]
         accuracy, train = d.model.measure_models(sets)
         eval_seconds = time.perf_counter() - t1
-        records = [{"epoch": epoch, "seconds": seconds, "capture_seconds": capture, "eval_seconds": eval_seconds,
-                    "train_cost": t["cost"], "validation_accuracy": a["accuracy"], "mode": d.mode}
-                   for a, t in zip(accuracy, train)]
+        records = [{"epoch": epoch, "seconds": seconds, "eval_seconds": eval_seconds, "train_cost": t["cost"],
+                    "validation_accuracy": a["accuracy"], "mode": d.mode,
+                    **({} if capture is None else {"capture_seconds": capture})} for a, t in zip(accuracy, train)]
         return [t["finite"] for t in train], records
 
     def test(self) -> list[dict]:
