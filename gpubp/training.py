@@ -291,10 +291,15 @@ class Epochs:
     def mode(self) -> str:
         return "graph" if self.graph else "eager"
 
-    def epoch(self, bar=None) -> float:
-        """One epoch of every step, eagerly or as one replay of the captured graph; its seconds."""
+    def prepare(self) -> None:
+        """Capture the epoch's graph if it is due (graph mode: the first epoch, or what it baked in
+        changed); ``epoch`` does it too. Outside every epoch's clock."""
         if self.graph:
             self._ensure_graph()
+
+    def epoch(self, bar=None) -> float:
+        """One epoch of every step, eagerly or as one replay of the captured graph; its seconds."""
+        self.prepare()
         t0 = time.perf_counter()
         self._begin_epoch()
         if self.graph:
@@ -381,6 +386,7 @@ class EpochGraph:
 def _epoch(run: _Run) -> dict:
     """One epoch through the driver, then the evaluations, brought back in one copy."""
     net, opt = run.net, run.opt
+    run.driver.prepare()  # any capture first: a capture that fails leaves no progress bar open
     bar = _bar(run.show, run.driver.n, net.epochs_trained + 1, run.total)
     try:
         seconds = run.driver.epoch(bar)
