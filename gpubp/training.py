@@ -275,7 +275,7 @@ class Epochs:
         self.order = be.empty((self.K * n,), np.int64)  # each epoch's permutations go up into this one buffer
         self.gather = be.kernel("gather_rows", dt)
         cx, cy = X.shape[1], self.Y.shape[1]
-        if self.K == 1 and not be.gathers_per_step:  # the whole set, gathered in the epoch's order once an epoch
+        if not model.lead and not be.gathers_per_step:  # the whole set, gathered in the epoch's order once an epoch
             self.whole = (be.empty(X.shape, dt), be.empty(self.Y.shape, dt))
             self.batches = None
         else:  # per step: {rows m: (X batch (*lead, m, n_0), Y batch, the same as K*m gather rows)}

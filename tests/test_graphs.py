@@ -280,3 +280,19 @@ def test_a_sweep_on_cupy_is_one_stack_captured_as_a_graph(cupy_be):
         net = Network([20, 9, 5], cost="log_likelihood", backend="numpy", dtype="float64", seed=r["seed"])
         net.sgd((X, y), epochs=2, mini_batch_size=8, eta=r["eta"], monitor_training_cost=False)
         np.testing.assert_allclose(res["params"], net.get_params(), rtol=1e-10, atol=1e-12)
+
+
+def test_a_group_of_one_run_on_cupy_is_a_stack_of_one(cupy_be):
+    """A group of one run on CuPy is a Stack of K = 1, its batches gathered per step with their model
+    axis (1, m, n_0), equal to its own network."""
+    from gpubp.sweeps import grid, train_group
+
+    be, fake = cupy_be
+    X, y = data(n=45)
+    sets = {"train": (X, y), "validation": (X[:20], y[:20]), "test": (X[:20], y[:20])}
+    group = train_group(grid([4], etas=[0.5], sizes=[20, 9, 5], epochs=1, dtype="float64", batch_size=8), sets,
+                        backend=be, keep_params=True)
+    net = Network([20, 9, 5], backend="numpy", dtype="float64", seed=4)
+    net.sgd((X, y), epochs=1, mini_batch_size=8, eta=0.5, monitor_training_cost=False)
+    assert group["stacked"] is True
+    np.testing.assert_allclose(group["runs"][0]["params"], net.get_params(), rtol=1e-10, atol=1e-12)
