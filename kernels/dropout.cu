@@ -6,6 +6,9 @@
 // NumPy reference: gpubp.reference.dropout.
 // Launch: 1-D grid-stride over n, block 256.
 // Tolerance: float32 atol=0 rtol=6e-8; float64 atol=0 rtol=1.2e-16 (one rounding, of the product)
+// sm_90 (nvcc -Xptxas -v, 256-thread blocks): registers, shared memory, occupancy
+//   dropout_f32                       22 regs      0 B smem 100% occupancy (threads)
+//   dropout_f64                       26 regs      0 B smem 100% occupancy (threads)
 #include "gpubp.cuh"
 #include "dropout.cuh"
 
