@@ -344,7 +344,7 @@ class Epochs:
     def _step(self, Xb, Yb, step: int) -> None:
         """One training step on a gathered batch (the epoch's ``step``-th, which picks its dropout masks):
         the place for a per-step feature."""
-        self.model.step(Xb, Yb, self.opt, step=step)
+        self.model.step(Xb, Yb, self.opt, step)
 
     def _baked(self) -> tuple:
         """What a captured graph keeps as it was at capture: each optimizer's kind and hyperparameters
