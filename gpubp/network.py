@@ -156,7 +156,8 @@ class Network:
         self.sizes = check_sizes(sizes)
         self.cost, self.activation = get_cost(cost), get_activation(activation)
         self.dtype, self.tf32, self.seed = check_settings(dtype, init, tf32, seed)
-        self.dropout, self.input_dropout = check_dropout(dropout, "dropout"), check_dropout(input_dropout, "input_dropout")
+        self.dropout = check_dropout(dropout, "dropout")
+        self.input_dropout = check_dropout(input_dropout, "input_dropout")
         if (self.dropout or self.input_dropout) and self.lead:
             raise GpubpError("dropout trains one network at a time, not a stack: train each model on its own")
         if (self.dropout or self.input_dropout) and self.seed >= 2**64:

@@ -136,7 +136,8 @@ class OwnRoute(BlasRoute):
 
     def forward(self, l, ws) -> None:
         net = self.net
-        args = (ws.A[l + 1], ws.A[l], net.weights[l], net.biases[l], ws.m, net.sizes[l], net.sizes[l + 1], int(net.tf32))
+        args = (ws.A[l + 1], ws.A[l], net.weights[l], net.biases[l], ws.m, net.sizes[l], net.sizes[l + 1],
+                int(net.tf32))
         ws.route["forward"][l](*args, *self.mask(l + 1, ws))
 
     infer = BlasRoute.infer

@@ -3,10 +3,10 @@
 //   bias_relu_models: the same for K stacked models, each row block with its model's b (activation.cuh)
 //   relu_delta:  G <- G * (a > 0 ? 1 : 0)      relu'(z) from the stored a = max(z, 0); 0 at z = 0
 // NumPy reference: gpubp.reference.layer_forward_*, gpubp.reference.layer_delta_*, gpubp.reference.bias_relu, gpubp.reference.bias_relu_models, gpubp.reference.relu_delta.
-// Dropout (dropout.cuh): bias_relu_drop, relu_delta_drop, layer_forward_relu_drop_{s,l}, layer_delta_relu_drop_{s,l}, the
-// same with each hidden output times its factor r (BP2: f' from the undropped a / r, times r); NumPy reference:
-// gpubp.reference.bias_relu_drop etc.; tolerances: the plain kernel's, atol times r, and the products by r
-// (tests/test_dropout.py).
+// Dropout (dropout.cuh): bias_relu_drop, relu_delta_drop, layer_forward_relu_drop_{s,l},
+// layer_delta_relu_drop_{s,l}, the same with each hidden output times its factor r (BP2: f' from the
+// undropped a / r, times r); NumPy reference: gpubp.reference.bias_relu_drop etc.; tolerances: the plain
+// kernel's, atol times r, and the products by r (tests/test_dropout.py).
 // Launch: bias_, bias_..._models and _delta 1-D grid-stride, block 256; layer_forward_/layer_delta_ _s and _l a 2-D grid of
 // 256-thread blocks, one per TileSmall or TileLarge tile (layer.cuh).
 // Tolerance bias_relu* vs a float64 max(Z+b, 0), |x - ref| <= atol + rtol*|ref|: float32 atol=1e-30 rtol=6e-8; float64 atol=1e-300 rtol=1.2e-16

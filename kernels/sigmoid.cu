@@ -4,10 +4,10 @@
 //   bias_sigmoid_models: the same for K stacked models, each row block with its model's b (activation.cuh)
 //   sigmoid_delta:  G <- G * a*(1-a)           sigma'(z) from the stored a = sigma(z)
 // NumPy reference: gpubp.reference.layer_forward_*, gpubp.reference.layer_delta_*, gpubp.reference.bias_sigmoid, gpubp.reference.bias_sigmoid_models, gpubp.reference.sigmoid_delta.
-// Dropout (dropout.cuh): bias_sigmoid_drop, sigmoid_delta_drop, layer_forward_sigmoid_drop_{s,l}, layer_delta_sigmoid_drop_{s,l}, the
-// same with each hidden output times its factor r (BP2: f' from the undropped a / r, times r); NumPy reference:
-// gpubp.reference.bias_sigmoid_drop etc.; tolerances: the plain kernel's, atol times r, and the products by r
-// (tests/test_dropout.py).
+// Dropout (dropout.cuh): bias_sigmoid_drop, sigmoid_delta_drop, layer_forward_sigmoid_drop_{s,l},
+// layer_delta_sigmoid_drop_{s,l}, the same with each hidden output times its factor r (BP2: f' from the
+// undropped a / r, times r); NumPy reference: gpubp.reference.bias_sigmoid_drop etc.; tolerances: the plain
+// kernel's, atol times r, and the products by r (tests/test_dropout.py).
 // Launch: bias_, bias_..._models and _delta 1-D grid-stride, block 256; layer_forward_/layer_delta_ _s and _l a 2-D grid of
 // 256-thread blocks, one per TileSmall or TileLarge tile (layer.cuh).
 // Tolerance bias_sigmoid* vs a float64 1/(1+exp(-(Z+b))): float32 atol=1e-6 rtol=0; float64 atol=1e-15 rtol=0

@@ -4,10 +4,10 @@
 //   tanh_delta:  G <- G * (1 - a)*(1 + a)      tanh'(z) = 1 - tanh(z)^2, from the stored a = tanh(z);
 //                written as a product, which does not cancel near |a| = 1 as 1 - a*a would
 // NumPy reference: gpubp.reference.layer_forward_*, gpubp.reference.layer_delta_*, gpubp.reference.bias_tanh, gpubp.reference.bias_tanh_models, gpubp.reference.tanh_delta.
-// Dropout (dropout.cuh): bias_tanh_drop, tanh_delta_drop, layer_forward_tanh_drop_{s,l}, layer_delta_tanh_drop_{s,l}, the
-// same with each hidden output times its factor r (BP2: f' from the undropped a / r, times r); NumPy reference:
-// gpubp.reference.bias_tanh_drop etc.; tolerances: the plain kernel's, atol times r, and the products by r
-// (tests/test_dropout.py).
+// Dropout (dropout.cuh): bias_tanh_drop, tanh_delta_drop, layer_forward_tanh_drop_{s,l},
+// layer_delta_tanh_drop_{s,l}, the same with each hidden output times its factor r (BP2: f' from the
+// undropped a / r, times r); NumPy reference: gpubp.reference.bias_tanh_drop etc.; tolerances: the plain
+// kernel's, atol times r, and the products by r (tests/test_dropout.py).
 // Launch: bias_, bias_..._models and _delta 1-D grid-stride, block 256; layer_forward_/layer_delta_ _s and _l a 2-D grid of
 // 256-thread blocks, one per TileSmall or TileLarge tile (layer.cuh).
 // Tolerance bias_tanh* vs a float64 tanh(Z+b): float32 atol=2e-6 rtol=0; float64 atol=1e-15 rtol=0 (bounded by 1).

@@ -123,7 +123,8 @@ def test_layer_drop_kernels(backend, dtype, tile, act, m, n_in, n_out):
     NumPy reference, at sizes that are multiples of no tile, into poisoned outputs."""
     be, npb = get_backend(backend), get_backend("numpy")
     rng = np.random.default_rng(m * 7919 + n_in * 31 + n_out)
-    A_in, W, b = edged(rng, (m, n_in), 0.5), rng.standard_normal((n_out, n_in)) / np.sqrt(n_in), rng.standard_normal(n_out)
+    A_in, W = edged(rng, (m, n_in), 0.5), rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)
+    b = rng.standard_normal(n_out)
     a, w, b64 = (np.asarray(x, dtype).astype(np.float64) for x in (A_in, W, b))
     r = factors64(1, (m, n_out), dtype)
     grid, block = K.layer_launch(m, n_out, K.LAYER_TILES[tile])
@@ -211,7 +212,8 @@ def cost_with_masks(params, net, X, Y, epoch, step):
         if l == net.L - 1:
             A = OUTPUT64[net.cost.name](z)
         else:
-            A = ACT64[net.activation.name](z) * factors64(l + 1, z.shape, np.float64, net.dropout, net.seed, epoch, step)
+            r = factors64(l + 1, z.shape, np.float64, net.dropout, net.seed, epoch, step)
+            A = ACT64[net.activation.name](z) * r
     if net.cost.name == "quadratic":
         return 0.5 * np.sum((A - Y) ** 2) / len(X)
     if net.cost.name == "cross_entropy":
