@@ -6,8 +6,10 @@ at sizes 1, 255, 257 and 10_007 (not multiples of the block of 256), in float32 
 outputs are poisoned before a kernel writes them.
 """
 
+import hashlib
 import inspect
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -23,6 +25,7 @@ from gpubp.activations import ACTIVATIONS, SOFTMAX
 from gpubp.backends import get_backend
 from gpubp.backends import kernel as K
 from gpubp.costs import COSTS
+from gpubp.data import cache_root
 from gpubp.errors import GpubpError
 from gpubp.optimizers import OPTIMIZERS
 
@@ -62,45 +65,102 @@ def cupy_options(arch_option):
             "--device-as-default-execution-space"]
 
 
-def nvrtc_compile(nvrtc, file, arch_option, get):
-    """NVRTC's output (getCUBIN or getPTX) for one kernel file, or the error and NVRTC's log."""
+def nvrtc_compile(nvrtc, file, arch):
+    """NVRTC's cubin for sm_<arch> of one kernel file and the PTX it went through, or the error and
+    NVRTC's log."""
     prog = nvrtc.createProgram(K.source(file), file, [], [])
     try:
         try:
-            nvrtc.compileProgram(prog, cupy_options(arch_option))
+            nvrtc.compileProgram(prog, cupy_options(f"-arch=sm_{arch}"))
         except nvrtc.NVRTCError as e:
-            return f"NVRTC failed on {file} with {arch_option}: {e}\n{nvrtc.getProgramLog(prog)}"
-        out = getattr(nvrtc, get)(prog)
-        return out.decode() if get == "getPTX" and isinstance(out, bytes) else out
+            return f"NVRTC failed on {file} with -arch=sm_{arch}: {e}\n{nvrtc.getProgramLog(prog)}"
+        ptx = nvrtc.getPTX(prog)
+        return nvrtc.getCUBIN(prog), ptx.decode() if isinstance(ptx, bytes) else ptx
     finally:
         nvrtc.destroyProgram(prog)
 
 
+NVCC_GENCODE = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in (75, 80, 90)]
+
+
+def nvcc_command(path):
+    """nvcc for sm_75/80/90 with ptxas's report (-Xptxas -v); --fatbin stops before the host compile,
+    which tells nothing about the kernels."""
+    return ["nvcc", *NVCC_GENCODE, "-Xptxas", "-v", "--fatbin", "-o", os.devnull, str(path)]
+
+
+class CompileCache:
+    """Compile results kept by a hash of everything that decides them: the source, the options and the
+    compiler's version. A source, option or compiler that changes misses, so a hit is the result that
+    compiling now would give. Failures are not kept (they compile again, with their message, next
+    time). In $XDG_CACHE_HOME/gpubp/kernel-checks (else ~/.cache), beside the backends' builds."""
+
+    def __init__(self, tool):
+        self.dir = cache_root() / "kernel-checks"
+        self.tool = tool
+
+    def path(self, *parts):
+        h = hashlib.sha256("\0".join([self.tool, *map(str, parts)]).encode()).hexdigest()[:32]
+        return self.dir / f"{h}.pickle"
+
+    def get(self, *parts):
+        try:
+            return pickle.loads(self.path(*parts).read_bytes())
+        except (OSError, pickle.UnpicklingError, EOFError):
+            return None
+
+    def put(self, value, *parts):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.path(*parts)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(pickle.dumps(value))
+        os.replace(tmp, path)  # readers in other processes see the whole file or none
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """Every kernel file through nvcc (sm_75/80/90, -Xptxas -v) and NVRTC (a cubin for sm_75/80/90 and
-    PTX for compute_90), all at once: the nvcc processes start first and the NVRTC compiles run on
-    two threads beside them (NVRTC lets go of the GIL), so the compiles share the machine's cores.
-    Returns {"nvcc": {file: (status, report)}, "nvrtc": {(file, arch): cubin or error text}, "ptx": {...}}."""
+    """Every kernel file through nvcc (sm_75/80/90, -Xptxas -v) and NVRTC (a cubin for sm_75/80/90, and
+    the PTX of sm_90's), all at once: the nvcc processes start first and the NVRTC compiles run on two
+    threads beside them (NVRTC lets go of the GIL), so the compiles share the machine's cores. Results
+    come from CompileCache when the source, options and compiler are those compiled before.
+    Returns {"nvcc": {file: (status, report)}, "nvrtc": {(file, arch): cubin or error text, (file, "ptx"):
+    PTX}}."""
     nvrtc = need_nvrtc()
-    procs = {}
+    import cupy
+
+    reports, procs = {}, {}
     if shutil.which("nvcc"):
+        nvcc_cache = CompileCache(subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout)
         tmp = tmp_path_factory.mktemp("nvcc")
-        gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in (75, 80, 90)]
         for f in K.kernel_files():
-            (tmp / f).write_text(K.source(f))
-            procs[f] = subprocess.Popen(["nvcc", *gencode, "-Xptxas", "-v", "-c", "-o", os.devnull, str(tmp / f)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    jobs = [(f, a, f"-arch=sm_{a}", "getCUBIN") for f in K.kernel_files() for a in (75, 80, 90)]
-    jobs += [(f, "ptx", "-arch=compute_90", "getPTX") for f in K.kernel_files()]
+            reports[f] = nvcc_cache.get(nvcc_command(f), K.source(f))
+            if reports[f] is None:
+                (tmp / f).write_text(K.source(f))
+                procs[f] = subprocess.Popen(nvcc_command(tmp / f), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                            text=True)
+    nvrtc_cache = CompileCache(f"NVRTC {nvrtc.getVersion()} CuPy {cupy.__version__}")
+    results, jobs = {}, []
+    for f in K.kernel_files():
+        for a in (75, 80, 90):
+            hit = nvrtc_cache.get(cupy_options(f"-arch=sm_{a}"), K.source(f))
+            if hit is None:
+                jobs.append((f, a))
+            else:
+                results[f, a] = hit
     with ThreadPoolExecutor(2) as pool:
-        outs = list(pool.map(lambda j: nvrtc_compile(nvrtc, j[0], j[2], j[3]), jobs))
-    results = {(f, a): out for (f, a, _, _), out in zip(jobs, outs)}
-    reports = {}
+        outs = list(pool.map(lambda j: nvrtc_compile(nvrtc, *j), jobs))
+    for (f, a), out in zip(jobs, outs):
+        results[f, a] = out
+        if isinstance(out, tuple):
+            nvrtc_cache.put(out, cupy_options(f"-arch=sm_{a}"), K.source(f))
     for f, p in procs.items():  # a report is a few kB: the pipes never fill while another is read
         _, stderr = p.communicate()
         reports[f] = (p.returncode, stderr)
-    return {"nvcc": reports, "nvrtc": results}
+        if p.returncode == 0:
+            nvcc_cache.put(reports[f], nvcc_command(f), K.source(f))
+    cubins = {k: v[0] if isinstance(v, tuple) else v for k, v in results.items()}
+    cubins.update({(f, "ptx"): v[1] if isinstance(v, tuple) else v for (f, a), v in results.items() if a == 90})
+    return {"nvcc": reports, "nvrtc": cubins}
 
 
 def ptx_entries(ptx):
