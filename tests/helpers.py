@@ -44,8 +44,32 @@ def softmax64(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
+# The float64 formulas every test compares against, written once (independently of gpubp.reference):
+# each activation f(z), its derivative from the output a = f(z), each cost's output activation and its
+# output error delta^L(a, y) before the 1/m scale (BP1).
 ACT64 = {"sigmoid": sigmoid64, "tanh": np.tanh, "relu": lambda z: np.maximum(z, 0.0)}
+# tanh' as a product: 1 - a*a cancels near |a| = 1 even in float64
+PRIME64 = {"sigmoid": lambda a: a * (1 - a), "tanh": lambda a: (1 - a) * (1 + a), "relu": lambda a: (a > 0) * 1.0}
 OUTPUT64 = {"quadratic": sigmoid64, "cross_entropy": sigmoid64, "log_likelihood": softmax64}
+DELTA64 = {"quadratic": lambda a, y: (a - y) * a * (1 - a), "cross_entropy": lambda a, y: a - y,
+           "log_likelihood": lambda a, y: a - y}
+
+
+def backends(where=None):
+    """One pytest parameter per registered backend (gpubp.backends.REGISTRY, so a new backend joins
+    every test that parametrizes with this) whose class passes the capability filter ``where`` (e.g.
+    ``lambda b: b.compiles_kernels``); the backend that needs a GPU (the one gpubp.backends.cupy_status
+    probes) carries the gpu mark, so it skips with the reason here and runs under --require-gpu."""
+    import importlib
+
+    from gpubp import backends as B
+
+    params = []
+    for name, module in B.REGISTRY.items():
+        cls = importlib.import_module(f"gpubp.backends.{module}").BACKEND
+        if where is None or where(cls):
+            params.append(pytest.param(name, marks=pytest.mark.gpu) if module == "cupy" else name)
+    return params
 
 
 def forward64(weights, biases, X, cost="quadratic", activation="sigmoid"):

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import kernel_resources
 import numpy as np
 import pytest
-from helpers import assert_close, sigmoid64
+from helpers import ACT64, DELTA64, PRIME64, assert_close, backends, softmax64
 
 from gpubp import reference
 from gpubp.activations import ACTIVATIONS, SOFTMAX
@@ -31,7 +31,8 @@ from gpubp.optimizers import OPTIMIZERS
 
 SIZES = [1, 255, 257, 10_007]
 DTYPES = [np.float32, np.float64]
-BACKENDS = ["numpy", "emulated", pytest.param("cupy", marks=pytest.mark.gpu)]
+# Every registered backend runs every kernel by name (numpy: its NumPy reference).
+BACKENDS = backends()
 # 2-D kernels: (rows, cols) with rows*cols = n, so the bias/row structure is exercised too
 SHAPES = {1: (1, 1), 255: (17, 15), 257: (1, 257), 10_007: (10_007, 1)}
 # The _models kernels of K stacked networks: (models, rows per model, cols) for the bias kernels and
@@ -266,17 +267,11 @@ def run(be, stem, dtype, n, *args):
     be.kernel(stem, dtype)(n, *args)
 
 
-# float64 formulas, written independently of gpubp.reference
-FORWARD64 = {"sigmoid": sigmoid64, "tanh": np.tanh, "relu": lambda z: np.where(z > 0, z, 0.0)}
-# tanh' as a product: 1 - a*a cancels near |a| = 1 even in float64
-PRIME64 = {"sigmoid": lambda a: a * (1 - a), "tanh": lambda a: (1 - a) * (1 + a), "relu": lambda a: (a > 0) * 1.0}
-
-
 def case_bias_act(act):
     def case(be, rng, n, dtype):
         rows, cols = SHAPES[n]
         Z, b = edges(rng.standard_normal((rows, cols)) * 6, rng), rng.standard_normal(cols) * 6
-        expected = FORWARD64[act](cast(Z, dtype) + cast(b, dtype))
+        expected = ACT64[act](cast(Z, dtype) + cast(b, dtype))
         Zd, bd = be.to_device(Z, dtype), be.to_device(b, dtype)
         run(be, f"bias_{act}", dtype, Z.size, Zd, bd, rows, cols)  # in place: a skipped element shows
         return Zd, expected, None
@@ -293,11 +288,6 @@ def case_bias_softmax(be, rng, n, dtype):
     out = be.to_host(Zd)
     assert np.isfinite(out).all()  # rows holding +-1000 stay finite
     return Zd, expected, np.broadcast_to(np.abs(z).max(axis=1, keepdims=True), z.shape)
-
-
-def softmax64(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def case_bias_models(act):
@@ -318,7 +308,7 @@ def case_bias_models(act):
         run(be, f"bias_{act}_models", dtype, work, Zd, be.to_device(buf.reshape(-1), dtype), rows, cols, rpm, stride)
         if act == "softmax":
             return Zd, softmax64(z), np.broadcast_to(np.abs(z).max(axis=1, keepdims=True), z.shape)
-        return Zd, FORWARD64[act](z), None
+        return Zd, ACT64[act](z), None
     return case
 
 
@@ -349,7 +339,7 @@ def case_output_delta(stem):
         scale = 3.0 / 7.0
         a, y = cast(A, dtype), cast(Y, dtype)
         s = float(np.asarray(scale, dtype))
-        expected = s * (a - y) * (a * (1 - a) if stem == "quadratic_delta" else 1.0)
+        expected = s * DELTA64["quadratic" if stem == "quadratic_delta" else "cross_entropy"](a, y)  # a - y for both
         D = poisoned(be, (n, 1), dtype)
         run(be, stem, dtype, n, D, be.to_device(A, dtype), be.to_device(Y, dtype), n, scale)
         return D, expected, None
@@ -577,7 +567,7 @@ def test_kernel_matches_float64_reference(kernel, n, dtype, backend):
     assert_close(out, expected, atol=atol, rtol=rtol, scale=scale, what=f"{kernel} n={n} on {backend}")
 
 
-@pytest.mark.parametrize("backend", ["emulated", pytest.param("cupy", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("backend", backends(lambda b: b.compiles_kernels))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("kernel", list(CASES))
 def test_kernel_matches_numpy_reference(kernel, dtype, backend):
