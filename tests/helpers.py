@@ -81,15 +81,17 @@ def forward64(weights, biases, X, cost="quadratic", activation="sigmoid"):
     return A
 
 
+# Each cost's term per output, activations clipped to [1e-12, 1 - 1e-12] where a log needs it (a saturated
+# wrong answer costs -ln(1e-12) = 27.6, not inf), as the kernels are documented to do.
+COST64 = {"quadratic": lambda a, y: 0.5 * (a - y) ** 2,
+          "cross_entropy": lambda a, y: -(y * np.log(np.clip(a, 1e-12, 1 - 1e-12))
+                                          + (1 - y) * np.log(1 - np.clip(a, 1e-12, 1 - 1e-12))),
+          "log_likelihood": lambda a, y: -y * np.log(np.clip(a, 1e-12, 1))}
+
+
 def cost64(weights, biases, X, Y, cost, lmbda=0.0, n=None, activation="sigmoid"):
     """Mean cost over the rows of X (float64), plus network2's 0.5*(lmbda/n)*sum ||w||^2."""
-    A = forward64(weights, biases, X, cost, activation)
-    if cost == "quadratic":
-        c = 0.5 * np.sum((A - Y) ** 2) / len(X)
-    elif cost == "cross_entropy":
-        c = -np.sum(Y * np.log(A) + (1 - Y) * np.log(1 - A)) / len(X)
-    else:
-        c = -np.sum(Y * np.log(A)) / len(X)
+    c = np.sum(COST64[cost](forward64(weights, biases, X, cost, activation), Y)) / len(X)
     if lmbda:
         c += 0.5 * (lmbda / n) * sum(np.sum(np.asarray(w, np.float64) ** 2) for w in weights)
     return c

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import kernel_resources
 import numpy as np
 import pytest
-from helpers import ACT64, DELTA64, PRIME64, assert_close, backends, softmax64
+from helpers import ACT64, COST64, DELTA64, PRIME64, assert_close, backends, softmax64
 
 from gpubp import reference
 from gpubp.activations import ACTIVATIONS, SOFTMAX
@@ -469,16 +469,11 @@ def case_argmax_count(be, rng, n, dtype):
 
 def case_cost(name):
     """The summed cost of a batch (with edge activations 0 and 1, where the clip matters), added to 2.5."""
-    terms = {"quadratic": lambda a, y: 0.5 * (a - y) ** 2,
-             "cross_entropy": lambda a, y: -(y * np.log(np.clip(a, 1e-12, 1 - 1e-12))
-                                             + (1 - y) * np.log(1 - np.clip(a, 1e-12, 1 - 1e-12))),
-             "log_likelihood": lambda a, y: -y * np.log(np.clip(a, 1e-12, 1))}
-
     def case(be, rng, n, dtype):
         rows, cols = (n, 10) if n > 1 else (1, 1)
         A = activations(rng, (rows, cols))
         Y = np.eye(cols)[rng.integers(0, cols, rows)]
-        expected = 2.5 + np.sum(terms[name](cast(A, dtype), Y))
+        expected = 2.5 + np.sum(COST64[name](cast(A, dtype), Y))
         total = be.to_device(np.array([2.5]), np.float64)
         run(be, f"{name}_cost", dtype, rows, total, be.to_device(A, dtype), be.to_device(Y, dtype), rows, cols)
         return total, np.array([expected]), None
