@@ -10,10 +10,11 @@ from gpubp.cli import main
 
 
 def run_cli(capsys, *argv):
-    """``gpubp *argv`` in this process: (exit code, stdout, stderr)."""
+    """``gpubp *argv`` in this process: (exit code, stdout, stderr). capsys may be None (in a fixture wider
+    than one test, which has none): the output is then left to pytest's capture and None returned for it."""
     with pytest.raises(SystemExit) as e:
         sys.exit(main(list(argv)))
-    out, err = capsys.readouterr()
+    out, err = capsys.readouterr() if capsys is not None else (None, None)
     return e.value.code, out, err
 
 
@@ -104,12 +105,15 @@ def one_hot(y, k):
 
 
 def assert_close(actual, expected, atol=0.0, rtol=0.0, scale=None, what="array"):
-    """|actual - expected| <= atol + rtol*scale elementwise (scale defaults to |expected|).
+    """|actual - expected| <= atol + rtol*scale elementwise (scale defaults to |expected|; a scalar expected
+    stands for every element).
 
     On failure, names the worst element: its index, both values, the error and the allowance.
     """
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
+    if expected.ndim == 0:  # one value for every element
+        expected = np.broadcast_to(expected, actual.shape)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != expected {expected.shape}"
     scale = np.abs(expected) if scale is None else np.asarray(scale, dtype=np.float64)
     allowed = atol + rtol * scale
@@ -148,3 +152,21 @@ def write_mnist_like(directory, n_train=12_000, n_test=200, shape=(2, 5), test_s
         idx_file(directory / f"{prefix}-images-idx3-ubyte", images.reshape(n, *shp))
         idx_file(directory / f"{prefix}-labels-idx1-ubyte", labels)
     return directory
+
+
+def assert_equal(actual, expected, what="array"):
+    """actual == expected bit for bit (NaN where both have NaN); on failure, names the worst element."""
+    assert_close(actual, expected, what=what)
+
+
+def assert_differs(actual, other, atol=0.0, rtol=0.0, what="array"):
+    """Some element of actual differs from other by more than atol + rtol*|other| (e.g. training moved the
+    parameters; np.allclose's atol=1e-8, rtol=1e-5 for "not allclose"). On failure, says by how little
+    the two differ at most."""
+    actual, other = np.asarray(actual, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    if actual.shape != other.shape:
+        return
+    err = np.abs(actual - other)
+    apart = (err > atol + rtol * np.abs(other)) | (np.isnan(actual) != np.isnan(other))
+    assert apart.any(), (f"{what}: all {apart.size} elements agree (at most {np.nanmax(err, initial=0):.3e} apart, "
+                         f"atol={atol:g}, rtol={rtol:g}), where some should differ")
