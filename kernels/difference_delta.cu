@@ -16,7 +16,7 @@
 template <typename T>
 __device__ __forceinline__ void difference_delta(T* __restrict__ D, const T* __restrict__ A,
                                                  const T* __restrict__ Y, long long n, T scale) {
-    GPUBP_GRID_STRIDE(i, n) { D[i] = scale * DifferenceDelta::d(A[i], Y[i]); }
+    GPUBP_GRID_STRIDE(i, n) { D[i] = DifferenceDelta::d(A[i], Y[i], scale); }
 }
 
 GPUBP_EXPORT(difference_delta, difference_delta,

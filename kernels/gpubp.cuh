@@ -84,16 +84,18 @@ __host__ __device__ __forceinline__ void gpubp_softmax_row(T* z, long long cols)
     for (long long c = 0; c < cols; ++c) z[c] = gpubp_softmax_at(z[c], top, inv);
 }
 
-// The output layer's delta^L functors, before the 1/m scale (BP1): the elementwise kernels
-// (quadratic.cu, difference_delta.cu), the own route's output layers (layer.cuh) and the native
-// backend's (native_layer.h) all write D = scale * Delta::d(a, y).
+// The output layer's delta^L functors (BP1), for the elementwise kernels (quadratic.cu,
+// difference_delta.cu: D = Delta::d(a, y, scale)) and the own route's output layers (layer.cuh,
+// native_layer.h: D = scale * Delta::d(a, y)). s multiplies a - y before sigma' does, as the
+// elementwise kernels always have; s = 1 is exact, so the fused layers' scale * ((a - y) sigma')
+// keeps its own rounding too.
 struct QuadraticDelta {  // (a - y) sigma'(z), sigma' from a: the quadratic cost with sigmoid outputs
     template <typename T>
-    __host__ __device__ static T d(T a, T y) { return (a - y) * gpubp_sigmoid_prime_from_a(a); }
+    __host__ __device__ static T d(T a, T y, T s = T(1)) { return s * (a - y) * gpubp_sigmoid_prime_from_a(a); }
 };
 struct DifferenceDelta {  // a - y: cross-entropy with sigmoid, log-likelihood with softmax
     template <typename T>
-    __host__ __device__ static T d(T a, T y) { return a - y; }
+    __host__ __device__ static T d(T a, T y, T s = T(1)) { return s * (a - y); }
 };
 
 // The update epilogue of BP3/BP4 (layer.cuh's layer_update, native_layer.h's):
