@@ -1,5 +1,5 @@
 """pytest-benchmark suites. In CI they run once each as plain tests (--benchmark-disable, set in
-pyproject); to measure, run:  uv run --extra test pytest benchmarks --benchmark-enable -n 0
+pyproject); to measure, run:  uv run --extra test pytest benchmarks --benchmark-enable
 --benchmark-group-by=param:backend"""
 
 import pytest

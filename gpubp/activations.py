@@ -57,6 +57,16 @@ class Activation:
     def delta_kernel(self) -> str | None:
         return f"{self.name}_delta" if self.prime_from_output is not None else None
 
+    @property
+    def layer_forward_kernel(self) -> str:
+        """The own route's hidden layer: ``layer_forward_<name>`` (kernels/layer.cuh)."""
+        return f"layer_forward_{self.name}"
+
+    @property
+    def layer_delta_kernel(self) -> str:
+        """The own route's BP2 of a hidden layer: ``layer_delta_<name>``."""
+        return f"layer_delta_{self.name}"
+
 
 SIGMOID = Activation("sigmoid", reference.sigmoid, reference.sigmoid_prime_from_output, init="network2")
 TANH = Activation("tanh", reference.tanh, reference.tanh_prime_from_output, init="network2")

@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +21,7 @@ from .backends import BACKEND_NAMES, names_with
 from .costs import COSTS
 from .data import N_CLASSES
 from .errors import GpubpError, TrainingInterrupted
-from .fileio import provenance, write_json
+from .fileio import in_place, provenance, same_file, write_json
 from .network import GEMM_ROUTES, INIT_CHOICES, check_sizes
 from .optimizers import OPTIMIZERS
 from .training import graph_mode
@@ -45,7 +48,11 @@ def _sizes(text):
 _KIND_NAMES = {int: "an integer", float: "a number"}
 
 
-def _number(kind, lo, inclusive):
+MAX_EPOCHS = 1_000_000  # more would never finish; a mistyped count should be said, not started
+HEARTBEAT_SECONDS = 30.0  # a piped sweep's progress line comes at most this often
+
+
+def _number(kind, lo, inclusive, hi=None):
     def parse(text):
         try:
             v = kind(text)
@@ -53,12 +60,17 @@ def _number(kind, lo, inclusive):
             raise argparse.ArgumentTypeError(f"expected {_KIND_NAMES[kind]}, got {text!r}") from None
         if not math.isfinite(v) or (v < lo if inclusive else v <= lo):
             raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {lo}, got {text}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi:,}, got {text}")
         return v
     return parse
 
 
 def _list(kind):
     def parse(text):
+        if text.strip(" ,") and any(not s.strip() for s in text.split(",")):  # 0.5,,1 is a typo, not two values
+            raise argparse.ArgumentTypeError(f"the list {text!r} has an empty entry: give values joined by single "
+                                             f"commas, like 0.1,0.5")
         try:
             values = [kind(s.strip()) for s in text.split(",") if s.strip()]
         except ValueError:
@@ -85,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmark training steps on CPU and GPU (and PyTorch eager when it imports)")
     b.add_argument("--backends", type=_list(str), default=None,
-                   help="e.g. numpy,native,cupy,emulated (default: numpy, and cupy; cupy is skipped, saying why, "
-                        "without a GPU)")
+                   help="e.g. numpy,native,cupy,emulated (default: numpy,native,cupy; cupy is skipped, saying why, "
+                        "without a GPU, and native without a C++ compiler)")
     b.add_argument("--sizes", type=_sizes, nargs="+", default=None, metavar="784,30,10",
                    help="networks, each as widths joined by commas, several allowed (default: 784,30,10 "
                         "784,100,10 784,1024,1024,10 784,4096,4096,10; --quick drops the last)")
@@ -102,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--modes", type=_list(str), default=None,
                    help="eager, graph: steps issued one by one, or replayed as one captured graph where the "
                         "backend can (default: eager,graph)")
+    b.add_argument("--threads", type=_number(int, 1, True), default=None, metavar="N",
+                   help="threads of NumPy's BLAS (OpenBLAS) while timing, recorded in the JSON (default: the BLAS's "
+                        "own, usually one per core)")
     b.add_argument("--quick", action="store_true", help="a small sweep that finishes in under a minute")
     b.add_argument("--json", type=Path, metavar="OUT.json",
                    help="write every number and the machine (default: not written)")
@@ -153,7 +168,7 @@ def _train_parser(t):
                    help="learning rate (default: 3.0 for sgd, 0.3 for momentum, 0.001 for adam)")
     t.add_argument("--lmbda", type=_number(float, 0, True), default=0.0, help="L2 strength lambda (default 0.0)")
     t.add_argument("--batch-size", type=_number(int, 1, True), default=10, help="mini-batch size (default 10)")
-    t.add_argument("--epochs", type=_number(int, 0, True), default=30,
+    t.add_argument("--epochs", type=_number(int, 0, True, MAX_EPOCHS), default=30,
                    help="epochs to train (default 30); with --resume, this many MORE epochs")
     _number_args(t)
     t.add_argument("--early-stopping", type=_number(int, 1, True), default=None, metavar="N",
@@ -176,7 +191,8 @@ def _train_parser(t):
                         "elsewhere, to see the effect on accuracy) (default: off)")
     _common(t)
     t.add_argument("--seed", type=_number(int, 0, True), default=None,
-                   help="seed for weights and shuffling, >= 0 (default: a random one, printed in the metrics)")
+                   help="seed for weights and shuffling, >= 0 (default: a random one, printed on the first line and "
+                        "in the metrics)")
     t.add_argument("--resume", type=Path, metavar="MODEL.npz",
                    help="continue the run saved in MODEL.npz: its model, optimizer state, shuffle, epoch count and "
                         "batch size; --optimizer, --eta, --lmbda, --momentum, --batch-size override the file's only "
@@ -199,7 +215,7 @@ def _sweep_parser(s):
                    help="learning rates, e.g. 0.1,0.5 (default: the optimizer's, 3.0 for sgd)")
     s.add_argument("--lmbda", type=_list(float), default=None, help="L2 strengths, e.g. 0,5 (default 0)")
     s.add_argument("--batch-size", type=_number(int, 1, True), default=10, help="mini-batch size (default 10)")
-    s.add_argument("--epochs", type=_number(int, 1, True), default=30, help="epochs to train (default 30)")
+    s.add_argument("--epochs", type=_number(int, 1, True, MAX_EPOCHS), default=30, help="epochs to train (default 30)")
     _number_args(s)
     s.add_argument("--group-size", type=_number(int, 1, True), default=None, metavar="K",
                    help="models trained at once as one stack (default 16)")
@@ -239,6 +255,10 @@ def _check_writable(path: Path | None, what: str) -> None:
         return
     if path.is_dir():
         raise GpubpError(f"{what} {path} is a directory: give a file name")
+    if in_place(path):  # /dev/null, /dev/stdout, a FIFO: written in place, never renamed over
+        if not os.access(path, os.W_OK):
+            raise GpubpError(f"cannot write {what} {path}: it is not writable")
+        return
     parent = path.parent
     if not parent.is_dir():
         raise GpubpError(f"cannot write {what} {path}: directory {parent} does not exist")
@@ -246,10 +266,74 @@ def _check_writable(path: Path | None, what: str) -> None:
         raise GpubpError(f"cannot write {what} {path}: directory {parent} is not writable")
 
 
+def _check_distinct(outputs, may_share=()) -> None:
+    """Two outputs (or an output and an input) on one file would leave only the last written: refuse
+    before the work. ``outputs``: (flag, path) pairs; ``may_share``: flag pairs that may name one file."""
+    given = [(flag, path) for flag, path in outputs if path is not None]
+    for i, (flag, path) in enumerate(given):
+        for other, other_path in given[i + 1:]:
+            if {flag, other} not in [set(p) for p in may_share] and same_file(path, other_path):
+                raise GpubpError(f"{flag} and {other} both name {path}: one would overwrite the other; "
+                                 f"give each its own file")
+
+
+class _Interrupts:
+    """SIGINT and SIGTERM (sent by job schedulers, timeout and container stops) both raise
+    KeyboardInterrupt, so every command keeps what it finished either way. One Ctrl-C can arrive
+    twice a moment apart (uv run forwards it as the terminal sends it too): a second one within a
+    second is the same interrupt. While outputs are written (``held``) an interrupt waits, so
+    nothing half-done is lost; ``signum`` is the last signal that interrupted (for the exit status)."""
+
+    ECHO = 1.0  # seconds
+
+    def __init__(self):
+        self.signum, self.last, self.holding = signal.SIGINT, None, 0
+
+    def __call__(self, signum, frame):
+        now = time.monotonic()
+        if self.holding or (self.last is not None and now - self.last < self.ECHO):
+            return
+        self.signum, self.last = signum, now
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield
+            return
+        self.signum, self.last = signal.SIGINT, None
+        before = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in before.items():
+                signal.signal(s, handler)
+
+    @contextmanager
+    def held(self):
+        self.holding += 1
+        try:
+            yield
+        finally:
+            self.holding -= 1
+
+    def status(self) -> int:
+        return 128 + int(self.signum)  # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them
+
+
+_INTERRUPTS = _Interrupts()
+
+
 def _write_outputs(outputs, say) -> tuple[list[str], str]:
     """Write each (what, path, write) whose path is set, each on its own, so that one failure (a full
     disk) loses only that file. Returns (written, "" or one line: what was not written and why, and
-    what was). Every writer is atomic, so a failed output leaves no file and no partial file."""
+    what was). Every writer is atomic, so a failed output leaves no file and no partial file, and an
+    interrupt waits until the writing is done."""
+    with _INTERRUPTS.held():
+        return _write_each(outputs, say)
+
+
+def _write_each(outputs, say) -> tuple[list[str], str]:
     written, failed = [], []
     for what, path, write in outputs:
         if path is None:
@@ -286,13 +370,16 @@ def cmd_train(args) -> int:
 
     _check_writable(args.save, "model file")
     _check_writable(args.metrics_out, "metrics file")
+    _check_distinct([("--resume", args.resume), ("--save", args.save), ("--metrics-out", args.metrics_out)],
+                    may_share=[("--save", "--resume")])
     given = _given(args)
+    began = time.perf_counter()
     be = get_backend(args.backend)
     _check_route(be, args)
     net, data = _model_and_data(args, given, be)
     start = net.epochs_trained
-    say = (lambda *a: None) if args.quiet else print
-    say(f"gpubp train: {net} on {be.device} ({be.reason})")
+    say = (lambda *a: None) if args.quiet else _say
+    say(f"gpubp train: {net} on {be.device} ({be.reason}), seed {net.seed}")
     graph, graph_why = graph_mode(net, args.graph)
     say(f"each epoch is one captured graph ({graph_why})" if graph else f"each epoch runs {graph_why}")
     if be.compiles_kernels:
@@ -313,6 +400,10 @@ def cmd_train(args) -> int:
         say(f"epoch {r['epoch']}/{start + args.epochs}: validation accuracy {r['validation_accuracy']:.4f}, "
             f"{cost}{r['seconds']:.2f} s ({r['mode']})")
 
+    batch = args.batch_size if "batch_size" in given or not args.resume else net.mini_batch_size
+    if batch and batch >= len(data["train"][1]):
+        print(f"gpubp train: warning: batch size {batch:,} is not less than the {len(data['train'][1]):,} training "
+              f"images: each epoch is one step over all of them", file=sys.stderr)
     interrupted = None
     try:
         with _warnings_as_lines("train"):
@@ -342,19 +433,24 @@ def cmd_train(args) -> int:
                "epochs": history, **history.summary(),
                "interrupted": {"epoch": interrupted.epoch, "completed": interrupted.completed} if interrupted else None,
                "test_accuracy": test["accuracy"] if test else None}
-    written, failed = _write_outputs([("model", args.save, net.save),
-                                      ("metrics", args.metrics_out, lambda p: write_json(p, metrics))], say)
+    outputs = [("model", args.save, net.save), ("metrics", args.metrics_out, lambda p: write_json(p, metrics))]
+    if interrupted is not None and interrupted.completed == start:  # no epoch finished: keep what is there
+        outputs = []
+    written, failed = _write_outputs(outputs, say)
     if interrupted is not None:
-        print(f"gpubp train: {_interrupted_line(interrupted, written, failed)}", file=sys.stderr)
-        return 130
+        print(f"gpubp train: {_interrupted_line(interrupted, written, failed, start)}", file=sys.stderr)
+        return _INTERRUPTS.status()
+    say(f"total {time.perf_counter() - began:.1f} s")
     if failed:
         raise GpubpError(failed)
     return 0
 
 
-def _interrupted_line(e, written, failed) -> str:
+def _interrupted_line(e, written, failed, start) -> str:
     """'interrupted in epoch K: saved the model M and the metrics R after epoch K-1', and what failed."""
     where = f"in epoch {e.epoch}" if e.epoch else f"after epoch {e.completed}"
+    if e.completed == start:
+        return f"interrupted {where}: no epoch finished, so nothing was written"
     if written:
         kept = f"saved {' and '.join(written)} after epoch {e.completed}"
     elif not failed:
@@ -362,6 +458,12 @@ def _interrupted_line(e, written, failed) -> str:
     else:
         kept = ""
     return f"interrupted {where}: " + "; ".join(x for x in (kept, failed) if x)
+
+
+def _say(*args) -> None:
+    """A progress line, flushed: piped (to a log or tee) stdout is block-buffered and would show nothing
+    until the end."""
+    print(*args, flush=True)
 
 
 def _model_and_data(args, given, be):
@@ -428,18 +530,23 @@ def cmd_evaluate(args) -> int:
     be = get_backend(args.backend)
     net = Network.load(args.model, backend=be)
     data = _load_data(args, net.sizes, f"model {args.model}", split="test")
+    began = time.perf_counter()
     test = net.measure(*data["test"], cost=False)
     print(f"{args.model}: {net}")
-    print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']})")
+    took = time.perf_counter() - began
+    print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']}) in {took:.2f} s")
     return 0
 
 
 def _check_json_and_plot(args, command):
     """--json and --plot can be written, and --plot's matplotlib is there: fail now, not after the run."""
-    from .figures import pyplot
+    from .figures import image_format, pyplot
 
     _check_writable(args.json, "JSON file")
     _check_writable(args.plot, "plot")
+    _check_distinct([("--json", args.json), ("--plot", args.plot)])
+    if args.plot:
+        image_format(args.plot)
     if args.plot:
         pyplot("--plot", f"gpubp {command} ...")
 
@@ -452,10 +559,12 @@ def cmd_bench(args) -> int:
     for what, given, allowed in (("--routes", args.routes, bench.ROUTES), ("--modes", args.modes, bench.MODES)):
         if given is not None and (not given or not set(given) <= set(allowed)):
             raise GpubpError(f"{what} takes one or more of {', '.join(allowed)}, got {','.join(given) or 'nothing'}")
-    result = bench.run(backends=args.backends, sizes=args.sizes, batch_sizes=args.batch_sizes, steps=args.steps,
-                       repeats=args.repeats, dtype=args.dtype, quick=args.quick, data_dir=args.data_dir,
-                       verify=not args.no_verify, log=lambda m: print(m, file=sys.stderr),
-                       routes=args.routes or bench.ROUTES, modes=args.modes or bench.MODES)
+    with _blas_threads(args.threads):
+        result = bench.run(backends=args.backends, sizes=args.sizes, batch_sizes=args.batch_sizes, steps=args.steps,
+                           repeats=args.repeats, dtype=args.dtype, quick=args.quick, data_dir=args.data_dir,
+                           verify=not args.no_verify, log=lambda m: print(m, file=sys.stderr, flush=True),
+                           routes=args.routes or bench.ROUTES, modes=args.modes or bench.MODES)
+    result["threads"] = args.threads
     m = result["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, NumPy {m['numpy']} ({m['blas']['name']} "
           f"{m['blas']['version']}, {m['blas']['threads']} threads), GPU: {m['gpu'] or 'none'}")
@@ -477,10 +586,28 @@ def cmd_bench(args) -> int:
         kept = f"; the table above and {' and '.join(written)} hold them" if written else "; the table above holds them"
         print(f"gpubp bench: interrupted in case {result['interrupted']}: {n} case{'' if n == 1 else 's'} "
               f"finished{kept}" + (f"; {failed}" if failed else ""), file=sys.stderr)
-        return 130
+        return _INTERRUPTS.status()
     if failed:
         raise GpubpError(failed)
     return 0
+
+
+@contextmanager
+def _blas_threads(n):
+    """NumPy's BLAS on ``n`` threads inside (unchanged when None), as it was after."""
+    from . import sysinfo
+
+    if n is None:
+        yield
+        return
+    before = sysinfo.set_blas_threads(n)
+    if before is None:
+        raise GpubpError(f"--threads: this NumPy's BLAS ({sysinfo.blas()['name']}) cannot be told its threads from "
+                         f"here; set OPENBLAS_NUM_THREADS={n} (or OMP_NUM_THREADS) before running instead")
+    try:
+        yield
+    finally:
+        sysinfo.set_blas_threads(before)
 
 
 def cmd_sweep(args) -> int:
@@ -493,12 +620,20 @@ def cmd_sweep(args) -> int:
                          epochs=args.epochs)
     data = _load_data(args, args.sizes, "--sizes")
     plan = sweeps.groups(runs, args.group_size)
-    where = f"on Ray ({args.ray})" if args.ray else f"on backend {args.backend or 'auto'}"
+    if args.ray:
+        where = f"on Ray ({args.ray})"
+    else:
+        from .backends import get_backend
+
+        be = get_backend(args.backend)
+        where = f"on backend {be.name} ({be.device})"
     print(f"gpubp sweep: {len(runs)} runs in {len(plan)} group(s) of up to {max(map(len, plan))} models, {where}",
-          file=sys.stderr)
+          file=sys.stderr, flush=True)
+    piped = not args.quiet and not args.ray and not sys.stderr.isatty()  # no bar: a line now and then instead
     result = sweeps.sweep(runs, data=data, backend=args.backend, group_size=args.group_size, ray=args.ray,
                             threads=args.threads, progress=False if args.quiet else None,
-                            monitor_training_cost=args.train_cost)
+                            monitor_training_cost=args.train_cost,
+                            group_hook=_Heartbeat(len(plan), args.epochs) if piped else None)
     result = {**result, **provenance(args.argv)}  # the command line, where the API has none
     print(sweeps.table(result))
     print()
@@ -511,11 +646,28 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+class _Heartbeat:
+    """A sweep's progress as a line on stderr at most every HEARTBEAT_SECONDS, where no bar is drawn
+    (stderr piped to a log): a long sweep is seen to be alive."""
+
+    def __init__(self, groups, epochs):
+        self.groups, self.epochs, self.every = groups, epochs, HEARTBEAT_SECONDS
+        self.began = self.last = time.monotonic()
+
+    def __call__(self, group, epoch):
+        now = time.monotonic()
+        if epoch and now - self.last >= self.every:
+            self.last = now
+            print(f"gpubp sweep: group {group + 1}/{self.groups} finished epoch {epoch}/{self.epochs}, "
+                  f"{now - self.began:.0f} s so far", file=sys.stderr, flush=True)
+
+
 def cmd_plot(args) -> int:
     from . import curves
-    from .figures import pyplot
+    from .figures import image_format, pyplot
 
     _check_writable(args.out, "plot")
+    image_format(args.out, "-o")
     pyplot("gpubp plot", "gpubp plot ...")  # fail before reading anything
     runs = [curves.load_run(p) for p in args.runs]
     names = curves.labels(runs, args.runs)
@@ -580,13 +732,14 @@ def main(argv=None) -> int:
     if extra:  # the subcommand's parser says it, so the hint is "gpubp train --help"
         _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.func(args)
+        with _INTERRUPTS.installed():
+            return args.func(args)
     except GpubpError as e:
         print(f"gpubp {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gpubp {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _INTERRUPTS.status()
 
 
 def _subparser(parser, command):

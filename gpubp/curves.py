@@ -6,6 +6,7 @@ the console counts them); several runs are overlaid and labelled by what differs
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from .errors import GpubpError
@@ -35,13 +36,23 @@ def load_run(path) -> dict:
         raise GpubpError(f"{path} is not a gpubp train metrics file (no per-epoch records): give {WHAT}")
     if not epochs:
         raise GpubpError(f"{path} holds no epochs: the run stopped before its first epoch finished")
+    for r in epochs:
+        for key in CURVES:
+            v = r.get(key)
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+                raise GpubpError(f"{path}: epoch {r['epoch']}'s {key} is {json.dumps(v)[:40]}, not a finite number "
+                                 f"or null: give {WHAT}")
     return doc
+
+
+CURVES = ("validation_accuracy", "train_cost")
 
 
 def labels(runs, paths) -> list[str]:
     """One label per run: the config entries whose values differ between the runs ("eta=0.5, lmbda=5"),
     or the file names where the configs are the same (or there is one run)."""
-    configs = [r.get("config") or {} for r in runs]
+    configs = [{**(r.get("config") or {}), **({"epochs": _epochs_held(r)} if r.get("epochs") else {})}
+               for r in runs]
     keys = list(dict.fromkeys(k for c in configs for k in c))
     differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
     if not differ:
@@ -50,6 +61,16 @@ def labels(runs, paths) -> list[str]:
     if len(set(out)) < len(out):  # configs differ only in ways two runs share: tell them apart by file
         out = [f"{label} ({Path(p).stem})" for label, p in zip(out, paths)]
     return out
+
+
+def _epochs_held(run) -> str:
+    """The epochs a run's records hold ("1-8", "4-5" for a resumed run), not the count it asked for,
+    and whether it was interrupted or stopped early."""
+    first, last = run["epochs"][0]["epoch"], run["epochs"][-1]["epoch"]
+    held = str(first) if first == last else f"{first}-{last}"
+    if run.get("interrupted"):
+        return held + " (interrupted)"
+    return held + (" (stopped early)" if run.get("stopped_early") else "")
 
 
 def _show(v) -> str:
@@ -69,21 +90,41 @@ def figure(runs, names):
             acc.axvline(run["best_epoch"], color=f"C{i}", lw=0.8, ls=":")
     acc.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy")
     cost.set(xlabel="epoch", ylabel="training cost", title="Training cost (with the L2 term)")
+    epochs = [r["epoch"] for run in runs for r in run["epochs"]]
     for ax, missing in ((acc, "no validation accuracy recorded"),
                         (cost, "no training cost recorded\n(the runs used --no-train-cost)")):
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.get_major_locator().set_params(integer=True, min_n_ticks=1)  # whole epochs, even just one
+        if max(epochs) - min(epochs) < 2:  # one or two epochs: whole-epoch ticks, not 0.96, 0.98, ...
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         if ax.lines:
             ax.grid(alpha=0.3)
+            _honest_scale(ax, log=ax is cost)
         else:
             ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes)
-    if cost.lines and all(y > 0 for line in cost.lines for y in line.get_ydata()):
-        cost.set_yscale("log")
-    # One legend under both panels (the runs are the same in each), so it covers no curve.
-    handles = {line.get_label(): line for ax in (acc, cost) for line in ax.lines}
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=1 if len(handles) > 3 else len(handles),
-               fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.03 + 0.035 * (len(handles) if len(handles) > 3 else 1), 1, 1))
+    # One legend under both panels (the runs are the same in each), so it covers no curve; matplotlib
+    # names unlabelled artists (the early-stopping marker) "_child1": those are no run.
+    handles = {line.get_label(): line for ax in (acc, cost) for line in ax.lines
+               if not line.get_label().startswith("_")}
+    rows = len(handles) if len(handles) > 3 else 1
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=1 if len(handles) > 3 else len(handles),
+                   fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.03 + 0.035 * rows if handles else 0, 1, 1))
     return fig
+
+
+def _honest_scale(ax, log) -> None:
+    """A cost that spans a decade or more on a log axis; anything flatter on a linear one, without an
+    offset, and a curve that hardly moves drawn flat (a 1e-5 change must not fill the panel like a jump)."""
+    ys = [y for line in ax.lines for y in line.get_ydata()]
+    lo, hi = min(ys), max(ys)
+    if log and lo > 0 and hi / lo >= 10:
+        ax.set_yscale("log")
+        return
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    if hi - lo < 1e-3 * max(abs(hi), abs(lo), 1e-12):
+        pad = 0.05 * max(abs(hi), 1e-3)
+        ax.set_ylim(lo - pad, hi + pad)
 
 
 def plot(paths, out) -> None:

@@ -10,7 +10,6 @@ bad file there is an error that names it.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import http.client
 import math
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import cache_root
 from .errors import DataError
 from .fileio import atomic_path
 
@@ -63,37 +63,49 @@ class _DownloadFailed(DataError):
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def cache_root() -> Path:
-    """$XDG_CACHE_HOME/gpubp, else ~/.cache/gpubp."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "gpubp"
-
-
 # ---------------------------------------------------------------------------------------------
 # IDX
 # ---------------------------------------------------------------------------------------------
 
-def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
-    """The array in IDX bytes: checks the magic, the type code, the dimensions and the exact length."""
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+MAX_DIMS = 32  # NumPy's limit before 2.0; an MNIST-format file has 1 (labels) or 3 (images)
+_CHUNK = 1 << 16  # bytes of compressed input fed to zlib at a time
+
+
+def idx_length(head, name: str = "IDX data") -> int | None:
+    """The exact byte length the IDX header at the start of ``head`` declares, or None while ``head``
+    is too short to hold the header; _Damaged at once for a bad magic number, type code or rank."""
+    if len(head) >= 2 and (head[0] != 0 or head[1] != 0):
         raise _Damaged(f"{name} is not an IDX file (bad magic number)")
-    code, ndim = data[2], data[3]
+    if len(head) < 4:
+        return None
+    code, ndim = head[2], head[3]
     if code not in _IDX_TYPES:
         raise _Damaged(f"{name} has unknown IDX type code 0x{code:02x}")
-    if ndim == 0:
-        raise _Damaged(f"{name} declares 0 dimensions")
+    if ndim == 0 or ndim > MAX_DIMS:
+        raise _Damaged(f"{name} declares {ndim} dimensions: gpubp reads 1 to {MAX_DIMS}")
     header = 4 + 4 * ndim
-    if len(data) < header:
-        raise _Damaged(f"{name} is truncated inside its header")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    dtype = np.dtype(_IDX_TYPES[code])
+    if len(head) < header:
+        return None
+    dims = np.frombuffer(bytes(head[4:header]), dtype=">u4")
     # Exact integer arithmetic: np.prod would wrap in int64 (2^31 * 2^31 * 4 == 0) and let a
     # bare header through. Compared before anything is allocated, so a huge header fails fast.
-    expected = header + math.prod(dims) * dtype.itemsize
+    return header + math.prod(int(d) for d in dims) * np.dtype(_IDX_TYPES[code]).itemsize
+
+
+def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
+    """The array in IDX bytes: checks the magic, the type code, the dimensions and the exact length."""
+    expected = idx_length(data, name)
+    if expected is None:
+        if len(data) < 4:
+            raise _Damaged(f"{name} is not an IDX file (bad magic number)")
+        raise _Damaged(f"{name} is truncated inside its header")
+    ndim = data[3]
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "longer than its header says"
         raise _Damaged(f"{name} is {what}: {len(data)} bytes, expected {expected} for shape {dims}")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    dtype = np.dtype(_IDX_TYPES[data[2]])
+    return np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def read_bytes(path: Path) -> bytes:
@@ -105,9 +117,41 @@ def read_bytes(path: Path) -> bytes:
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut-off stream, EOFError
+        return gunzip_idx(raw, str(path))
+    except (zlib.error, EOFError) as e:
         raise _Damaged(f"{path} is not a complete gzip file ({e})") from None
+
+
+def gunzip_idx(raw: bytes, name: str) -> bytes:
+    """Every gzip member of ``raw`` decompressed and joined, as gzip.decompress does, but never more
+    than the IDX header at the start declares (plus one piece), so a small file cannot ask for
+    unbounded memory, and a bad magic number stops it at once; in time linear in the file (CPython's
+    gzip.decompress copies the rest of the input at each member: quadratic for many of them)."""
+    view, out, pos, limit = memoryview(raw), bytearray(), 0, None
+    d, pending = None, b""  # d: the member being decompressed, None between members
+    while True:
+        if not pending:
+            if pos >= len(raw):
+                break
+            pending = view[pos:pos + _CHUNK]
+            pos += len(pending)
+        if d is None:
+            if pending[0] == 0:  # zero padding after the last member, which gzip tolerates, and nothing else
+                if bytes(pending).strip(b"\0") or raw.count(0, pos) != len(raw) - pos:
+                    raise EOFError("data after the last member is neither a member nor zero padding")
+                break
+            d = zlib.decompressobj(wbits=31)  # 31: one gzip member
+        out += d.decompress(pending, 4 * _CHUNK)
+        pending = d.unconsumed_tail
+        if limit is None:
+            limit = idx_length(out, name)
+        if limit is not None and len(out) > limit:
+            raise _Damaged(f"{name} is longer than its header says: more than {limit} bytes decompressed")
+        if d.eof:
+            d, pending = None, d.unused_data
+    if d is not None:
+        raise EOFError("the compressed data ends before the end of its stream")
+    return bytes(out)
 
 
 def md5(data: bytes) -> str:
@@ -156,7 +200,8 @@ def download(name: str, directory: Path, mirrors=None, log=None, timeout: float 
                 log(f"  failed ({e}); trying the next mirror")
                 break
     raise _DownloadFailed(name, "; ".join(failures),
-                          "check your connection, or put the four MNIST files in a directory and pass --data-dir")
+                          f"check your connection, or put the four MNIST files ({', '.join(MNIST_FILES)}, each "
+                          f"may be .gz) in a directory and set GPUBP_DATA_DIR to it, or pass --data-dir")
 
 
 class _Mismatch(Exception):

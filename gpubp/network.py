@@ -25,12 +25,12 @@ All weights and biases live in ONE contiguous buffer ``params`` (every W first, 
 ``grads``: BP3 and BP4 write the update straight into ``params`` (W <- decay*W - eta*D^T A, one
 GEMM with alpha and beta).
 
-Two routes run these equations (``gemm=``): "blas" does every product in the BLAS (cuBLAS on the
-GPU) followed by one fused elementwise kernel; "own" runs our layer kernels (kernels/layer.cuh),
-which do each product with the layer's elementwise work in its epilogue: a forward layer, BP2
-of a layer, BP3+BP4 (+ SGD's update) of a layer, and the output layer's forward with BP1 are one
-launch each, 3L - 1 per step, and nothing from cuBLAS. Workspaces are made the first time a batch size is seen, so after the
-first step a training step allocates nothing, copies nothing and waits for nothing.
+Two routes run these equations (``gemm=``, gpubp/routes.py): "blas" does every product in the
+BLAS (cuBLAS on the GPU) followed by one fused elementwise kernel; "own" runs our layer kernels
+(kernels/layer.cuh), which do each product with the layer's elementwise work in its epilogue,
+3L - 1 launches a step and nothing from cuBLAS. Workspaces are made the first time a batch size
+is seen, so after the first step a training step allocates nothing, copies nothing and waits
+for nothing.
 
 Every array above may carry leading model axes (``lead``): () for one network, (K,) for the K
 networks of a gpubp.sweeps.stack.Stack, whose parameters are one (K, P) buffer, W[l] (K, n_out, n_in)
@@ -43,16 +43,16 @@ import numpy as np
 
 from . import checkpoint
 from .activations import INITS, get_activation
-from .backends import get_backend, names_with
-from .backends.kernel import LAYER_TILES, layer_launch, layer_tile, tiles
+from .backends import get_backend
 from .costs import get_cost
 from .errors import GpubpError, ModelFileError
 from .optimizers import SGD, Optimizer, make_optimizer
+from .routes import ROUTES, route_name
 
 EVAL_ROWS = 10_000  # rows per forward pass when evaluating a whole data set
 MAX_PARAMETERS = 1_000_000_000  # 4 GB of float32 for the weights alone; larger is a typo, not a model
 INIT_CHOICES = ("default", *INITS)
-GEMM_ROUTES = ("blas", "own")
+GEMM_ROUTES = tuple(ROUTES)
 
 
 def count_parameters(sizes) -> int:
@@ -76,6 +76,21 @@ def check_sizes(sizes) -> list[int]:
     return out
 
 
+def check_settings(dtype, init, tf32, seed) -> tuple:
+    """(dtype, tf32, seed) of a Network as it keeps them, or a one-line error; seed None draws one."""
+    if init not in INIT_CHOICES:
+        raise GpubpError(f"unknown init {init!r}: choose one of {', '.join(INIT_CHOICES)}")
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise GpubpError(f"dtype {dtype} is not supported: use float32 or float64")
+    if tf32 and dt != np.float32:
+        raise GpubpError(f"tf32 is a float32 format: it cannot apply to a {dt.name} network")
+    drawn = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else int(seed)
+    if drawn < 0:
+        raise GpubpError(f"seed must be a non-negative integer, got {seed}")
+    return dt, bool(tf32), drawn
+
+
 class Workspace:
     """Activations A[1..L], errors D[0..L-1] (and their transposed views) and a row of ones, for
     batches of m rows (each array with the leading model axes ``lead``); made once per batch size,
@@ -91,7 +106,7 @@ class Workspace:
             self.ones = be.empty((1, m), dtype)
             self.ones.fill(1)
         self._targets = None
-        self.plans = None  # the fused update's prepared products (Network._update_plans)
+        self.route = None  # what the network's route made for this batch size (gpubp.routes)
 
     def targets(self, be, n_out, dtype):
         """A one-hot target buffer (m, n_out) for evaluation, made on first use."""
@@ -107,18 +122,17 @@ class Network:
         sizes: neurons per layer, e.g. [784, 30, 10].
         cost: "quadratic" | "cross_entropy" | "log_likelihood" (softmax output layer).
         activation: hidden layers' "sigmoid" (default) | "tanh" | "relu".
-        backend: "auto" | "numpy" | "cupy" | "emulated" | "native" or a Backend (default: $GPUBP_BACKEND
-            or auto).
+        backend: "auto" | "numpy" | "cupy" | "emulated" | "native" or a Backend (default: $GPUBP_BACKEND, auto).
         dtype: "float32" (default) or "float64".
         seed: one seed for the weights and, unless ``sgd(seed=...)`` gives another, the shuffling;
             None draws one (kept in ``.seed``, so the run can be repeated).
         init: "default" (the activation's: network2's N(0, 1/n_in) for sigmoid and tanh, He's
             N(0, 2/n_in) with zero biases for relu), or one of "network2", "large" (network.py's
             N(0, 1)), "he". Biases are N(0, 1) except under "he".
-        gemm: "blas" (BLAS products, then fused elementwise kernels) or "own" (our layer kernels,
-            3L - 1 launches a step; needs the cupy, emulated or native backend); None (default): the
-            backend's preference (own on native, where the network allows it; blas elsewhere).
-            Training steps take the route; evaluation always runs the forward pass through the BLAS.
+        gemm: the route of training steps (``.route``, gpubp/routes.py): "blas" (BLAS products, then
+            fused elementwise kernels) or "own" (our layer kernels; the cupy, emulated or native backend);
+            None (default): own on native where the network allows it, blas elsewhere. Evaluation's
+            forward pass always runs through the BLAS.
         tf32: float32 products read their inputs as TF32 (10-bit mantissa): cuBLAS's tensor-core
             math on a GPU; our layer kernels and the CPU backends round the inputs (so TF32's effect
             on accuracy is measured anywhere). Off by default.
@@ -129,23 +143,12 @@ class Network:
     def __init__(self, sizes, cost="quadratic", activation="sigmoid", backend=None, dtype="float32",
                  seed=None, init="default", gemm=None, tf32=False):
         self.sizes = check_sizes(sizes)
-        if init not in INIT_CHOICES:
-            raise GpubpError(f"unknown init {init!r}: choose one of {', '.join(INIT_CHOICES)}")
-        self.cost = get_cost(cost)
-        self.activation = get_activation(activation)
+        self.cost, self.activation = get_cost(cost), get_activation(activation)
+        self.dtype, self.tf32, self.seed = check_settings(dtype, init, tf32, seed)
         self.init = self.activation.init if init == "default" else init
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise GpubpError(f"dtype {dtype} is not supported: use float32 or float64")
         self.be = get_backend(backend)
         self.xp = self.be.xp
-        self.gemm = self._check_route(gemm)
-        self.tf32 = bool(tf32)
-        if self.tf32 and self.dtype != np.float32:
-            raise GpubpError(f"tf32 is a float32 format: it cannot apply to a {self.dtype.name} network")
-        self.seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else int(seed)
-        if self.seed < 0:
-            raise GpubpError(f"seed must be a non-negative integer, got {seed}")
+        self.gemm = route_name(self, gemm)
         self.rng = np.random.default_rng(self.seed)  # the shuffle's generator (gpubp.training draws from it)
         self.optimizer: Optimizer | None = None  # the last one trained with, and its state
         self.epochs_trained = 0
@@ -161,45 +164,12 @@ class Network:
         except MemoryError:
             raise GpubpError(f"not enough memory for {self.n_params:,} parameters of {self.dtype}"
                              + (f" times {self.lead[0]} models" if self.lead else "")) from None
-        self.weights, self.biases = self._views(self.params)
-        self.grad_weights, self.grad_biases = self._views(self.grads)
-        # Views made once, so a step makes none: W^T for the forward GEMM, b and dC/db as (1, n) rows.
-        self._weights_T = [w.swapaxes(-1, -2) for w in self.weights]
-        self._bias_rows = [b[..., None, :] for b in self.biases]
-        self._grad_bias_rows = [g[..., None, :] for g in self.grad_biases]
+        self.weights, self.biases = layer_views(self.shapes, self.n_weights, self.params)
+        self.grad_weights, self.grad_biases = layer_views(self.shapes, self.n_weights, self.grads)
         self.layer_activations = [self.activation] * (self.L - 1) + [self.cost.output]
-        self._bias_act = [self.be.kernel(a.forward_kernel, self.dtype) for a in self.layer_activations]
-        self._act_delta = self.be.kernel(self.activation.delta_kernel, self.dtype)
-        self._cost_delta = self.be.kernel(self.cost.delta_kernel, self.dtype)
+        self.route = ROUTES[self.gemm](self)  # how a step's products and kernels are issued
         self.set_params(self.initial_params())
-        self._ws: dict[tuple[int, bool], Workspace] = {}
-
-    def _check_route(self, gemm) -> str:
-        softmax_too_wide = self.cost.output.row_wise and self.sizes[-1] > tiles()["TileOutput"]["BN"]
-        if gemm is None:  # the backend's preference, where this network can take it
-            gemm = "blas" if softmax_too_wide else self.be.preferred_gemm
-        if gemm not in GEMM_ROUTES:
-            raise GpubpError(f"unknown gemm route {gemm!r}: choose blas or own")
-        if gemm == "own" and not self.be.compiles_kernels:
-            raise GpubpError(f"gemm='own' runs our layer kernels, which the {self.be.name} backend does not "
-                             f"run: use the {names_with('compiles_kernels')} backend, or gemm='blas'")
-        if gemm == "own" and softmax_too_wide:
-            raise GpubpError(f"gemm='own' fuses softmax into the output layer for up to {tiles()['TileOutput']['BN']} "
-                             f"outputs, not {self.sizes[-1]}: use gemm='blas'")
-        return gemm
-
-    def bias_offsets(self) -> list[int]:
-        """Where b[l] starts in a model's flat parameters (after every W)."""
-        return [self.n_weights + sum(o for o, _ in self.shapes[:l]) for l in range(self.L)]
-
-    def _views(self, flat):
-        """Lists of W[l] (*lead, n_out, n_in) and b[l] (*lead, n_out) views into one buffer (*lead, P)."""
-        lead, ws, k = flat.shape[:-1], [], 0
-        for o, i in self.shapes:
-            ws.append(flat[..., k:k + o * i].reshape(*lead, o, i))
-            k += o * i
-        bs = [flat[..., k:k + o] for k, (o, _) in zip(self.bias_offsets(), self.shapes)]
-        return ws, bs
+        self._ws: dict[tuple, Workspace] = {}
 
     def initial_params(self, seed=None) -> np.ndarray:
         """The starting parameters (P,) on the host: weights N(0, std(n_in)^2) by ``init``, biases
@@ -207,10 +177,9 @@ class Network:
         backend and dtype starts from the same numbers."""
         rng = np.random.default_rng(self.seed if seed is None else seed)
         flat = np.empty(self.n_params)
-        ws, bs = self._views(flat)
-        std = INITS[self.init]
+        ws, bs = layer_views(self.shapes, self.n_weights, flat)
         for w, (o, i) in zip(ws, self.shapes):
-            w[...] = rng.standard_normal((o, i)) * std(i)
+            w[...] = rng.standard_normal((o, i)) * INITS[self.init](i)
         for b, (o, _) in zip(bs, self.shapes):
             b[...] = 0.0 if self.init == "he" else rng.standard_normal(o)
         return flat
@@ -227,19 +196,11 @@ class Network:
         """The flat parameter vector, on the host."""
         return self.be.to_host(self.params)
 
-    # -----------------------------------------------------------------------------------------
     # Inputs: what training and the bench hand the network, moved to the device once
-    # -----------------------------------------------------------------------------------------
-
-    def _device(self, a, dtype):
-        """``a`` as a C-contiguous device array of ``dtype``; no copy when it already is one."""
-        if isinstance(a, self.xp.ndarray) and a.dtype == dtype and a.flags.c_contiguous:
-            return a
-        return self.be.to_device(a, dtype)
 
     def to_device(self, X):
-        """Inputs X (m, n_0) as a C-contiguous device array of the network's dtype."""
-        X = self._device(X, self.dtype)
+        """Inputs X (m, n_0) as a C-contiguous device array of the network's dtype (no copy when it is one)."""
+        X = on_device(self.be, X, self.dtype)
         if X.ndim != 2 or X.shape[1] != self.sizes[0]:
             raise GpubpError(f"inputs must have shape (m, {self.sizes[0]}), got {tuple(X.shape)}")
         return X
@@ -247,16 +208,15 @@ class Network:
     def labels(self, y, m=None):
         """Integer labels (m,) in [0, n_L) as an int64 device array. Host labels are range-checked
         before they go up; labels already on the device are trusted (a check would cost a sync)."""
-        on_device = self.xp is not np and isinstance(y, self.xp.ndarray)
-        if not on_device:
-            y = np.asarray(y)
+        on_gpu = self.xp is not np and isinstance(y, self.xp.ndarray)
+        y = y if on_gpu else np.asarray(y)
         m = len(y) if m is None else m
         if y.shape != (m,) or y.dtype.kind not in "iu":
             raise GpubpError(f"labels must be {m} integers, got shape {y.shape} dtype {y.dtype}")
         n_out = self.sizes[-1]
-        if not on_device and m and (y.min() < 0 or y.max() >= n_out):
+        if not on_gpu and m and (y.min() < 0 or y.max() >= n_out):
             raise GpubpError(f"labels must lie in [0, {n_out - 1}], got {y.min()}..{y.max()}")
-        return self._device(y, np.dtype(np.int64))
+        return on_device(self.be, y, np.dtype(np.int64))
 
     def one_hot(self, labels):
         """One-hot rows (m, n_L) of device labels (m,), made on the device (a new array)."""
@@ -268,135 +228,50 @@ class Network:
         """Y as one-hot device rows (m, n_L); integer labels (m,) are one-hot encoded on the device."""
         if np.ndim(Y) == 1:
             return self.one_hot(self.labels(Y, m))
-        Y = self._device(Y, self.dtype)
-        n_out = self.sizes[-1]
-        if Y.shape != (m, n_out):
-            raise GpubpError(f"targets must have shape ({m}, {n_out}) or be {m} integer labels, got {tuple(Y.shape)}")
+        Y = on_device(self.be, Y, self.dtype)
+        if Y.shape != (m, self.sizes[-1]):
+            raise GpubpError(f"targets must have shape ({m}, {self.sizes[-1]}) or be {m} integer labels, "
+                             f"got {tuple(Y.shape)}")
         return Y
 
     def workspace(self, m: int, backward: bool = True) -> Workspace:
-        """The workspace for batches of m rows (made on first use), with the own route's launches."""
+        """The workspace for batches of m rows (made on first use, with what the route binds to it)."""
         key = (m, backward)
         if key not in self._ws:
             ws = self._ws[key] = Workspace(self.be, self.sizes, m, self.dtype, backward, self.lead)
-            if backward and self.gemm == "own":
-                ws.own = self._own_launches(m)
+            if backward:
+                self.route.prepare(ws)
         return self._ws[key]
 
-    def _own_launches(self, m: int) -> dict:
-        """The own route's kernels for batches of m rows, each bound to its grid: forward[l] and
-        delta[l] for the hidden layers, update[l] for every layer, and the output layer's."""
-        be, dt = self.be, self.dtype
-
-        def bound(stem, M, N, tile):
-            grid, block = layer_launch(M, N, tile)
-            name = stem + be.kernel_suffix(dt)
-            return lambda *args: be.launch_grid(name, grid, block, 0, *args)
-
-        def tiled(stem, M, N):
-            t = layer_tile(M, N, be.sm_count)
-            return bound(f"{stem}_{t}", M, N, LAYER_TILES[t])
-
-        act, L = self.activation.name, self.L
-        return {"forward": [tiled(f"layer_forward_{act}", m, o) for o, _ in self.shapes[:-1]],
-                "output": bound(f"layer_output_{self.cost.name}", m, self.sizes[-1], "TileOutput"),
-                "delta": [tiled(f"layer_delta_{act}", m, self.sizes[l]) for l in range(1, L)],
-                "update": [tiled("layer_update", o, i) for o, i in self.shapes]}
-
-    # -----------------------------------------------------------------------------------------
-    # Forward and backward
-    # -----------------------------------------------------------------------------------------
+    # Forward and backward: Nielsen's equations, each move issued by the route
 
     def _forward(self, X, ws):
         """Fill ws.A with every layer's activations for X (m, n_0) (or (*lead, m, n_0)); returns A[L]."""
-        A = ws.A
-        A[0] = X
+        ws.A[0] = X
         for l in range(self.L):
-            self.be.matmul(A[l], self._weights_T[l], out=A[l + 1], tf32=self.tf32)  # z = a W^T (+ b below)
-            self._bias_activate(l, A[l + 1])  # a = f(z + b), fused
-        return A[self.L]
-
-    def _bias_activate(self, l, Z) -> None:
-        """Z (m, n_{l+1}) <- f(Z + b[l]): layer l's bias and activation in one kernel."""
-        m, n = Z.shape
-        self._bias_act[l](m if self.layer_activations[l].row_wise else Z.size, Z, self.biases[l], m, n)
-
-    def _backward(self, Y, ws, optimizer=None) -> None:
-        """BP1-BP4 from the activations in ws.A. With no optimizer, or one that is not fused, the
-        mean-cost gradient goes to ``grads``; a fused one (plain SGD) writes its update into
-        ``params`` inside the BP3/BP4 products, and the gradient is never stored."""
-        be, A, D, m, tf = self.be, ws.A, ws.D, ws.m, self.tf32
-        n_out = D[-1].size
-        self._cost_delta(n_out, D[-1], A[-1], Y, n_out, 1.0 / m)  # BP1, over m: the mean cost
-        fused = self._fuses(optimizer)
-        for l in range(self.L - 1, -1, -1):
-            if l > 0:  # BP2 before this layer's update, which changes W[l]
-                be.matmul(D[l], self.weights[l], out=D[l - 1], tf32=tf)  # delta W ...
-                self._act_delta(D[l - 1].size, D[l - 1], A[l], D[l - 1].size)  # ... (.) f'(z), from a = A[l]
-            if fused and tf:  # BP4 and BP3, and network2's update in the same products
-                be.gemm(ws.DT[l], A[l], out=self.weights[l], alpha=-optimizer.eta, beta=optimizer.decay, tf32=tf)
-                be.gemm(ws.ones, D[l], out=self._bias_rows[l], alpha=-optimizer.eta, beta=1.0)
-            elif fused:  # the same, through products prepared once per workspace (a step's input varies)
-                self._fused_update(ws, l, optimizer)
-            else:
-                be.matmul(ws.DT[l], A[l], out=self.grad_weights[l], tf32=tf)  # BP4: delta^T a
-                be.matmul(ws.ones, D[l], out=self._grad_bias_rows[l])  # BP3: sum over rows (a sum: not TF32)
-        if optimizer is not None and not fused:
-            optimizer.update()
-
-    def _own_pass(self, X, Y, ws, optimizer=None) -> None:
-        """The own route: the same equations in our layer kernels, 3L - 1 launches (+1 for an
-        optimizer with state), no cuBLAS: forward layers, then the output layer's forward with BP1,
-        then per layer from the top BP2 (before this layer's update changes W[l]) and BP3+BP4,
-        into ``grads`` or, for plain SGD, as the update itself."""
-        k, A, D, m, tf = ws.own, ws.A, ws.D, ws.m, int(self.tf32)
-        A[0] = X
-        for l in range(self.L - 1):
-            k["forward"][l](A[l + 1], A[l], self.weights[l], self.biases[l], m, self.sizes[l], self.sizes[l + 1], tf)
-        L = self.L
-        k["output"](A[L], D[L - 1], A[L - 1], self.weights[L - 1], self.biases[L - 1], Y, m, self.sizes[L - 1],
-                    self.sizes[L], 1.0 / m, tf)
-        fused = self._fuses(optimizer)
-        for l in range(L - 1, -1, -1):
-            n_out, n_in = self.shapes[l]
-            if l > 0:
-                k["delta"][l - 1](D[l - 1], D[l], self.weights[l], A[l], m, n_out, n_in, tf)
-            if fused:
-                k["update"][l](self.weights[l], self.biases[l], D[l], A[l], m, n_out, n_in,
-                               -optimizer.eta, optimizer.decay, 1.0, tf)
-            else:
-                k["update"][l](self.grad_weights[l], self.grad_biases[l], D[l], A[l], m, n_out, n_in, 1.0, 0.0, 0.0,
-                               tf)
-        if optimizer is not None and not fused:
-            optimizer.update()
+            self.route.infer(l, ws)  # a = f(a W^T + b)
+        return ws.A[self.L]
 
     def _train_pass(self, X, Y, optimizer=None) -> None:
-        """Forward and BP1-BP4 (and the update, given an optimizer) on the network's route."""
+        """Forward, BP1-BP4 on ws.D (each delta over m: the mean cost), and, given an optimizer, its
+        update. With none, or one not fused, the gradient goes to ``grads``; a fused one (plain SGD)
+        writes its update into ``params`` inside the BP3/BP4 products, and no gradient is stored."""
+        route, L = self.route, self.L
         ws = self.workspace(X.shape[-2])
-        if self.gemm == "own":
-            self._own_pass(X, Y, ws, optimizer)
-        else:
-            self._forward(X, ws)
-            self._backward(Y, ws, optimizer)
-
-    def _fuses(self, optimizer) -> bool:
-        """Whether this step folds the optimizer's update into BP3/BP4 (plain SGD)."""
-        return optimizer is not None and optimizer.fused
-
-    def _fused_update(self, ws, l, optimizer) -> None:
-        """BP4 and BP3 of layer l with network2's update in them: W <- decay W - eta D^T A, b <- b - eta 1 D."""
-        update_w, update_b = self._update_plans(ws)[l]
-        update_w(-optimizer.eta, optimizer.decay, ws.A[0] if l == 0 else None)
-        update_b(-optimizer.eta, 1.0)
-
-    def _update_plans(self, ws) -> list:
-        """Per layer, the fused update's two products (W <- decay W - eta D^T A, b <- b - eta 1 D)
-        prepared once for this workspace: their arrays never change, but for layer 0's input."""
-        if ws.plans is None:
-            be = self.be
-            ws.plans = [(be.gemm_plan(ws.DT[l], ws.A[l], self.weights[l]),
-                         be.gemm_plan(ws.ones, ws.D[l], self._bias_rows[l])) for l in range(self.L)]
-        return ws.plans
+        ws.A[0] = X
+        for l in range(L - 1):
+            route.forward(l, ws)  # a^{l+1} = f(a^l W^T + b)
+        route.output(ws, Y)  # a^L, and BP1: delta^L = grad_a C (.) f'(z^L)
+        fused = route.fuses(optimizer)
+        for l in range(L - 1, -1, -1):
+            if l > 0:
+                route.delta(l, ws)  # BP2, before this layer's update changes W[l]
+            if fused:
+                route.update(l, ws, optimizer)  # BP3 and BP4 as network2's update of W[l], b[l]
+            else:
+                route.gradient(l, ws)  # BP3: dC/db = sum_rows delta; BP4: dC/dW = delta^T a
+        if optimizer is not None and not fused:
+            optimizer.update()
 
     def step(self, X, Y, optimizer: Optimizer) -> None:
         """One training step on device arrays X (m, n_0) and one-hot Y (m, n_L): forward, BP1-BP4 and
@@ -416,8 +291,7 @@ class Network:
         lists of L device arrays shaped like ``biases`` and ``weights`` (copies).
         """
         X = self.to_device(X)
-        Y = self.targets(Y, X.shape[0])
-        self._train_pass(X, Y)
+        self._train_pass(X, self.targets(Y, X.shape[0]))
         return [g.copy() for g in self.grad_biases], [g.copy() for g in self.grad_weights]
 
     def update_mini_batch(self, X, Y, eta, lmbda=0.0, n=None) -> None:
@@ -427,12 +301,9 @@ class Network:
         X (m, n_0); Y (m, n_L) one-hot or (m,) labels; n = training-set size (needed when lmbda > 0).
         """
         X = self.to_device(X)
-        Y = self.targets(Y, X.shape[0])
-        self.step(X, Y, SGD(eta, lmbda, n))
+        self.step(X, self.targets(Y, X.shape[0]), SGD(eta, lmbda, n))
 
-    # -----------------------------------------------------------------------------------------
     # Evaluation
-    # -----------------------------------------------------------------------------------------
 
     def measure(self, X, y, lmbda=0.0, cost=True, accuracy=True) -> dict:
         """Total cost (mean over rows, plus network2's L2 term 0.5*lmbda/n*sum w^2) and accuracy of
@@ -448,63 +319,7 @@ class Network:
     def measure_models(self, sets) -> list[list[dict]]:
         """``measure_all`` for every model: per set, [one dict] for a network, K for a stack (whose
         lmbda may be one value per model). Still one copy back for everything."""
-        models = list(np.ndindex(*self.lead))  # [()] for one network, [(0,), ..., (K-1,)] for a stack
-        prepared = []
-        for X, y, lmbda, cost, accuracy in sets:
-            X = self.to_device(X)
-            if X.shape[0] == 0:
-                raise GpubpError("cannot evaluate on an empty data set")
-            lmbdas = np.broadcast_to(np.asarray(lmbda, dtype=np.float64), self.lead)
-            prepared.append((X, self.labels(y, X.shape[0]), lmbdas, bool(cost), bool(accuracy)))
-        per = 3 * len(models)  # per set and model: [summed cost, correct, sum of w^2 or of params]
-        totals = self._totals(per * len(prepared))
-        self.be.kernel("fill", np.float64)(totals.size, totals, totals.size, 0.0)
-        for i, (X, labels, lmbdas, cost, accuracy) in enumerate(prepared):
-            self._accumulate(X, labels, totals[per * i:per * (i + 1)], lmbdas, cost, accuracy, models)
-        host = self.be.to_host(totals).reshape(len(prepared), len(models), 3)
-        out = []
-        for (X, _, lmbdas, cost, accuracy), sums in zip(prepared, host):
-            n, per_model = X.shape[0], []
-            for i, (summed, correct, extra) in zip(models, sums):
-                per_model.append({"cost": (summed + 0.5 * float(lmbdas[i]) * extra) / n if cost else None,
-                                  "correct": int(correct) if accuracy else None,
-                                  "accuracy": float(correct) / n if accuracy else None, "n": n,
-                                  "finite": bool(np.isfinite(summed + extra))})
-            out.append(per_model)
-        return out
-
-    def _totals(self, size: int):
-        """A float64 device buffer of ``size`` sums, made once per size."""
-        key = ("totals", size)
-        if key not in self._ws:
-            self._ws[key] = self.be.empty((size,), np.float64)
-        return self._ws[key]
-
-    def _accumulate(self, X, labels, slots, lmbdas, cost, accuracy, models) -> None:
-        """Add one data set's summed cost, number correct and (for L2, or for the finiteness check)
-        sum of squared weights or of parameters into slots[3j], [3j + 1], [3j + 2] for the j-th of
-        ``models`` (indices into the leading axes), on the device: one forward pass for all of them."""
-        be, dt = self.be, self.dtype
-        for k in range(0, X.shape[0] if cost or accuracy else 0, EVAL_ROWS):
-            Xc, lc = X[k:k + EVAL_ROWS], labels[k:k + EVAL_ROWS]
-            rows = Xc.shape[0]
-            ws = self.workspace(rows, False)
-            out = self._forward(Xc, ws)  # (*lead, rows, n_L)
-            if cost:
-                Y = ws.targets(be, self.sizes[-1], dt)
-                be.kernel("one_hot", dt)(Y.size, Y, lc, rows, Y.shape[1])
-            for j, i in enumerate(models):
-                if cost:
-                    be.kernel(self.cost.value_kernel, dt)(rows, slots[3 * j:3 * j + 1], out[i], Y, rows, Y.shape[1])
-                if accuracy:
-                    be.kernel("argmax_count", dt)(rows, slots[3 * j + 1:3 * j + 2], out[i], lc, rows, out.shape[-1])
-        for j, i in enumerate(models):
-            params = self.params[i]
-            if cost and lmbdas[i]:
-                w = params[:self.n_weights]
-                be.kernel("sum_squares_into", dt)(w.size, slots[3 * j + 2:3 * j + 3], w, w.size)
-            elif not (cost or accuracy):
-                be.kernel("sum_into", dt)(self.n_params, slots[3 * j + 2:3 * j + 3], params, self.n_params)
+        return measure_sets(self, sets)
 
     def evaluate(self, X, y) -> float:
         """Fraction of rows of X (n, n_0) whose largest output is the label y (n,)."""
@@ -514,9 +329,7 @@ class Network:
         """Mean cost over (X, y) plus the L2 term 0.5*(lmbda/n)*sum ||w||^2, as network2's total_cost."""
         return self.measure(X, y, lmbda=lmbda, accuracy=False)["cost"]
 
-    # -----------------------------------------------------------------------------------------
     # Training and files
-    # -----------------------------------------------------------------------------------------
 
     def sgd(self, training_data, epochs=30, mini_batch_size=None, eta=None, lmbda=None,
             evaluation_data=None, **options):
@@ -547,33 +360,118 @@ class Network:
     def load(cls, path, backend=None, gemm=None, tf32=None) -> Network:
         """The network saved in ``path``, with its optimizer state and training progress when the
         file has them; ModelFileError if it is not a whole, consistent gpubp model."""
-        meta, arrays = checkpoint.load(path)
-        cfg = meta["model"]
-        try:  # the declared sizes must match the stored vector before anything is allocated
-            sizes = check_sizes(cfg["sizes"])
-            if count_parameters(sizes) != arrays["params"].size:
-                raise GpubpError(f"sizes {','.join(map(str, sizes))} need {count_parameters(sizes):,} "
-                                 f"parameters, the file holds {arrays['params'].size:,}")
-        except (GpubpError, TypeError) as e:
-            raise ModelFileError(f"{path} is inconsistent: {e}") from None
-        try:
-            net = cls(cfg["sizes"], cost=cfg["cost"], activation=cfg.get("activation", "sigmoid"),
-                      backend=backend, dtype=cfg["dtype"], seed=cfg.get("seed"), init=cfg.get("init", "default"),
-                      gemm=gemm, tf32=cfg.get("tf32", False) if tf32 is None else tf32)
-            net.set_params(arrays["params"])
-            net.epochs_trained = int(meta.get("epochs_trained", 0))
-            net.mini_batch_size = int(meta["mini_batch_size"]) if meta.get("mini_batch_size") else None
-            if meta.get("rng"):
-                net.rng.bit_generator.state = meta["rng"]
-            if meta.get("optimizer"):
-                opt = dict(meta["optimizer"])
-                net.optimizer = make_optimizer(opt.pop("optimizer"), **opt).bind(net)
-                prefix = "optimizer_"
-                net.optimizer.load_state({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
-        except (GpubpError, KeyError, TypeError, ValueError) as e:
-            raise ModelFileError(f"{path} is inconsistent: {e}") from None
-        return net
+        return load_network(cls, path, backend, gemm, tf32)
 
     def __repr__(self) -> str:
         return (f"Network({self.sizes}, cost={self.cost.name!r}, activation={self.activation.name!r}, "
                 f"dtype={self.dtype.name!r}, backend={self.be.name!r}, gemm={self.gemm!r})")
+
+
+def layer_views(shapes, n_weights, flat):
+    """Lists of W[l] (*lead, n_out, n_in) and b[l] (*lead, n_out) views into one buffer (*lead, P):
+    every W (shapes[l] = (n_out, n_in)), then from ``n_weights`` on every b."""
+    lead, ws, bs, k = flat.shape[:-1], [], [], 0
+    for o, i in shapes:
+        ws.append(flat[..., k:k + o * i].reshape(*lead, o, i))
+        k += o * i
+    for o, _ in shapes:
+        bs.append(flat[..., k:k + o])
+        k += o
+    return ws, bs
+
+
+def on_device(be, a, dtype):
+    """``a`` as a C-contiguous device array of ``dtype``; no copy when it already is one."""
+    if isinstance(a, be.xp.ndarray) and a.dtype == dtype and a.flags.c_contiguous:
+        return a
+    return be.to_device(a, dtype)
+
+
+def measure_sets(net, sets) -> list[list[dict]]:
+    """Network.measure_models: every set's sums for every model of ``net`` in one float64 device
+    buffer (made once per size), filled by ``add_sums`` and brought back in one copy."""
+    models = list(np.ndindex(*net.lead))  # [()] for one network, [(0,), ..., (K-1,)] for a stack
+    prepared = []
+    for X, y, lmbda, cost, accuracy in sets:
+        X = net.to_device(X)
+        if X.shape[0] == 0:
+            raise GpubpError("cannot evaluate on an empty data set")
+        lmbdas = np.broadcast_to(np.asarray(lmbda, dtype=np.float64), net.lead)
+        prepared.append((X, net.labels(y, X.shape[0]), lmbdas, bool(cost), bool(accuracy)))
+    per = 3 * len(models)  # per set and model: [summed cost, correct, sum of w^2 or of params]
+    if ("totals", per * len(prepared)) not in net._ws:  # made once per size
+        net._ws["totals", per * len(prepared)] = net.be.empty((per * len(prepared),), np.float64)
+    totals = net._ws["totals", per * len(prepared)]
+    net.be.kernel("fill", np.float64)(totals.size, totals, totals.size, 0.0)
+    for i, (X, labels, lmbdas, cost, accuracy) in enumerate(prepared):
+        add_sums(net, X, labels, totals[per * i:per * (i + 1)], lmbdas, cost, accuracy, models)
+    host = net.be.to_host(totals).reshape(len(prepared), len(models), 3)
+    out = []
+    for (X, _, lmbdas, cost, accuracy), sums in zip(prepared, host):
+        n, per_model = X.shape[0], []
+        for i, (summed, correct, extra) in zip(models, sums):
+            per_model.append({"cost": (summed + 0.5 * float(lmbdas[i]) * extra) / n if cost else None,
+                              "correct": int(correct) if accuracy else None,
+                              "accuracy": float(correct) / n if accuracy else None, "n": n,
+                              "finite": bool(np.isfinite(summed + extra))})
+        out.append(per_model)
+    return out
+
+
+def add_sums(net, X, labels, slots, lmbdas, cost, accuracy, models) -> None:
+    """Add one data set's summed cost, number correct and (for L2, or for the finiteness check)
+    sum of squared weights or of parameters into slots[3j], [3j + 1], [3j + 2] for the j-th of
+    ``models`` (indices into ``net``'s leading axes), on the device: one forward pass for all of them."""
+    be, dt = net.be, net.dtype
+    for k in range(0, X.shape[0] if cost or accuracy else 0, EVAL_ROWS):
+        Xc, lc = X[k:k + EVAL_ROWS], labels[k:k + EVAL_ROWS]
+        rows = Xc.shape[0]
+        ws = net.workspace(rows, False)
+        out = net._forward(Xc, ws)  # (*lead, rows, n_L)
+        if cost:
+            Y = ws.targets(be, net.sizes[-1], dt)
+            be.kernel("one_hot", dt)(Y.size, Y, lc, rows, Y.shape[1])
+        for j, i in enumerate(models):
+            if cost:
+                be.kernel(net.cost.value_kernel, dt)(rows, slots[3 * j:3 * j + 1], out[i], Y, rows, Y.shape[1])
+            if accuracy:
+                be.kernel("argmax_count", dt)(rows, slots[3 * j + 1:3 * j + 2], out[i], lc, rows, out.shape[-1])
+    for j, i in enumerate(models):
+        params = net.params[i]
+        if cost and lmbdas[i]:
+            w = params[:net.n_weights]
+            be.kernel("sum_squares_into", dt)(w.size, slots[3 * j + 2:3 * j + 3], w, w.size)
+        elif not (cost or accuracy):
+            be.kernel("sum_into", dt)(net.n_params, slots[3 * j + 2:3 * j + 3], params, net.n_params)
+
+
+def load_network(cls, path, backend=None, gemm=None, tf32=None) -> Network:
+    """Network.load: the model in ``path`` as a ``cls``, or ModelFileError."""
+    meta, arrays = checkpoint.load(path)
+    cfg = meta["model"]
+    try:  # the declared sizes must match the stored vector before anything is allocated
+        if cfg.get("gemm") not in (None, *GEMM_ROUTES):
+            raise GpubpError(f"gemm {str(cfg['gemm'])[:40]!r} is none of {', '.join(GEMM_ROUTES)}")
+        sizes = check_sizes(cfg["sizes"])
+        if count_parameters(sizes) != arrays["params"].size:
+            raise GpubpError(f"sizes {','.join(map(str, sizes))} need {count_parameters(sizes):,} "
+                             f"parameters, the file holds {arrays['params'].size:,}")
+    except (GpubpError, TypeError) as e:
+        raise ModelFileError(f"{path} is inconsistent: {e}") from None
+    try:
+        net = cls(cfg["sizes"], cost=cfg["cost"], activation=cfg.get("activation", "sigmoid"),
+                  backend=backend, dtype=cfg["dtype"], seed=cfg.get("seed"), init=cfg.get("init", "default"),
+                  gemm=gemm, tf32=cfg.get("tf32", False) if tf32 is None else tf32)
+        net.set_params(arrays["params"])
+        net.epochs_trained = int(meta.get("epochs_trained", 0))
+        net.mini_batch_size = int(meta["mini_batch_size"]) if meta.get("mini_batch_size") else None
+        if meta.get("rng"):
+            net.rng.bit_generator.state = meta["rng"]
+        if meta.get("optimizer"):
+            opt = dict(meta["optimizer"])
+            net.optimizer = make_optimizer(opt.pop("optimizer"), **opt).bind(net)
+            prefix = "optimizer_"
+            net.optimizer.load_state({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+    except (GpubpError, KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{path} is inconsistent: {e}") from None
+    return net

@@ -208,9 +208,10 @@ class ModelOptimizers:
     (K, P) parameters from its (K, P) gradients in one ``<kernel>_models`` launch. Each model's
     values (its optimizer's ``per_model``: eta, decay, l2) live in device arrays of length K.
 
-    ``fused``: plain SGD's update folded into each model's BP4 product, where the stack's backend
-    does that per model (Backend.fuses_per_model: the CPU); elsewhere a batched product has one
-    alpha and one beta for all K models, so the gradient goes to ``grads``, then the kernel."""
+    ``fused``: plain SGD's update may be folded into each model's BP4 product; the stack's route
+    (gpubp.sweeps.stack.StackRoute.fuses) does that where its products are host BLAS calls, one per
+    model; elsewhere a batched product has one alpha and one beta for all K models, so the gradient
+    goes to ``grads``, then the kernel."""
 
     fused = False
 
@@ -244,7 +245,7 @@ class ModelOptimizers:
                            for name in kind.per_model}
             self.kernel = be.kernel(kind.kernel_name + "_models", stack.dtype)
             self.done = be.zeros((1,), np.uint32) if kind.block_counter else None
-            self.fused = kind.fused and be.fuses_per_model
+            self.fused = kind.fused
         return self
 
     def update(self) -> None:

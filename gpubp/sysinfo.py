@@ -39,24 +39,58 @@ def blas() -> dict:
     return info
 
 
-def _openblas_threads():
+def _openblas_libraries() -> list:
+    """Every OpenBLAS loaded in this process (NumPy and SciPy each bring their own), as ctypes libraries."""
     import ctypes
 
     try:
         with open("/proc/self/maps") as f:
-            libs = {line.split()[-1] for line in f if "openblas" in line.split()[-1].lower()}
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.split()[-1].lower()})
     except OSError:
-        return None
-    for lib in libs:
+        return []
+    libs = []
+    for path in paths:
         try:
-            dll = ctypes.CDLL(lib)
+            libs.append(ctypes.CDLL(path))
         except OSError:
             continue
-        for sym in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads"):
-            fn = getattr(dll, sym, None)
-            if fn is not None:
-                return int(fn())
+    return libs
+
+
+def _openblas_call(lib, name, *args):
+    """OpenBLAS's ``name`` (openblas_get_num_threads, ...) under whichever symbol this build exports, or None."""
+    import ctypes
+
+    for sym in (f"scipy_{name}64_", f"{name}64_", name):
+        fn = getattr(lib, sym, None)
+        if fn is not None:
+            return fn(*(ctypes.c_int(a) for a in args))
     return None
+
+
+def _openblas_threads():
+    for lib in _openblas_libraries():
+        n = _openblas_call(lib, "openblas_get_num_threads")
+        if n is not None:
+            return int(n)
+    return None
+
+
+def set_blas_threads(n: int) -> int | None:
+    """Set the threads of every OpenBLAS in this process to ``n`` (threadpoolctl's way when it is
+    installed); returns the count before, or None when no BLAS here can be told (then nothing changed)."""
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        before, told = _openblas_threads(), False
+        for lib in _openblas_libraries():
+            told |= _openblas_call(lib, "openblas_set_num_threads", n) is not None
+        return before if told else None
+    pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    if not pools:
+        return None
+    threadpool_limits(limits=n, user_api="blas")
+    return pools[0].get("num_threads")
 
 
 # gpubp is installed from a clone, not from a package index, so the hints name the clone's commands.

@@ -98,7 +98,8 @@ def train(net, training_data, epochs=30, mini_batch_size=None, eta=None, lmbda=N
 
     Each record: {"epoch" (counted from 1 over the network's life), "seconds" (training only,
     synchronized), "eval_seconds", "mode" ("graph" or "eager"), "train_cost" (or None),
-    "validation_accuracy" (or None)}.
+    "validation_accuracy" (or None)}, and "capture_seconds" in an epoch that captured its graph
+    (workspaces, kernel loading, capture and instantiation: set-up, not in "seconds").
     Warns (TrainingWarning) when validation accuracy stays at chance or the training cost stops
     moving for two epochs. Raises TrainingDiverged when the cost becomes NaN or infinite, and
     TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C, with the network put back to its state
@@ -261,13 +262,13 @@ def _batch_rows(n: int, bs: int) -> set[int]:
 
 def _capture_epoch(run: _Run):
     """Capture one epoch's steps as a graph: everything a step needs (workspaces for the full and
-    the last batch, the optimizer's state, loaded kernels) is made first, since nothing may be
-    allocated or loaded while a stream captures (the pool's addresses would be baked in)."""
+    the last batch, the optimizer's state; the backend's prepare_capture loads the kernels) is made
+    first, since nothing may be allocated or loaded while a stream captures (the pool's addresses
+    would be baked in). Nothing here waits for the device: an epoch's one sync stops its clock."""
     net, be, n, bs = run.net, run.net.be, run.X.shape[0], run.bs
     for m in _batch_rows(n, bs):
         net.workspace(m)
     run.opt.bind(net)
-    be.warmup()
     be.prepare_capture(net.gemm)
     with be.capture() as graph:
         _steps(run)
@@ -279,15 +280,20 @@ def _epoch(run: _Run) -> dict:
     epoch's captured graph; then the evaluations, brought back in one copy."""
     net, be, opt = run.net, run.net.be, run.opt
     n = run.X.shape[0]
+    perm = net.rng.permutation(n)
+    capture_seconds = None
+    if run.graph:  # captured outside the epoch's clock: it is set-up, timed as capture_seconds
+        baked = (type(opt), sorted(opt.hyperparameters().items()), net.tf32)
+        if run.captured is None or run.captured_with != baked:  # a graph keeps the scalars it was captured with
+            tc = time.perf_counter()
+            run.captured = None  # the old graph goes before the new one is recorded
+            run.captured, run.captured_with = _capture_epoch(run), baked
+            capture_seconds = time.perf_counter() - tc
     bar = _bar(run.show, n, net.epochs_trained + 1, run.total)
     t0 = time.perf_counter()
     try:
-        be.upload(run.perm, net.rng.permutation(n))
+        be.upload(run.perm, perm)
         if run.graph:
-            baked = (type(opt), sorted(opt.hyperparameters().items()), net.tf32)
-            if run.captured is None or run.captured_with != baked:  # a graph keeps the scalars it was captured with
-                run.captured = None  # the old graph goes before the new one is recorded
-                run.captured, run.captured_with = _capture_epoch(run), baked
             run.captured.launch()
             if bar is not None:
                 bar.update(n)
@@ -304,6 +310,8 @@ def _epoch(run: _Run) -> dict:
     t1 = time.perf_counter()
     record = {"epoch": epoch, "seconds": seconds, "train_cost": None, "validation_accuracy": None,
               "mode": "graph" if run.graph else "eager"}
+    if capture_seconds is not None:
+        record["capture_seconds"] = capture_seconds
     # the training cost (or, without it, the parameters' finiteness) and the validation accuracy,
     # summed on the device and brought back in one copy
     sets = [(run.X, run.labels, opt.lmbda, run.monitor_training_cost, False)]

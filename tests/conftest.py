@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
@@ -35,18 +34,13 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture
 def cupy_be(monkeypatch):
-    """(the CuPy backend, the stand-in it drives): CuPy replaced by tests/cupy_standin.py, which keeps
-    CuPy's documented call conventions and runs kernels on the emulator; cuBLAS by its stand-in too."""
-    from cupy_standin import FakeCublasLib, FakeCupy
+    """(the CuPy backend, the stand-in it drives): CuPy, its lazy loading of cuBLAS and pip's libcublas
+    replaced by tests/cupy_standin.py, which behaves as CuPy 14 does and runs kernels on the emulator."""
+    from cupy_standin import install
 
     import gpubp.backends as B
-    from gpubp.backends import cublas
 
-    fake = FakeCupy()
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setitem(sys.modules, "cupy.cublas", fake.cublas)
-    fake.cublas_lib = FakeCublasLib(fake)
-    monkeypatch.setattr(cublas, "load", lambda: fake.cublas_lib)
+    fake = install(monkeypatch)
     B.reset()
     yield B.get_backend("cupy"), fake
     B.reset()

@@ -1,29 +1,48 @@
-"""A stand-in for CuPy that keeps CuPy's documented conventions and runs kernels on the emulator, so
-the CuPy backend's own Python runs here without a GPU (tests/test_cupy_glue.py, tests/test_graphs.py).
+"""A stand-in for CuPy that keeps CuPy 14's conventions and runs kernels on the emulator, so the CuPy
+backend's own Python runs here without a GPU (tests/test_cupy_glue.py, tests/test_graphs.py).
 
-What it holds to, each from CuPy's documentation or source:
+``install(monkeypatch)`` puts it in place of ``cupy``, ``cupy_backends.cuda.libs``, ``cuda.pathfinder``
+and, for libcublas only, the dynamic loader (``ctypes.CDLL``). What it holds to, each from CuPy's
+source or documentation:
 - RawModule(code=..., options=...) gets one kernel file's code and our NVRTC options; get_function
-  by entry name; kernel(grid, block, args, *, shared_mem=0), 1-3 sizes each, args device arrays or
-  NumPy scalars (cupy/_core/raw.pyx).
+  by entry name loads the kernel (cuModuleGetFunction; CUDA's lazy-loading guide) and is refused
+  while the current stream captures; kernel(grid, block, args, *, shared_mem=0), 1-3 sizes each,
+  args device arrays or NumPy scalars (cupy/_core/raw.pyx).
 - Device arrays are a class of their own (host arrays are not device arrays), with .set(host)
-  (ndarray.set) and __cuda_array_interface__; asnumpy copies back.
+  (ndarray.set) and __cuda_array_interface__; asnumpy copies back. Their memory comes from a pool
+  that, as CuPy's (cupy/cuda/memory.pyx, SingleDeviceMemoryPool), rounds sizes up to 512 bytes and
+  hands a freed block to the next request of its size: an address outlives the array.
 - cupy.matmul and cupy.cublas.gemm write into ``out`` in place only when it is contiguous and of the
   result's dtype (cupy/_core/_routines_linalg.pyx, cupy/cublas.py); the stand-in asserts it.
-- Streams: Stream(non_blocking=True) is a context manager that makes it current; begin_capture()
-  refuses the default stream, end_capture() returns a Graph, Graph.launch(stream=None) replays it
-  (cupy/cuda/stream.pyx, graph.pyx). While a stream captures: kernels launched on it are recorded,
-  not run; any cuBLAS call through CuPy raises NotImplementedError (cupy_backends/cuda/libs/
-  cublas.pyx, setStream); synchronous copies and synchronizing raise; allocating from the pool is
-  refused (its addresses would be baked into the graph: cupy#8318).
+- Streams: the current stream is per thread (cupy/cuda/stream.pyx); Stream(non_blocking=True) is a
+  context manager that makes it current in this thread; begin_capture() refuses the default stream
+  and captures in relaxed mode; end_capture() returns a Graph, or raises
+  cudaErrorStreamCaptureInvalidated when a refused call broke the capture; Graph.launch(stream=None)
+  replays it (cupy/cuda/stream.pyx, graph.pyx). A Graph holds its cudaGraph_t, cudaGraphExec_t and
+  stream only (cupy/cuda/graph.pxd): its nodes hold raw pointers and keep no array alive. While the current stream captures: kernels launched on it are recorded, not run; any
+  cuBLAS call through CuPy raises NotImplementedError (cupy_backends/cuda/libs/cublas.pyx,
+  setStream); synchronous copies and synchronizing it raise and invalidate the capture; allocating
+  from the pool is ALLOWED (relaxed mode exists for it: the comment in Stream.begin_capture), and
+  counted in calls["allocs_in_capture"]. Another thread's current stream is not captured.
+- Memory hooks are per thread (cupy/cuda/memory_hook.pyx).
+- cuBLAS is loaded lazily: nothing is loaded by ``import cupy``; ``from cupy_backends.cuda.libs import
+  cublas`` runs the package's __getattr__, which asks cuda.pathfinder.load_nvidia_dynamic_lib("cublas")
+  to load it first (cupy_backends/cuda/libs/__init__.py); pathfinder's answer is cached and names
+  the file (cuda/pathfinder, LoadedDL.abs_path). Here the library is pip's (a path in site-packages
+  the system loader does not search): ctypes.CDLL opens that path once it is loaded, and refuses any
+  other libcublas name, as a machine with a pip-only install would.
 - FakeCublasLib plays libcublas for gpubp's own binding (gpubp/backends/cublas.py): the same entry
   points, column-major GEMM read through the pointers it is given (strided-batched too: matrix i
-  of A at A + i*strideA, strides 64-bit), and its calls recorded into the graph when its
-  handle's stream is capturing.
+  of A at A + i*strideA, strides 64-bit), each call on its handle's stream (recorded into the graph
+  when that stream captures, whatever the current stream); cublasSetStream resets the handle's
+  workspace to cuBLAS's own pool (cuBLAS guide), and a captured call needs a workspace set.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
+import threading
 import types
 
 import numpy as np
@@ -32,24 +51,76 @@ from gpubp.backends import kernel as K
 from gpubp.backends.emulated import EmulatedBackend
 
 CAPTURE_REFUSED = "calling cuBLAS API during stream capture is currently unsupported"
+INVALIDATED = "cudaErrorStreamCaptureInvalidated"
+UNSUPPORTED = "cudaErrorStreamCaptureUnsupported"
+CUBLAS_PATH = "/site-packages/nvidia/cu13/lib/libcublas.so.13"  # where pip's nvidia-cublas puts it
 
 
 def pad3(dims):
     return dims + (1,) * (3 - len(dims))
 
 
+class _Block:
+    """A block of pool memory; when the last array on it goes, the block goes back to the pool."""
+
+    def __init__(self, pool, ptr, size):
+        self.pool, self.ptr, self.size = pool, ptr, size
+        self.__array_interface__ = {"data": (ptr, False), "shape": (size,), "typestr": "|u1", "version": 3}
+
+    def __del__(self):
+        self.pool.release(self.ptr, self.size)
+
+
+class _Pool:
+    """CuPy's memory pool as far as addresses go (cupy/cuda/memory.pyx): sizes rounded up to 512
+    bytes, a freed block handed to the next request of its size (the last freed first), the device
+    memory itself (here: arenas of host memory) never given back."""
+
+    UNIT, ARENA = 512, 32 << 20
+
+    def __init__(self):
+        self.arenas, self.free, self.top = [], {}, None
+        self.lock = threading.Lock()
+
+    def malloc(self, nbytes: int) -> _Block:
+        size = max(-(-nbytes // self.UNIT), 1) * self.UNIT
+        with self.lock:
+            free = self.free.get(size)
+            if free:
+                return _Block(self, free.pop(), size)
+            if self.top is None or self.top[1] + size > self.top[0].nbytes:
+                self.arenas.append(np.empty(max(size, self.ARENA), np.uint8))
+                self.top = [self.arenas[-1], 0]
+            ptr = self.top[0].ctypes.data + self.top[1]
+            self.top[1] += size
+        return _Block(self, ptr, size)
+
+    def release(self, ptr, size) -> None:
+        with self.lock:
+            self.free.setdefault(size, []).append(ptr)
+
+    def view(self, ptr, shape, strides, dtype, cls):
+        """The array at raw address ``ptr`` (what a graph node holds), over the pool's memory."""
+        for arena in self.arenas:
+            base = arena.ctypes.data
+            if base <= ptr < base + arena.nbytes:
+                return np.ndarray(shape, dtype, buffer=arena, offset=ptr - base, strides=strides).view(cls)
+        raise AssertionError(f"address {ptr:#x} is not in the pool")
+
+
 class FakeCupy(types.ModuleType):
     def __init__(self):
         super().__init__("cupy")
         self.calls = {"modules": [], "launches": [], "geometry": [], "syncs": 0, "asnumpy": 0, "gemms": 0,
-                      "captured": 0}
+                      "captured": 0, "allocs_in_capture": 0}
         self._emu = EmulatedBackend()
-        self._hooks = {}
-        self.capturing = None  # the stream that captures now
+        self._pool = _Pool()
+        self._tls = threading.local()  # per thread: the current-stream stack and the memory hooks
+        self._streams_by_ptr = {}
         fake = self
 
         class ndarray(np.ndarray):
-            """A device array: NumPy memory, seen as CuPy's ndarray."""
+            """A device array: NumPy memory from the pool, seen as CuPy's ndarray."""
 
             def set(self, arr, stream=None):
                 fake._refuse_in_capture("ndarray.set (a synchronous host-to-device copy)")
@@ -69,12 +140,13 @@ class FakeCupy(types.ModuleType):
             name = "MemoryHook"
 
             def __enter__(self):
-                assert self.name not in fake._hooks
-                fake._hooks[self.name] = self
+                hooks = fake._hooks()
+                assert self.name not in hooks
+                hooks[self.name] = self
                 return self
 
             def __exit__(self, *exc):
-                del fake._hooks[self.name]
+                del fake._hooks()[self.name]
 
             def malloc_postprocess(self, **kwargs):
                 pass
@@ -94,8 +166,13 @@ class FakeCupy(types.ModuleType):
                                                                  np.uint32), a
                 fake.calls["launches"].append(self.name)
                 fake.calls["geometry"].append((grid, block, shared_mem))
-                fake._on_stream(lambda: fake._emu.execute(self.file, self.name, pad3(grid), pad3(block), args,
-                                                          shared_mem=shared_mem))
+                raw = tuple(fake._raw(a) for a in args)  # a graph node holds addresses, not arrays
+
+                def run():
+                    fake._emu.execute(self.file, self.name, pad3(grid), pad3(block),
+                                      tuple(fake._array(r) for r in raw), shared_mem=shared_mem)
+
+                fake._on_stream(run)
 
         class RawModule:
             def __init__(self, code=None, *, options=(), **kw):
@@ -106,6 +183,8 @@ class FakeCupy(types.ModuleType):
                 fake.calls["modules"].append(self.file)
 
             def get_function(self, name):
+                """Compiles and loads the module on first use, and the kernel (cuModuleGetFunction)."""
+                fake._refuse_in_capture(f"loading kernel {name} (loading may need the device to wait)")
                 assert name in K.parse_signatures(K.source(self.file))
                 return RawKernel(self.file, name)
 
@@ -121,32 +200,37 @@ class FakeCupy(types.ModuleType):
             def __init__(self, null=False, non_blocking=False, ptds=False):
                 self.ptr = 0 if null else id(self)
                 self.non_blocking = non_blocking
-                self._nodes = None
+                self._nodes, self.invalidated = None, False
+                fake._streams_by_ptr[self.ptr] = self
 
             def __enter__(self):
-                fake._streams.append(self)
+                fake._stack().append(self)
                 return self
 
             def __exit__(self, *exc):
-                fake._streams.pop()
+                fake._stack().pop()
 
             def synchronize(self):
-                fake._refuse_in_capture("Stream.synchronize")
+                if self._nodes is not None:
+                    self.invalidated = True
+                    raise RuntimeError(f"Stream.synchronize on a capturing stream ({UNSUPPORTED})")
                 fake.calls["syncs"] += 1
 
             def begin_capture(self, mode=None):
                 if self.ptr in (0, 1):
                     raise RuntimeError("cannot capture on the default (legacy) stream")
-                assert fake.capturing is None and self.non_blocking
-                self._nodes, fake.capturing = [], self
+                assert self._nodes is None and self.non_blocking
+                self._nodes, self.invalidated = [], False
 
             def end_capture(self):
-                assert fake.capturing is self
-                nodes, self._nodes, fake.capturing = self._nodes, None, None
+                assert self._nodes is not None, "end_capture without begin_capture"
+                nodes, self._nodes = self._nodes, None
+                if self.invalidated:
+                    raise RuntimeError(f"{INVALIDATED}: operation failed due to a previous error during capture")
                 return Graph(nodes)
 
             def is_capturing(self):
-                return fake.capturing is self
+                return self._nodes is not None
 
         class Device:
             id = 0
@@ -154,48 +238,93 @@ class FakeCupy(types.ModuleType):
             attributes = {"MultiProcessorCount": 3}
 
         self._null = Stream(null=True)
-        self._streams = []
-        runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=lambda i: {"name": b"Stand-in"})
+        runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=lambda i: {"name": b"Stand-in"},
+                                        runtimeGetVersion=lambda: 0, driverGetVersion=lambda: 0)  # 0: none here
+        self.__version__ = "14 (stand-in)"
+        self.allocator = "pool"
+
+        def set_allocator(allocator=None):
+            """cupy.cuda.set_allocator(None): plain cudaMalloc, no pool (what .ci/sanitize sets for memcheck)."""
+            self.allocator = allocator
+
         self.cuda = types.SimpleNamespace(MemoryHook=MemoryHook, Device=Device, runtime=runtime, Stream=Stream,
-                                          Graph=Graph, get_current_stream=self._current)
+                                          Graph=Graph, get_current_stream=self._current, set_allocator=set_allocator)
         self.RawModule = RawModule
         self.cublas = types.SimpleNamespace(gemm=self._cublas_gemm)
 
     # -- streams and capture -------------------------------------------------------------------
 
-    def _current(self):
-        return self._streams[-1] if self._streams else self._null
+    def _stack(self) -> list:
+        stack = getattr(self._tls, "streams", None)
+        if stack is None:
+            stack = self._tls.streams = []
+        return stack
 
-    def _on_stream(self, work) -> None:
-        """Run work on the current stream: recorded instead when that stream captures."""
-        stream = self._current()
-        if self.capturing is stream:
+    def _hooks(self) -> dict:
+        hooks = getattr(self._tls, "hooks", None)
+        if hooks is None:
+            hooks = self._tls.hooks = {}
+        return hooks
+
+    def _current(self):
+        stack = self._stack()
+        return stack[-1] if stack else self._null
+
+    def _on_stream(self, work, stream=None) -> None:
+        """Run work on ``stream`` (default: this thread's current one): recorded instead when it captures."""
+        stream = self._current() if stream is None else stream
+        if stream._nodes is not None:
             self.calls["captured"] += 1
             stream._nodes.append(work)
         else:
             work()
 
     def _refuse_in_capture(self, what: str) -> None:
-        if self.capturing is not None:
-            raise RuntimeError(f"{what} is not allowed while a stream captures (cudaErrorStreamCaptureUnsupported)")
+        stream = self._current()
+        if stream._nodes is not None:
+            stream.invalidated = True
+            raise RuntimeError(f"{what} is not allowed while the stream captures ({UNSUPPORTED})")
 
     # -- arrays --------------------------------------------------------------------------------
 
-    def _device(self, a):
-        return np.asarray(a).view(self.ndarray)
-
     def empty(self, shape, dtype):
-        self._refuse_in_capture("allocating from the memory pool")
-        for h in list(self._hooks.values()):
-            h.malloc_postprocess(device_id=0, size=0, mem_size=0, mem_ptr=0, pmem_id=0)
-        return np.empty(shape, dtype).view(self.ndarray)
+        """An array from the pool (allowed during capture: its address is then baked into the graph)."""
+        dtype = np.dtype(dtype)
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if self._current()._nodes is not None:
+            self.calls["allocs_in_capture"] += 1
+        block = self._pool.malloc(nbytes)
+        for h in list(self._hooks().values()):
+            h.malloc_postprocess(device_id=0, size=nbytes, mem_size=block.size, mem_ptr=block.ptr, pmem_id=0)
+        return np.asarray(block)[:nbytes].view(dtype).reshape(shape).view(self.ndarray)
+
+    def _copy(self, a, dtype=None):
+        a = np.asarray(a, dtype=dtype)
+        out = self.empty(a.shape, a.dtype)
+        np.copyto(out, a, casting="no")
+        return out
+
+    def _raw(self, a):
+        """What a graph node keeps of a launch argument: a device array's address and layout only."""
+        if isinstance(a, self.ndarray):
+            return ("ptr", a.__array_interface__["data"][0], a.shape, a.strides, a.dtype)
+        return ("scalar", a)
+
+    def _array(self, raw):
+        if raw[0] == "scalar":
+            return raw[1]
+        _, ptr, shape, strides, dtype = raw
+        return self._pool.view(ptr, shape, strides, dtype, self.ndarray)
 
     def asarray(self, a, dtype=None):
         self._refuse_in_capture("a synchronous host-to-device copy")
-        return self._device(np.array(a, dtype=dtype))
+        return self._copy(a, dtype)
 
     def ascontiguousarray(self, a, dtype=None):
-        return self._device(np.ascontiguousarray(a, dtype=dtype))
+        if isinstance(a, self.ndarray) and a.flags.c_contiguous and (dtype is None or a.dtype == np.dtype(dtype)):
+            return a
+        return self._copy(np.ascontiguousarray(a), dtype)
 
     def asnumpy(self, a):
         self._refuse_in_capture("cupy.asnumpy (a synchronous device-to-host copy)")
@@ -207,7 +336,7 @@ class FakeCupy(types.ModuleType):
     def _cublas_gemm(self, transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
         """cupy.cublas.gemm (cupy/cublas.py): out = alpha op(a) @ op(b) + beta out, 2-D, one dtype;
         a C- or F-contiguous out is written in place (anything else would be copied)."""
-        if self.capturing is not None:
+        if self._current()._nodes is not None:
             raise NotImplementedError(CAPTURE_REFUSED)
         assert a.ndim == b.ndim == 2 and a.dtype == b.dtype
         assert transa in ("N", "T") and transb in ("N", "T")
@@ -224,7 +353,7 @@ class FakeCupy(types.ModuleType):
         """cupy.matmul writes straight into ``out`` only when it is C-contiguous, of the result's
         dtype and shares no memory with a or b (cupy/_core/_routines_linalg.pyx); otherwise it
         allocates a temporary and copies, which a training step must never make it do."""
-        if self.capturing is not None:
+        if self._current()._nodes is not None:
             raise NotImplementedError(CAPTURE_REFUSED)
         assert out is not None, "every GEMM of a step writes into a workspace"
         assert out.flags.c_contiguous and out.dtype == np.result_type(a, b)
@@ -233,14 +362,79 @@ class FakeCupy(types.ModuleType):
         return np.matmul(a, b, out=out)
 
 
+class FakePathfinder(types.ModuleType):
+    """cuda.pathfinder's load_nvidia_dynamic_lib: loads the library (once; the answer is cached) and
+    says where it found it."""
+
+    class DynamicLibNotFoundError(RuntimeError):
+        pass
+
+    def __init__(self):
+        super().__init__("cuda.pathfinder")
+        self.loaded: dict[str, types.SimpleNamespace] = {}
+
+    def load_nvidia_dynamic_lib(self, libname):
+        if libname != "cublas":
+            raise self.DynamicLibNotFoundError(f'Failure finding "{libname}"')
+        return self.loaded.setdefault(libname, types.SimpleNamespace(
+            abs_path=CUBLAS_PATH, was_already_loaded_from_elsewhere=False, found_via="site-packages"))
+
+
+class FakeLibs(types.ModuleType):
+    """cupy_backends.cuda.libs: each library's binding is imported on first attribute access, after
+    cuda.pathfinder has loaded the library (cupy_backends/cuda/libs/__init__.py)."""
+
+    def __init__(self, pathfinder: FakePathfinder):
+        super().__init__("cupy_backends.cuda.libs")
+        self._pathfinder = pathfinder
+
+    def __getattr__(self, name):
+        if name != "cublas":
+            raise AttributeError(name)
+        self._pathfinder.load_nvidia_dynamic_lib(name)
+        return types.ModuleType("cupy_backends.cuda.libs.cublas")
+
+
+def install(monkeypatch) -> FakeCupy:
+    """CuPy, its lazy library loading and pip's libcublas replaced by the stand-ins above."""
+    import sys
+
+    fake = FakeCupy()
+    fake.pathfinder = FakePathfinder()
+    fake.cublas_lib = FakeCublasLib(fake)
+    libs = FakeLibs(fake.pathfinder)
+    modules = {"cupy": fake, "cupy.cublas": fake.cublas, "cupy_backends": types.ModuleType("cupy_backends"),
+               "cupy_backends.cuda": types.ModuleType("cupy_backends.cuda"), "cupy_backends.cuda.libs": libs,
+               "cuda": types.ModuleType("cuda"), "cuda.pathfinder": fake.pathfinder}
+    modules["cuda"].pathfinder = fake.pathfinder
+    modules["cupy_backends"].cuda = modules["cupy_backends.cuda"]
+    modules["cupy_backends.cuda"].libs = libs
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    real_cdll = ctypes.CDLL
+
+    def dlopen(name, *args, **kwargs):
+        """The dynamic loader, for libcublas: the path pathfinder loaded opens; no other name does."""
+        if os.path.basename(str(name)).startswith("libcublas"):
+            if fake.pathfinder.loaded.get("cublas") and str(name) == CUBLAS_PATH:
+                return fake.cublas_lib
+            raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+        return real_cdll(name, *args, **kwargs)
+
+    monkeypatch.setattr(ctypes, "CDLL", dlopen)
+    return fake
+
+
 class FakeCublasLib:
     """libcublas's entry points that gpubp's binding calls, reading and writing host memory through the
     pointers it is given, column-major as cuBLAS is; calls on a capturing stream become graph nodes."""
 
     def __init__(self, fake: FakeCupy):
         self.fake = fake
-        self.streams: dict[int, int] = {}
+        self.streams: dict[int, int] = {}  # handle -> the stream its calls run on
+        self.workspaces: dict[int, bool] = {}  # handle -> whether a workspace of ours is set
         self.calls = []
+        self.call_streams = []  # the stream each product ran on, in order
 
     def _handle(self, h) -> int:
         return h.value if isinstance(h, ctypes.c_void_p) else int(h)
@@ -251,12 +445,16 @@ class FakeCublasLib:
         return 0
 
     def cublasSetStream_v2(self, handle, stream):
+        """Binds the handle to a stream and resets its workspace to cuBLAS's own pool (cuBLAS guide,
+        cublasSetStream): a workspace of the caller's must be set again after it."""
         self.streams[self._handle(handle)] = stream.value or 0
+        self.workspaces[self._handle(handle)] = False
         self.calls.append("setStream")
         return 0
 
     def cublasSetWorkspace_v2(self, handle, ptr, size):
         assert ptr.value and size.value >= 4 << 20
+        self.workspaces[self._handle(handle)] = True
         self.calls.append("setWorkspace")
         return 0
 
@@ -296,12 +494,11 @@ class FakeCublasLib:
             c[...] = al * (opa.astype(np.float64) @ opb) + (be * c if be else 0.0)
 
         self.calls.append(name if batch == 1 else (name, m, n, k, batch))
-        capture = self.fake.capturing
-        if capture is not None and capture.ptr == self.streams[self._handle(handle)]:
-            self.fake.calls["captured"] += 1
-            capture._nodes.append(run)
-        else:
-            run()
+        stream = self.fake._streams_by_ptr[self.streams[self._handle(handle)]]
+        self.call_streams.append(stream.ptr)
+        # cuBLAS would take its workspace from its own pool inside the capture (cuBLAS guide, "CUDA Graphs Support")
+        assert stream._nodes is None or self.workspaces[self._handle(handle)], "captured without a workspace"
+        self.fake._on_stream(run, stream)  # on the handle's stream, whatever the thread's current one
         return 0
 
     def cublasSgemm_v2(self, *args):

@@ -160,3 +160,78 @@ def test_host_gemm_writes_alpha_ab_plus_beta_out_in_place(dtype, layout, blas, m
     assert out.ctypes.data == ptr  # in place
     tol = 1e-5 if dtype == np.float32 else 1e-13
     assert_close(out, expected, atol=tol, rtol=tol)
+
+
+def test_no_backend_module_imports_the_data_module():
+    """The compiled-kernel caches and MNIST share gpubp.cache's root; a backend has no business with IDX files."""
+    import ast
+    from pathlib import Path
+
+    for path in sorted(Path(B.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+                assert "data" not in {n.split(".")[-1] for n in names}, f"{path.name} imports gpubp.data"
+
+
+def test_the_cache_root_follows_xdg_cache_home(monkeypatch, tmp_path):
+    from gpubp import cache, data
+    from gpubp.backends import emulated, native
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("GPUBP_DATA_DIR", raising=False)
+    assert cache.cache_root() == tmp_path / "gpubp"
+    assert data.resolve_dir(None)[0] == tmp_path / "gpubp" / "mnist"
+    assert emulated.cache_dir() == tmp_path / "gpubp" / "emulated"
+    assert native.cache_dir() == tmp_path / "gpubp" / "native"
+
+
+def test_host_backends_share_one_array_plumbing_and_the_base_has_no_host_branch():
+    """numpy, emulated and native take HostArrays; Backend itself is written for a device's memory."""
+    import inspect
+
+    from gpubp.backends import base
+    from gpubp.backends.host import HostArrays
+
+    runnable = [name for name in B.REGISTRY if B.probe(name)[0]]  # no GPU here: the host backends
+    assert len(runnable) >= 3
+    for name in runnable:
+        be = B.get_backend(name)
+        assert isinstance(be, HostArrays) == (be.xp is np), name
+    source = inspect.getsource(base)
+    assert "is np" not in source and "is not np" not in source and "capturing:" not in source
+
+
+def test_the_cupy_backend_keeps_device_memory_plumbing(cupy_be):
+    from gpubp.backends.host import HostArrays
+
+    be, _ = cupy_be
+    assert not isinstance(be, HostArrays) and not be.gathers_per_step and be.preferred_gemm == "blas"
+
+
+@pytest.mark.parametrize("backend", ["emulated", "native"])
+def test_layer_kernels_come_from_the_backend_with_their_tile_and_grid(backend):
+    """A tiled layer kernel gets the tile that suits its product (more blocks than 2 per SM: the
+    large one), an output layer's kernel its one tile; the launcher computes the product."""
+    from gpubp.backends import kernel as K
+
+    be = B.get_backend(backend)
+    big, out = K.tiles()["TileLarge"], K.tiles()["TileOutput"]
+    wide = (3 * big["BM"] * be.sm_count + 1, big["BN"] + 1)  # at least 2 blocks per SM in TileLarge
+    name, grid, block = be.layer_entry("layer_forward_relu", *wide, np.float32)
+    assert (name, (grid, block)) == ("layer_forward_relu_l_f32", K.layer_launch(*wide, "TileLarge"))
+    name, grid, block = be.layer_entry("layer_forward_relu", 3, 5, np.float64)
+    assert (name, (grid, block)) == ("layer_forward_relu_s_f64", K.layer_launch(3, 5, "TileSmall"))
+    name, grid, _ = be.layer_entry("layer_output_log_likelihood", 37, out["BN"] - 1, np.float64)
+    assert name == "layer_output_log_likelihood_f64" and grid == K.layer_launch(37, out["BN"] - 1, "TileOutput")[0]
+    with pytest.raises(GpubpError, match="no layer kernel named 'layer_forward_swish_f32'"):
+        be.layer_entry("layer_forward_swish", 3, 5, np.float32)
+    rng = np.random.default_rng(8)
+    m, n_in, n_out = 37, 41, 19  # no tile's multiple
+    A_in, W, b = rng.standard_normal((m, n_in)), rng.standard_normal((n_out, n_in)), rng.standard_normal(n_out)
+    A_in[3, 5], W[2, 7] = 1000.0, -1000.0
+    A_out = np.full((m, n_out), np.nan)
+    be.layer_kernel("layer_forward_relu", m, n_out, np.float64)(A_out, A_in, W, b, m, n_in, n_out, 0)
+    expected = np.maximum(A_in @ W.T + b, 0.0)
+    scale = np.abs(A_in) @ np.abs(W).T + np.abs(b)
+    assert_close(A_out, expected, atol=1e-15, rtol=2e-14, scale=scale, what=f"{backend} layer_forward_relu")

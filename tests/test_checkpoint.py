@@ -177,3 +177,109 @@ def test_a_zip_directory_that_lies_about_sizes_is_refused(tmp_path):
     path.write_bytes(bytes(blob))
     with pytest.raises(ModelFileError, match="more than the file"):
         load(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile model files: each kind of mutation ends in ModelFileError from the API and in one line,
+# exit 2, from the command line
+# ---------------------------------------------------------------------------------------------
+
+def saved_fields(tmp_path):
+    """The members of a real version-2 file (trained an epoch, momentum state, RNG state)."""
+    net = Network([4, 3, 2], seed=1)
+    rng = np.random.default_rng(0)
+    net.sgd((rng.random((20, 4)), np.arange(20) % 2), epochs=1, mini_batch_size=5, eta=0.5, optimizer="momentum")
+    net.save(tmp_path / "good.npz")
+    with np.load(tmp_path / "good.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def with_meta(change):
+    """A mutation of the meta JSON: ``change(meta)`` edits the parsed dict, or returns new JSON text."""
+    def mutate(fields):
+        meta = json.loads(str(fields["meta"]))
+        text = change(meta)
+        fields["meta"] = np.array(text if isinstance(text, str) else json.dumps(meta))
+    return mutate
+
+
+def set_in(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def change(meta):
+        d = meta
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+        return json.dumps(meta).replace('"INF"', "Infinity")
+    return change
+
+
+FIELD_MUTATIONS = {
+    # (A) a version that int() cannot read
+    "version-string": lambda f: f.update(version=np.array("two")),
+    "version-nan": lambda f: f.update(version=np.array(np.nan)),
+    "version-shape-2": lambda f: f.update(version=np.array([2, 2])),
+    # (B) meta values out of range (item 9: a negative epoch count), and parameters beyond float32
+    "sizes-infinity": with_meta(set_in("model", "sizes", ["INF", 3, 2])),
+    "seed-infinity": with_meta(set_in("model", "seed", "INF")),
+    "epochs-infinity": with_meta(set_in("epochs_trained", "INF")),
+    "batch-infinity": with_meta(set_in("mini_batch_size", "INF")),
+    "epochs-negative": with_meta(set_in("epochs_trained", -3)),
+    "batch-negative": with_meta(set_in("mini_batch_size", -5)),
+    "rng-negative": with_meta(set_in("rng", "state", "state", -1)),
+    "rng-2^200": with_meta(set_in("rng", "state", "state", 2**200)),
+    "gemm-unknown": with_meta(set_in("model", "gemm", "fast")),
+    "params-1e300": lambda f: f.update(params=np.full(f["params"].shape, 1e300)),
+    # (C) meta nested deeper than the JSON reader recurses
+    "meta-nested": with_meta(lambda meta: "[" * 100_000 + "]" * 100_000),
+}
+
+
+def zip_with(fields, path, **info_attrs):
+    """``fields`` as a stored .npz whose members' ZipInfo carry ``info_attrs`` (flag bits, versions)."""
+    with zipfile.ZipFile(path, "w") as z:
+        for k, v in fields.items():
+            b = io.BytesIO()
+            np.save(b, v)
+            info = zipfile.ZipInfo(f"{k}.npy")
+            z.writestr(info, b.getvalue())
+            for attr, value in info_attrs.items():  # in the central directory, written at close
+                setattr(info, attr, value)
+    return path
+
+
+ZIP_MUTATIONS = {  # (D) zip directory flags that zipfile refuses in its own words
+    "encrypted": {"flag_bits": 0x1},
+    "flag-bit-5": {"flag_bits": 0x20},
+    "flag-bit-6": {"flag_bits": 0x40},
+    "version-6.4": {"extract_version": 64},
+}
+
+
+def cli_one_line(capsys, path):
+    from helpers import one_line_error, run_cli
+
+    one_line_error(*run_cli(capsys, "evaluate", str(path))[::2], str(path))
+
+
+@pytest.mark.parametrize("name", list(FIELD_MUTATIONS) + list(ZIP_MUTATIONS))
+def test_fuzzed_model_files_end_in_one_line(capsys, tmp_path, name):
+    fields = saved_fields(tmp_path)
+    path = tmp_path / "bad.npz"
+    if name in ZIP_MUTATIONS:
+        zip_with(fields, path, **ZIP_MUTATIONS[name])
+    else:
+        FIELD_MUTATIONS[name](fields)
+        np.savez(path, **fields)
+    with pytest.raises(ModelFileError):
+        load(path)
+    cli_one_line(capsys, path)
+
+
+def test_a_device_or_a_fifo_is_not_a_model_file(capsys, tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    for path in (os.devnull, "/dev/zero", tmp_path / "fifo"):
+        with pytest.raises(ModelFileError, match="not a regular file"):
+            load(path)
+        cli_one_line(capsys, path)

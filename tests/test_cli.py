@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -313,3 +314,51 @@ def test_a_graph_with_tf32_from_the_command_line(capsys, tmp_path, tiny_dir):
     m = json.loads(metrics.read_text())
     assert m["config"]["graph"] is True and m["config"]["gemm"] == "blas" and m["config"]["tf32"] is True
     assert [e["mode"] for e in m["epochs"]] == ["graph", "graph"] and m["test_accuracy"] > 0.3
+
+
+@pytest.mark.parametrize("backend", ["native", "emulated"])
+def test_a_kernel_cache_that_cannot_be_written_is_one_line(tmp_path, tiny_dir, backend):
+    """XDG_CACHE_HOME under a regular file (as read-only or full, for root too): exit 2, one line."""
+    (tmp_path / "file").write_text("in the way")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "file" / "cache")}
+    res = subprocess.run([sys.executable, "-m", "gpubp", "train", "--backend", backend, "--data-dir", tiny_dir,
+                          "--no-verify", "--sizes", "10,8,10", "--epochs", "1", "--quiet"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    one_line_error(res.returncode, res.stderr, "cannot write the kernel cache", "XDG_CACHE_HOME")
+
+
+def test_what_was_silently_accepted_is_said(capsys, tiny_dir):
+    code, out, err = run_cli(capsys, *tiny_train(tiny_dir, "--epochs", "1", "--batch-size", "1000000"))
+    assert code == 0 and "warning: batch size 1,000,000 is not less than the 2,000 training images" in err
+    one_line_error(*run_cli(capsys, "train", "--epochs", "99999999999999999999")[::2], "at most 1,000,000")
+    one_line_error(*run_cli(capsys, "sweep", "--eta", "0.5,,1")[::2], "'0.5,,1' has an empty entry")
+
+
+def test_sweep_names_the_backend_that_ran_and_a_piped_one_says_it_is_alive(capsys, tiny_dir, monkeypatch):
+    import gpubp.cli
+
+    monkeypatch.delenv("GPUBP_BACKEND", raising=False)
+    monkeypatch.setattr(gpubp.cli, "HEARTBEAT_SECONDS", 0.0)
+    code, _, err = run_cli(capsys, "sweep", "--data-dir", tiny_dir, "--no-verify", "--sizes", "10,8,10",
+                           "--epochs", "2", "--seeds", "1-2")
+    assert code == 0, err
+    assert "models, on backend numpy (" in err.splitlines()[0]
+    assert "gpubp sweep: group 1/1 finished epoch 2/2," in err  # stderr is not a terminal here
+
+
+def test_train_and_evaluate_say_how_long_they_took(capsys, tmp_path, tiny_dir):
+    code, out, _ = run_cli(capsys, *tiny_train(tiny_dir, "--epochs", "1", "--save", str(tmp_path / "m.npz")))
+    assert code == 0 and re.search(r"^total \d+\.\d s$", out, re.M), out
+    code, out, _ = run_cli(capsys, "evaluate", str(tmp_path / "m.npz"), "--data-dir", tiny_dir, "--no-verify")
+    assert code == 0 and re.search(r"^test accuracy .* in \d+\.\d\d s$", out, re.M), out
+
+
+def test_the_seed_a_run_drew_is_printed_and_repeats_the_run(capsys, tiny_dir):
+    argv = ["train", "--data-dir", tiny_dir, "--no-verify", "--sizes", "10,8,10", "--backend", "numpy", "--epochs", "1"]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    seed = re.search(r"^gpubp train: .*, seed (\d+)$", out, re.M)
+    assert seed, out
+    again = run_cli(capsys, *argv, "--seed", seed.group(1))[1]
+    test_line = [line for line in out.splitlines() if line.startswith("test accuracy")]
+    assert test_line and test_line == [line for line in again.splitlines() if line.startswith("test accuracy")]

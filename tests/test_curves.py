@@ -83,3 +83,83 @@ def test_a_run_without_training_cost_says_so(tmp_path, two_runs):
     fig = curves.figure([doc], ["run"])
     assert not fig.axes[1].lines and "--no-train-cost" in fig.axes[1].texts[0].get_text()
     plt.close(fig)
+
+
+def edited(two_runs, tmp_path, name="edited", edit=None):
+    """A copy of the first run's metrics, changed by ``edit(doc)``."""
+    doc = json.loads(two_runs[0].read_text())
+    edit(doc)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(doc))
+    return path, doc
+
+
+def test_a_run_without_any_accuracy_or_cost_plots_without_a_legend_error(capsys, tmp_path, two_runs):
+    def nulls(doc):
+        for r in doc["epochs"]:
+            r["validation_accuracy"] = r["train_cost"] = None
+    path, _ = edited(two_runs, tmp_path, edit=nulls)
+    code, _, err = run_cli(capsys, "plot", str(path), "-o", str(tmp_path / "c.png"))
+    assert code == 0, err
+
+
+def test_an_early_stopping_marker_is_no_legend_entry(two_runs):
+    import matplotlib.pyplot as plt
+
+    from gpubp import curves
+
+    doc = json.loads(two_runs[0].read_text())
+    doc.update(restored_best=True, best_epoch=2, stopped_early=True)
+    fig = curves.figure([doc], ["run"])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["run"]
+    plt.close(fig)
+
+
+def test_a_flat_cost_is_drawn_flat_and_one_epoch_has_whole_ticks(two_runs):
+    import matplotlib.pyplot as plt
+
+    from gpubp import curves
+
+    doc = json.loads(two_runs[0].read_text())
+    doc["epochs"] = doc["epochs"][:1]
+    one = curves.figure([doc], ["run"])
+    one.canvas.draw()
+    for ax in one.axes:
+        assert all(float(t).is_integer() for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1])
+    doc = json.loads(two_runs[0].read_text())
+    for i, r in enumerate(doc["epochs"]):
+        r["train_cost"] = 0.5 - 1e-6 * i
+    flat = curves.figure([doc], ["run"])
+    cost = flat.axes[1]
+    lo, hi = cost.get_ylim()
+    assert cost.get_yscale() == "linear" and (hi - lo) > 0.01  # 3e-6 of change stays a flat line
+    plt.close(one)
+    plt.close(flat)
+
+
+def test_labels_say_which_epochs_a_run_holds(two_runs, tmp_path):
+    from gpubp import curves
+
+    def interrupted(doc):
+        doc["epochs"] = doc["epochs"][:2]
+        doc["interrupted"] = {"epoch": 3, "completed": 2}
+
+    def resumed(doc):
+        for r in doc["epochs"]:
+            r["epoch"] += 3
+    runs = [edited(two_runs, tmp_path, name, edit)[1] for name, edit in (("cut", interrupted), ("more", resumed))]
+    assert curves.labels(runs, ["cut.json", "more.json"]) == ["epochs=1-2 (interrupted)", "epochs=4-6"]
+
+
+def test_the_extension_chooses_the_format_or_is_refused(capsys, tmp_path, two_runs):
+    pdf = tmp_path / "p.pdf"
+    assert run_cli(capsys, "plot", str(two_runs[0]), "-o", str(pdf))[0] == 0
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    one_line_error(*run_cli(capsys, "plot", str(two_runs[0]), "-o", str(tmp_path / "p.xyz"))[::2], ".xyz", ".png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.pdf"]
+
+
+def test_a_value_that_is_not_a_number_is_one_line(capsys, tmp_path, two_runs):
+    path, _ = edited(two_runs, tmp_path, edit=lambda doc: doc["epochs"][1].update(validation_accuracy="high"))
+    one_line_error(*run_cli(capsys, "plot", str(path), "-o", str(tmp_path / "c.png"))[::2],
+                   "epoch 2's validation_accuracy is \"high\"")

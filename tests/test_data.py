@@ -216,8 +216,9 @@ def test_dropped_connection_leaves_nothing_half_written(tiny, tmp_path):
 def test_unreachable_mirror_is_a_clear_error(tiny, tmp_path):
     with Server(tiny) as s:
         url = s.url
-    with pytest.raises(DataError, match="could not download.*--data-dir"):
+    with pytest.raises(DataError, match="could not download.*--data-dir") as e:
         D.download(NAME, tmp_path, mirrors=[url], log=lambda m: None, timeout=5)
+    assert "set GPUBP_DATA_DIR" in str(e.value) and all(name in str(e.value) for name in D.MNIST_FILES)
 
 
 def test_load_mnist_fills_the_cache_by_download_then_reuses_it(tiny, tmp_path, monkeypatch):
@@ -609,3 +610,64 @@ def test_data_dir_that_cannot_be_searched_is_a_one_line_error(user_dir, monkeypa
         D.load_mnist(user_dir, verify=False)
     monkeypatch.undo()
     assert str(user_dir) in str(e.value) and "Permission denied" in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile IDX and gzip files: bounded memory, linear time, one error
+# ---------------------------------------------------------------------------------------------
+
+def test_more_dimensions_than_numpy_takes_is_a_data_error():
+    """(E) 65 dimensions of 1 and one byte: consistent, yet NumPy cannot reshape to it."""
+    blob = struct.pack(">BBBB", 0, 0, 0x08, 65) + struct.pack(">65I", *[1] * 65) + b"\x07"
+    with pytest.raises(DataError, match="65 dimensions"):
+        D.parse_idx(blob, "deep")
+
+
+def test_decompression_stops_at_what_the_header_declares(tmp_path):
+    """(F) a header that declares 8 bytes, then 64 MiB of zeros: refused after at most a few hundred
+    KiB have been decompressed, and a bad magic number is refused before the rest is read."""
+    import tracemalloc
+
+    zeros = bytes(64 << 20)
+    bomb, bad_magic = tmp_path / "bomb.gz", tmp_path / "magic.gz"
+    bomb.write_bytes(gzip.compress(idx_bytes(np.arange(8, dtype=np.uint8)) + zeros, compresslevel=1))
+    bad_magic.write_bytes(gzip.compress(b"\x01" + zeros, compresslevel=1))
+    del zeros
+    for path, match in ((bomb, "longer than its header says"), (bad_magic, "bad magic")):
+        tracemalloc.start()
+        try:
+            with pytest.raises(DataError, match=match):
+                D.parse_idx(D.read_bytes(path), str(path))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 4 << 20, f"{path.name}: {peak:,} bytes at the peak"
+
+
+def test_many_gzip_members_take_work_linear_in_the_file(tmp_path, monkeypatch):
+    """(G) the bytes handed to zlib grow as the number of members does (gzip.decompress copies the
+    rest of the file at each member: quadratic), and the members join as gzip.decompress joins them."""
+    handed = [0]
+    real = D.zlib.decompressobj
+
+    class Counting:
+        def __init__(self, *a, **k):
+            self.d = real(*a, **k)
+
+        def decompress(self, data, *a):
+            handed[0] += len(data)
+            return self.d.decompress(data, *a)
+
+        def __getattr__(self, name):
+            return getattr(self.d, name)
+
+    monkeypatch.setattr(D.zlib, "decompressobj", Counting)
+    pieces = b"".join(gzip.compress(GOOD[i:i + 3]) for i in range(0, len(GOOD), 3))
+    work = []
+    for empty in (20_000, 40_000):
+        path = tmp_path / f"members-{empty}.gz"
+        path.write_bytes(pieces + gzip.compress(b"") * empty + bytes(10))  # zero padding, as gzip allows
+        handed[0] = 0
+        assert D.read_bytes(path) == GOOD
+        work.append(handed[0])
+    assert 0 < work[1] < 2.2 * work[0], work

@@ -149,3 +149,34 @@ def test_emulated_backend_reports_its_compiler_and_builds_once(tmp_path, monkeyp
     for file, kernels in names.items():
         again.load_kernel(file, kernels[0])
     assert be.compiler.rsplit("/", 1)[-1] in be.device
+
+
+def test_a_kernel_that_only_shares_an_if_constexpr_with_a_tiled_one_runs_serially():
+    """``if constexpr (...) {`` is not a function called constexpr: the blocks of every such if in
+    the file once merged into one "body", so any kernel with one looked cooperative."""
+    from gpubp.backends.emulated import cooperative_kernels
+
+    code = """
+template <bool B> __device__ void pick(float* x) { if constexpr (B) { x[0] = 1; } }
+template <bool B> __device__ void tile(float* x) {
+    __shared__ float s[4];
+    if constexpr (B) { s[0] = x[0]; __syncthreads(); }
+    x[0] = s[1];
+}
+extern "C" __global__ void plain(float* x, int n) { pick<true>(x); }
+extern "C" __global__ void tiled(float* x, int n) { tile<true>(x); }
+"""
+    assert cooperative_kernels(code) == {"tiled"}
+
+
+def test_a_define_that_renames_a_function_is_followed_from_where_it_stands():
+    from gpubp.backends.emulated import cooperative_kernels
+
+    code = """
+__device__ void step(float* x) { __syncthreads(); x[0] = 1; }
+__device__ void host_step(float* x) { x[0] = 1; }
+extern "C" __global__ void before(float* x, int n) { step(x); }
+#define step host_step
+extern "C" __global__ void after(float* x, int n) { step(x); }
+"""
+    assert cooperative_kernels(code) == {"before"}

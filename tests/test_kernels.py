@@ -24,8 +24,8 @@ from gpubp import reference
 from gpubp.activations import ACTIVATIONS, SOFTMAX
 from gpubp.backends import get_backend
 from gpubp.backends import kernel as K
+from gpubp.cache import cache_root
 from gpubp.costs import COSTS
-from gpubp.data import cache_root
 from gpubp.errors import GpubpError
 from gpubp.optimizers import OPTIMIZERS
 

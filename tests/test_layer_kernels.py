@@ -49,7 +49,7 @@ def launch(be, stem, dtype, M, N, tile, *args):
     ref = [np.array(a, dtype=dtype) if isinstance(a, np.ndarray) else a for a in args]  # copies, made first
     dev = [be.to_device(np.array(a, dtype=dtype)) if isinstance(a, np.ndarray) else a for a in args]
     grid, block = K.layer_launch(M, N, tile)
-    be.launch_grid(stem + K.suffix(dtype), grid, block, 0, *dev)
+    be.layer_launcher(stem + K.suffix(dtype), grid, block)(*dev)
     get_backend("numpy").kernel(stem, dtype)(0, *ref)
     return dev, ref
 

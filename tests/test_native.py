@@ -177,3 +177,23 @@ def test_an_arch_this_cpu_cannot_run_is_refused_not_a_crash(monkeypatch):
     monkeypatch.setenv("GPUBP_NATIVE_ARCH", "sapphirerapids")
     with pytest.raises(BackendUnavailable, match="-march=sapphirerapids uses instructions this CPU does not have"):
         native.NativeBackend()
+
+
+def test_which_entries_cooperate_is_read_from_the_code_it_compiles():
+    """The layer kernels' entries reach native_layer.h's host code, which never cooperates, so they
+    run serially; the evaluation's reductions cooperate here as on the emulator. No name decides it."""
+    from gpubp.backends import emulated
+    from gpubp.backends import kernel as K
+
+    for file, serial, together in (("sigmoid.cu", "layer_forward_sigmoid_l_f32", None),
+                                   ("layer_update.cu", "layer_update_s_f64", None),
+                                   ("log_likelihood.cu", "layer_output_log_likelihood_f32", "log_likelihood_cost_f32"),
+                                   ("argmax_count.cu", None, "argmax_count_f64")):
+        here = emulated.cooperative_kernels(native.native_code(file))
+        gpu = emulated.cooperative_kernels(K.source(file))
+        if serial:
+            assert serial in gpu and serial not in here, file
+            assert f"GPUBP_EMU_ENTRY({serial}, false)" in native.translation_unit(file)
+        if together:
+            assert together in gpu and together in here, file
+            assert f"GPUBP_EMU_ENTRY({together}, true)" in native.translation_unit(file)

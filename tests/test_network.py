@@ -293,3 +293,96 @@ def test_bad_shapes_and_sizes_are_clear_errors():
         net.feedforward(np.ones((3, 5)))
     with pytest.raises(GpubpError, match=r"lie in \[0, 1\]"):
         net.backprop(np.ones((3, 4)), np.array([0, 1, 2]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes: the objects a network is built with, which issue each move of a step
+# ---------------------------------------------------------------------------------------------
+
+def recording(route):
+    """``route`` with each move the network asks of it appended to ``route.moves`` ("forward 0",
+    "output", ...); a move the route makes inside another (the BLAS output's forward) is not one."""
+
+    def recorded(name):
+        def move(self, *args):
+            label = name if name == "output" else f"{name} {args[0]}"
+            if not self.inside:
+                self.moves.append(label)
+            self.inside += 1
+            try:
+                getattr(super(Recording, self), name)(*args)
+            finally:
+                self.inside -= 1
+        return move
+
+    class Recording(type(route)):
+        forward, output, delta = recorded("forward"), recorded("output"), recorded("delta")
+        gradient, update = recorded("gradient"), recorded("update")
+
+    rec = Recording(route.net)
+    rec.moves, rec.inside = [], 0
+    return rec
+
+
+ROUTE_CASES = [("numpy", "blas"), ("emulated", "blas"), ("emulated", "own")]
+
+
+@pytest.mark.parametrize("backend,gemm", ROUTE_CASES)
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+def test_a_step_runs_the_equations_in_the_chapter_s_order_through_its_route(backend, gemm, optimizer):
+    """Forward through the hidden layers, the output layer with BP1, then from the top BP2 before
+    each layer's BP3/BP4 (as SGD's update, or into grads for the optimizer's kernel); the route
+    object the network was built with issues every move, and recording them changes no number."""
+    X, y, _ = batch(np.random.default_rng(4), n_out=5)
+    plain = Network([7, 6, 5, 5], backend=backend, dtype="float64", seed=2, gemm=gemm)
+    watched = Network([7, 6, 5, 5], backend=backend, dtype="float64", seed=2, gemm=gemm)
+    assert watched.route.name == gemm
+    watched.route = recording(watched.route)
+    opt = {"sgd": lambda: SGD(0.5, 1.0, 100), "momentum": lambda: Momentum(0.1, 1.0, 100)}[optimizer]
+    labels = plain.labels(y)
+    plain.step(plain.to_device(X), plain.one_hot(labels), opt())
+    watched.step(watched.to_device(X), watched.one_hot(labels), opt())
+    bp34 = "update" if optimizer == "sgd" else "gradient"
+    assert watched.route.moves == ["forward 0", "forward 1", "output", "delta 2", f"{bp34} 2", "delta 1",
+                                   f"{bp34} 1", f"{bp34} 0"]
+    assert_close(watched.get_params(), plain.get_params(), what=f"{backend} {gemm} params")
+
+
+def test_a_stack_trains_through_its_route_not_through_private_hooks():
+    """Stack changes no private method of Network: its two differences (each model's bias, SGD
+    folded model by model) are its route's, and only where its products are host BLAS calls."""
+    from gpubp.sweeps.stack import Stack, StackRoute
+
+    overridden = {k for k, v in vars(Stack).items() if callable(v) and k.startswith("_") and not k.startswith("__")}
+    assert overridden == set()
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((2, 9, 7))
+    Y = np.eye(4)[rng.integers(0, 4, (2, 9))]
+    for backend, folds in (("numpy", True), ("emulated", False)):
+        stack = Stack([7, 5, 4], [1, 2], backend=backend, dtype="float64")
+        assert isinstance(stack.route, StackRoute)
+        stack.grads[...] = np.nan  # a fold writes W and b in its products and never touches grads
+        from gpubp.optimizers import ModelOptimizers
+
+        stack.step(X, Y, ModelOptimizers([SGD(0.5), SGD(0.3)]))
+        assert np.isnan(stack.be.to_host(stack.grads)).all() == folds, backend
+        one = Network([7, 5, 4], backend="numpy", dtype="float64", seed=2)
+        one.step(X[1], Y[1], SGD(0.3))
+        assert_close(stack.get_params()[1], one.get_params(), rtol=1e-12, what=f"{backend} model 1 as a network")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "emulated", "native"])
+def test_the_default_route_is_the_own_one_where_epochs_are_graphs_the_blas_cannot_join(backend):
+    from gpubp.backends import get_backend
+
+    be = get_backend(backend)
+    net = Network([6, 5, 3], backend=be)
+    can_graph_blas, _ = be.graph_support("blas")
+    assert net.gemm == ("own" if be.graphs_by_default and not can_graph_blas else "blas")
+    wide = Network([6, 5, 300], cost="log_likelihood", backend=be)  # softmax too wide for the own route's kernel
+    assert wide.gemm == "blas"
+
+
+def test_the_cupy_backend_keeps_the_blas_route_by_default(cupy_be):
+    be, _ = cupy_be
+    assert Network([6, 5, 3], backend=be).gemm == "blas"

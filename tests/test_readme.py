@@ -41,9 +41,16 @@ def gpubp_argv(command):
     return words[words.index("gpubp") + 1:]
 
 
+QUICK_START = ["python3 uvw.py run gpubp train", "python3 uvw.py run --extra test pytest"]
+
+
 def test_the_quick_start_is_two_commands():
     (block,) = blocks(section("Quick start"))
-    assert block.strip().splitlines() == ["uv run gpubp train", "uv run --extra test pytest"]
+    assert block.strip().splitlines() == QUICK_START
+
+
+def test_ci_runs_the_readmes_test_command():
+    assert QUICK_START[1] in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
 def subparsers():
@@ -138,3 +145,85 @@ def test_the_python_example_prints_the_same_number_twice(capsys, tmp_path, monke
         exec(compile(code, "README.md", "exec"), {})
         printed.append(capsys.readouterr().out)
     assert printed[0] == printed[1] and 0.8 < float(printed[0]) <= 1.0, printed
+
+
+# ---------------------------------------------------------------------------------------------
+# The quick start on a machine with Python and nothing else: uvw.py installs uv first. Here the
+# PATH holds python3 alone, HOME is empty, and "uv" is a stand-in wheel served from a directory
+# (pip) or a file:// index (the wheel path), so no test touches the internet.
+# ---------------------------------------------------------------------------------------------
+
+def stand_in_uv(wheel: Path, python: str) -> None:
+    """A wheel named uv whose uv script prints its arguments, laid out as uv's real wheel is."""
+    import zipfile
+
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("uv-0.0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: uv\nVersion: 0.0.1\n")
+        z.writestr("uv-0.0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                               "Tag: py3-none-any\n")
+        z.writestr("uv-0.0.1.data/scripts/uv", f"#!{python}\nimport sys\nprint('stand-in uv', *sys.argv[1:])\n")
+        z.writestr("uv-0.0.1.dist-info/RECORD", "")
+
+
+@pytest.fixture
+def python_only(tmp_path):
+    """(environment, run): a PATH with python3 and no uv, an empty HOME, and a runner of uvw.py."""
+    import os
+    import subprocess
+
+    bin_dir, home = tmp_path / "bin", tmp_path / "home"
+    bin_dir.mkdir()
+    home.mkdir()
+    python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))  # not this test's venv
+    (bin_dir / "python3").symlink_to(python)
+    env = {"PATH": str(bin_dir), "HOME": str(home), "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+    def run(*args, **extra_env):
+        return subprocess.run(["python3", str(ROOT / "uvw.py"), *args], capture_output=True, text=True,
+                              env={**env, **extra_env}, cwd=tmp_path, timeout=300)
+    return python, run
+
+
+def test_the_quick_start_installs_uv_where_it_is_missing_with_pip(tmp_path, python_only):
+    python, run = python_only
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    stand_in_uv(wheels / "uv-0.0.1-py3-none-any.whl", python)
+    first = run("run", "gpubp", "train", PIP_FIND_LINKS=str(wheels))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "stand-in uv run gpubp train\n" and "installing it into" in first.stderr
+    again = run("run", "--extra", "test", "pytest")  # installed once: found again, without pip or network
+    assert again.stdout == "stand-in uv run --extra test pytest\n" and again.stderr == ""
+
+
+def test_the_quick_start_installs_uv_from_its_wheel_where_pip_cannot(tmp_path, python_only):
+    import importlib.util
+    import json
+
+    python, run = python_only
+    spec = importlib.util.spec_from_file_location("uvw", ROOT / "uvw.py")
+    uvw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(uvw)
+    wheel = tmp_path / f"uv-0.0.1-py3-none-{'_'.join(uvw.wheel_tags())}.whl"
+    stand_in_uv(wheel, python)
+    index = tmp_path / "uv.json"
+    index.write_text(json.dumps({"urls": [{"filename": wheel.name, "url": wheel.as_uri()}]}))
+    res = run("run", "gpubp", "train", UVW_PYPI=index.as_uri())  # PIP_NO_INDEX with no links: pip fails
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "stand-in uv run gpubp train\n" and "fetching its wheel from PyPI" in res.stderr
+
+
+def test_what_the_examples_write_is_ignored_by_git():
+    """Run from the clone's root, the examples must not leave untracked files behind."""
+    ignored = set((ROOT / ".gitignore").read_text().splitlines())
+    flags = {"--save", "--metrics-out", "-o", "--json", "--plot"}
+    written = {a for c in examples() for prev, a in zip(gpubp_argv(c), gpubp_argv(c)[1:]) if prev in flags}
+    assert written and {f"/{name}" for name in written} <= ignored, sorted(written)
+
+
+def test_the_quick_start_names_the_default_initialisation():
+    from gpubp import Network
+
+    text = " ".join(section("Quick start").split())
+    assert Network([784, 30, 10]).init == "network2" and "with network2's initialisation" in text
+    assert "--init large` gives network.py's N(0, 1)" in text

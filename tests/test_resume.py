@@ -185,3 +185,19 @@ def test_resume_with_another_optimizer_starts_its_state_from_zero(tmp_path):
     h = net.sgd(toy(), epochs=1, optimizer="adam", resume=True, **KW)
     assert net.optimizer.name == "adam" and net.optimizer.lmbda == 2.0  # lmbda kept, eta adam's default
     assert net.optimizer.eta == 0.001 and net.optimizer.state_arrays()["steps"][0] == 6 and h[0]["epoch"] == 2
+
+
+def test_ctrl_c_before_the_first_epoch_finishes_overwrites_nothing(capsys, tmp_path, tiny_dir, monkeypatch):
+    model, metrics = tmp_path / "m.npz", tmp_path / "run.json"
+    outputs = ["--save", str(model), "--metrics-out", str(metrics)]
+    assert run_cli(capsys, *tiny(tiny_dir, "--sizes", "10,8,10", "--epochs", "1", *outputs))[0] == 0
+    before = model.read_bytes(), metrics.read_bytes()
+    interrupt_at_step(monkeypatch, 50)  # in epoch 1 of a new run over the same files
+    code, _, err = run_cli(capsys, *tiny(tiny_dir, "--sizes", "10,8,10", "--epochs", "3", *outputs))
+    assert code == 130 and err.strip() == ("gpubp train: interrupted in epoch 1: no epoch finished, "
+                                           "so nothing was written")
+    assert (model.read_bytes(), metrics.read_bytes()) == before
+    monkeypatch.undo()
+    interrupt_at_step(monkeypatch, 100)  # and in the first epoch of a resumed run, saved onto itself
+    code, _, err = run_cli(capsys, *tiny(tiny_dir, "--resume", str(model), "--epochs", "2", "--save", str(model)))
+    assert code == 130 and "in epoch 2: no epoch finished" in err and model.read_bytes() == before[0]

@@ -31,25 +31,54 @@ WORKSPACE_BYTES = 32 << 20  # cuBLAS recommends 32 MiB on Hopper (4 MiB before) 
 
 
 def find_library() -> str:
-    """The path of the libcublas this process has loaded (CuPy's), else one the loader finds."""
+    """The path of the libcublas CuPy uses, loaded first by CuPy itself.
+
+    CuPy 14 loads cuBLAS lazily, on first use: ``from cupy_backends.cuda.libs import cublas`` runs
+    that package's ``__getattr__``, which asks ``cuda.pathfinder.load_nvidia_dynamic_lib("cublas")``
+    for the library (pip wheel, conda, CUDA_PATH or the system) before importing CuPy's binding
+    (cupy_backends/cuda/libs/__init__.py). Right after ``import cupy`` nothing is loaded, and with a
+    pip-only install the system loader knows no libcublas: so CuPy loads its copy first, then the
+    path comes from the same (cached) pathfinder call, else from the process's mapped libraries,
+    else from the system loader (a CuPy without cuda.pathfinder)."""
     try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                path = line.split()[-1]
-                if os.path.basename(path).startswith("libcublas.so"):
-                    return path
-    except OSError:
+        from cupy_backends.cuda.libs import cublas as _cupys_binding  # noqa: F401 (CuPy loads libcublas)
+    except ImportError:
+        pass  # reported below, if no other lookup finds it
+    try:
+        from cuda import pathfinder
+
+        path = pathfinder.load_nvidia_dynamic_lib("cublas").abs_path
+        if path:
+            return path
+    except Exception:  # noqa: BLE001 (no pathfinder, or it found nothing: the other lookups decide)
         pass
+    path = mapped_library("libcublas.so")
+    if path:
+        return path
     import ctypes.util
 
     found = ctypes.util.find_library("cublas")
     if not found:
-        raise GpubpError("libcublas was not found (install CuPy with its CUDA libraries: the cuda13 extra)")
+        raise GpubpError("libcublas was not found (install CuPy with its CUDA libraries: the cuda13 extra, "
+                         "or pip install nvidia-cublas)")
     return found
 
 
+def mapped_library(prefix: str) -> str | None:
+    """The path of a shared library named ``prefix``* that this process has mapped, if any."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1]
+                if os.path.basename(path).startswith(prefix):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
 def load():
-    """The libcublas CuPy uses, as a ctypes library (the tests give a stand-in here)."""
+    """The libcublas CuPy uses, as a ctypes library."""
     return ctypes.CDLL(find_library())
 
 
@@ -93,16 +122,23 @@ class Cublas:
         handle = ctypes.c_void_p()
         self._check(lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
         self.handle = handle
-        self._check(lib.cublasSetStream_v2(handle, ctypes.c_void_p(stream_ptr)), "cublasSetStream")
         self.workspace = workspace  # kept alive as long as the handle uses it
-        self._check(lib.cublasSetWorkspace_v2(handle, ctypes.c_void_p(pointer(workspace)),
-                                              ctypes.c_size_t(workspace.nbytes)), "cublasSetWorkspace")
+        self.set_stream(stream_ptr)
         self._check(lib.cublasSetPointerMode_v2(handle, POINTER_MODE_HOST), "cublasSetPointerMode")
         self.gemm_fns = {np.dtype(np.float32): (lib.cublasSgemm_v2, ctypes.c_float),
                          np.dtype(np.float64): (lib.cublasDgemm_v2, ctypes.c_double)}
         self.batched_fns = {np.dtype(np.float32): lib.cublasSgemmStridedBatched,
                             np.dtype(np.float64): lib.cublasDgemmStridedBatched}
         self.tf32 = False
+
+    def set_stream(self, stream_ptr: int) -> None:
+        """Bind the handle to ``stream_ptr``, then give it the workspace again: cublasSetStream resets
+        the workspace to cuBLAS's default pool (cuBLAS guide, cublasSetStream), and a capture must
+        never see cuBLAS allocate one."""
+        self._check(self.lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream_ptr)), "cublasSetStream")
+        self._check(self.lib.cublasSetWorkspace_v2(self.handle, ctypes.c_void_p(pointer(self.workspace)),
+                                                   ctypes.c_size_t(self.workspace.nbytes)), "cublasSetWorkspace")
+        self.stream = stream_ptr
 
     @staticmethod
     def _check(status, what: str) -> None:

@@ -14,6 +14,7 @@ CuPy's memory pool with a MemoryHook, so they include any CuPy makes behind our 
 from __future__ import annotations
 
 import functools
+import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -48,9 +49,7 @@ def probe() -> tuple[bool, str]:
 
 class CupyBackend(K.KernelBackend):
     name = "cupy"
-    counts_own_allocs = False  # the pool hook counts every allocation
     graphs_by_default = True
-    torch_device = "cuda"
 
     def __init__(self) -> None:
         import cupy
@@ -63,20 +62,47 @@ class CupyBackend(K.KernelBackend):
         self.device = f"{name} (sm_{dev.compute_capability}, {self.sm_count} SMs)"
         self._modules: dict[str, object] = {}
         self._functions: dict[str, object] = {}
-        self._capture_stream = None
-        self._graph_blas = None  # our cuBLAS handle on the capture stream
-        self._eager_blas = None  # and one on the current stream, for TF32 products
+        # Per thread, as CuPy's current stream is (cupy/cuda/stream.pyx): the capture stream, our
+        # cuBLAS handle on it, the graph being recorded, and the eager handle (TF32 and batched
+        # products). A capture belongs to the thread that opened it: another thread's products and
+        # launches meanwhile run on its own stream and handle, not into this thread's graph.
+        self._threads = threading.local()
+
+    def _mine(self, name: str):
+        return getattr(self._threads, name, None)
+
+    @property
+    def capturing(self) -> bool:
+        return self._mine("graph") is not None
+
+    def _refuse_in_capture(self, what: str) -> None:
+        if self.capturing:
+            raise GpubpError(f"{what} during graph capture: the graph would bake in an address the pool may "
+                             f"hand to another array, or the capturing stream would have to wait")
+
+    def empty(self, shape, dtype):
+        """A new device array. Refused during this thread's capture: CuPy allows it (relaxed capture
+        mode, cupy/cuda/stream.pyx begin_capture) and the graph keeps its address after it is freed."""
+        self._refuse_in_capture("an allocation")
+        return super().empty(shape, dtype)
+
+    def to_device(self, a, dtype=None):
+        self._refuse_in_capture("a host-to-device copy")
+        return super().to_device(a, dtype)
 
     def upload(self, dst, host) -> None:
         """Copy ``host`` into device array ``dst`` in place (cupy.ndarray.set: no allocation)."""
+        self._refuse_in_capture("a host-to-device copy")
         self._count("h2d")
         dst.set(np.ascontiguousarray(host, dtype=dst.dtype))
 
     def to_host(self, a) -> np.ndarray:
+        self._refuse_in_capture("a device-to-host copy")
         self._count("d2h")
         return self.xp.asnumpy(a)
 
     def synchronize(self) -> None:
+        self._refuse_in_capture("a synchronization")
         self._count("syncs")
         self.xp.cuda.get_current_stream().synchronize()
 
@@ -85,9 +111,11 @@ class CupyBackend(K.KernelBackend):
         through our own cuBLAS handle (gpubp/backends/cublas.py); with a model axis (out 3-D), one
         strided-batched call through that handle, on the operands' views as they are."""
         if out.ndim == 3:
+            self._keep((a, b, out))
             self._own_blas(tf32).gemm_batched(a, b, out, tf32)
             return out
         if self.capturing or tf32:
+            self._keep((a, b, out))
             self._own_blas(tf32).gemm(a, b, out, 1.0, 0.0, tf32)
             return out
         return super().matmul(a, b, out)
@@ -96,6 +124,7 @@ class CupyBackend(K.KernelBackend):
         """out <- alpha * (a @ b) + beta * out in one cuBLAS call: cupy.cublas.gemm reads C- or
         F-contiguous operands (a transposed view is F-contiguous) and writes a contiguous out in place."""
         if self.capturing or tf32:
+            self._keep((a, b, out))
             self._own_blas(tf32).gemm(a, b, out, alpha, beta, tf32)
             return
         from cupy import cublas as cupy_cublas
@@ -104,15 +133,21 @@ class CupyBackend(K.KernelBackend):
         cupy_cublas.gemm("N", "N", a, b, out=out, alpha=alpha, beta=beta)
 
     def _own_blas(self, tf32: bool) -> cublas.Cublas:
-        """Our cuBLAS handle: the capture stream's during a capture (made by prepare_capture), else
-        one on the current stream for TF32 and batched products (CuPy's TF32 switch is process-wide)."""
+        """Our cuBLAS handle: the capture stream's during this thread's capture (made by
+        prepare_capture), else this thread's eager one for TF32 and batched products (CuPy's TF32
+        switch is process-wide), bound at each use to the current stream, where the kernels before
+        and after the product run (SetStream, then SetWorkspace: cublas.Cublas.set_stream)."""
         if self.capturing:
-            return self._graph_blas
+            return self._threads.graph_blas
         self._count("gemms")  # an eager product (captured ones are graph nodes)
-        if self._eager_blas is None:
+        stream = self.xp.cuda.get_current_stream().ptr
+        handle = self._mine("eager_blas")
+        if handle is None:
             workspace = self.xp.empty((cublas.WORKSPACE_BYTES,), dtype=self.xp.uint8)
-            self._eager_blas = cublas.Cublas(cublas.load(), self.xp.cuda.get_current_stream().ptr, workspace)
-        return self._eager_blas
+            handle = self._threads.eager_blas = cublas.Cublas(cublas.load(), stream, workspace)
+        elif handle.stream != stream:
+            handle.set_stream(stream)
+        return handle
 
     # -----------------------------------------------------------------------------------------
     # Graphs: CuPy's stream capture; the blas route's products through our own cuBLAS binding
@@ -128,30 +163,59 @@ class CupyBackend(K.KernelBackend):
         return True, "the blas route's products go through a cuBLAS handle bound to the capture stream"
 
     def prepare_capture(self, gemm: str) -> None:
+        """This thread's capture stream, every kernel loaded (a kernel loads at cuModuleGetFunction,
+        CUDA's lazy-loading guide: never inside a capture) and, for the blas route, our cuBLAS handle
+        on the capture stream with its workspace, all before the capture begins. Nothing waits."""
         super().prepare_capture(gemm)
-        if self._capture_stream is None:
-            self._capture_stream = self.xp.cuda.Stream(non_blocking=True)
-        if gemm == "blas" and self._graph_blas is None:  # handle and workspace before capture begins
+        t = self._threads
+        if self._mine("stream") is None:
+            t.stream = self.xp.cuda.Stream(non_blocking=True)
+        for name, (file, _) in K.signatures().items():
+            self.load_kernel(file, name)
+        if gemm == "blas" and self._mine("graph_blas") is None:
             workspace = self.xp.empty((cublas.WORKSPACE_BYTES,), dtype=self.xp.uint8)
-            self._graph_blas = cublas.Cublas(cublas.load(), self._capture_stream.ptr, workspace)
+            t.graph_blas = cublas.Cublas(cublas.load(), t.stream.ptr, workspace)
 
     @contextmanager
     def capture(self):
         """CuPy's stream capture (Stream.begin_capture/end_capture, as CuPy documents it): everything
-        launched on the capture stream in the block becomes one cupy.cuda.Graph."""
-        if self._capture_stream is None:
+        launched on this thread's capture stream in the block becomes one cupy.cuda.Graph.
+
+        A cupy.cuda.Graph holds its cudaGraph_t, cudaGraphExec_t and stream only (cupy/cuda/graph.pxd)
+        and the graph's nodes hold raw device pointers, so the handle keeps alive every array a
+        captured launch or product named, for as long as the graph lives. If the block raises, its error is the one that propagates (ending a capture that a refused call has
+        invalidated raises cudaErrorStreamCaptureInvalidated, which would hide it). An allocation
+        CuPy made from its pool during the capture (its address is baked in) fails the capture."""
+        stream = self._mine("stream")
+        if stream is None:
             raise GpubpError("call prepare_capture before capture")
+        if self.capturing:
+            raise GpubpError("a capture is already in progress")
         handle = _CapturedGraph(self)
-        stream = self._capture_stream
+        hidden = _PoolAllocations(None)
         with stream:
             stream.begin_capture()
-            self.capturing = True
+            self._threads.graph = handle
             try:
-                yield handle
-            finally:
-                self.capturing = False
-                graph = stream.end_capture()
-        handle.graph = graph
+                with hidden:
+                    yield handle
+            except BaseException:
+                self._threads.graph = None
+                try:
+                    stream.end_capture()
+                except Exception:  # noqa: BLE001 (the block's own error is the one to report)
+                    pass
+                raise
+            self._threads.graph = None
+            handle.graph = stream.end_capture()
+        if hidden.count:
+            raise GpubpError(f"{hidden.count} allocation(s) from CuPy's memory pool during graph capture: the "
+                             f"graph baked in their addresses (make every buffer before the capture)")
+
+    def _keep(self, arrays) -> None:
+        graph = self._mine("graph")
+        if graph is not None:
+            graph.keep(arrays)
 
     @contextmanager
     def counters(self):
@@ -168,14 +232,22 @@ class CupyBackend(K.KernelBackend):
         return fn
 
     def execute(self, file, name, grid, block, args, shared_mem=0) -> None:
+        self._keep(args)
         self.load_kernel(file, name)(grid, block, args, shared_mem=shared_mem)
 
 
 class _CapturedGraph:
-    """A captured cupy.cuda.Graph; ``launch()`` replays it on the current stream."""
+    """A captured cupy.cuda.Graph; ``launch()`` replays it on the current stream. It keeps alive the
+    memory of every array its launches and products named (a view's base: one reference a buffer)."""
 
     def __init__(self, be) -> None:
-        self.be, self.graph = be, None
+        self.be, self.graph, self._arrays = be, None, {}
+
+    def keep(self, arrays) -> None:
+        for a in arrays:
+            if isinstance(a, self.be.xp.ndarray):
+                owner = a if a.base is None else a.base
+                self._arrays.setdefault(id(owner), owner)
 
     def launch(self) -> None:
         self.be._count("graph_launches")
@@ -183,18 +255,22 @@ class _CapturedGraph:
 
 
 class _PoolAllocations:
-    """A CuPy MemoryHook that counts every allocation served by the memory pool."""
+    """A CuPy MemoryHook counting the allocations the memory pool serves to this thread (CuPy's hooks
+    are per thread: cupy/cuda/memory_hook.pyx), into ``counters`` when given, and into ``count``."""
 
     def __init__(self, counters) -> None:
         import cupy
 
-        counters_ = counters
+        outer = self
+        self.count = 0
 
         class Hook(cupy.cuda.MemoryHook):
-            name = f"gpubp-counters-{id(counters)}"
+            name = f"gpubp-allocations-{id(self)}"
 
             def malloc_postprocess(self, **kwargs):
-                counters_.allocs += 1
+                outer.count += 1
+                if counters is not None:
+                    counters.allocs += 1
 
         self._hook = Hook()
 

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import cache_root
+from ..cache import cache_root
 from ..errors import BackendUnavailable, EmulatorError, GpubpError
 from . import kernel as K
+from .host import HostArrays
 
 RUNTIME_HEADER = Path(__file__).with_name("emulator_runtime.h")  # the shim, scheduler and launchers
 CXX_FLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-fno-fast-math", "-fvisibility=hidden")
@@ -69,7 +70,7 @@ def cooperative(code: str) -> bool:
 
 
 _FUNCTION = re.compile(r"\b(\w+)\s*\([^;{}()]*(?:\([^;{}()]*\)[^;{}()]*)*\)\s*(?:const\s*)?\{")
-_NOT_FUNCTIONS = {"if", "for", "while", "switch", "return", "sizeof"}
+_NOT_FUNCTIONS = {"if", "for", "while", "switch", "return", "sizeof", "constexpr"}  # `if constexpr (...) {`
 
 
 def _bodies(text: str) -> dict[str, str]:
@@ -87,11 +88,24 @@ def _bodies(text: str) -> dict[str, str]:
     return bodies
 
 
+_RENAME = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)[ \t]+([A-Za-z_]\w*)[ \t]*$", re.MULTILINE)
+
+
+def _renamed(text: str) -> str:
+    """``text`` with each ``#define NAME OTHER`` (one identifier for another) applied to the text
+    after it, as the preprocessor applies it: a call of NAME from there on is a call of OTHER."""
+    m = _RENAME.search(text)
+    if m is None:
+        return text
+    rest = re.sub(rf"\b{m.group(1)}\b", m.group(2), text[m.end():])
+    return text[:m.end()] + _renamed(rest)
+
+
 def cooperative_kernels(code: str) -> set[str]:
     """The kernels in ``code`` that reach a barrier, shared memory, a warp call or an atomic through
     any chain of calls: they run as fibers; the others keep the fast serial walk (one activation
     file holds both an elementwise kernel and a tiled one)."""
-    text = K.expand_macros(_blank(code))
+    text = _renamed(K.expand_macros(_blank(code)))
     bodies = _bodies(text)
     memo: dict[str, bool] = {}
 
@@ -205,16 +219,20 @@ def compile_unit(unit: str, cxx: str, flags, where: Path, stem: str, what: str, 
     key = hashlib.sha256("\0".join((cxx, *flags, *key_extra, unit)).encode()).hexdigest()[:24]
     out = where / f"{stem}-{key}.so"
     if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            src = Path(tmp) / (stem + ".cpp")
-            src.write_text(unit)
-            lib = Path(tmp) / out.name
-            res = subprocess.run([cxx, *flags, "-o", str(lib), str(src)], capture_output=True, text=True)
-            if res.returncode != 0:
-                first = next((line for line in res.stderr.splitlines() if "error" in line), res.stderr.strip())
-                raise BackendUnavailable(f"{cxx} could not compile {what}: {first}")
-            os.replace(lib, out)  # atomic: a concurrent build never sees half a library
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+                src = Path(tmp) / (stem + ".cpp")
+                src.write_text(unit)
+                lib = Path(tmp) / out.name
+                res = subprocess.run([cxx, *flags, "-o", str(lib), str(src)], capture_output=True, text=True)
+                if res.returncode != 0:
+                    first = next((line for line in res.stderr.splitlines() if "error" in line), res.stderr.strip())
+                    raise BackendUnavailable(f"{cxx} could not compile {what}: {first}")
+                os.replace(lib, out)  # atomic: a concurrent build never sees half a library
+        except OSError as e:  # a read-only or full cache, or a file where its directory should be
+            raise BackendUnavailable(f"cannot write the kernel cache {where} ({e.strerror or e}): set "
+                                     f"XDG_CACHE_HOME to a writable directory with free space") from None
     return ctypes.CDLL(str(out))
 
 
@@ -306,7 +324,7 @@ class RecordedGraph:
             node()
 
 
-class EmulatedBackend(K.KernelBackend):
+class EmulatedBackend(HostArrays, K.KernelBackend):
     """NumPy arrays; every custom kernel launch runs the CUDA source on the CPU.
 
     ``seed`` (default $GPUBP_EMULATOR_SEED, else 0) fixes the order in which a block's threads
@@ -317,6 +335,7 @@ class EmulatedBackend(K.KernelBackend):
     name = "emulated"
     xp = np
     sm_count = EMULATED_SMS
+    gathers_per_step = False  # it runs a GPU's epoch, whose one gather of the whole set is a kernel to prove
 
     def __init__(self) -> None:
         super().__init__()
@@ -399,13 +418,23 @@ class EmulatedBackend(K.KernelBackend):
     def matmul(self, a, b, out, tf32=False):
         if not self.capturing:
             return super().matmul(a, b, out, tf32)
-        self._record_or_run(lambda: self._product(a, b, out, None, None, tf32))
+        self._record_or_run(lambda: self.product(a, b, out, None, None, tf32))
         return out
 
     def gemm(self, a, b, out, alpha, beta, tf32=False) -> None:
         if not self.capturing:
             return super().gemm(a, b, out, alpha, beta, tf32)
-        self._record_or_run(lambda: self._product(a, b, out, alpha, beta, tf32))
+        self._record_or_run(lambda: self.product(a, b, out, alpha, beta, tf32))
+
+    def gemm_plan(self, a, b, out):
+        """A plan whose calls during a capture are recorded, through ``gemm``, as products are."""
+        plan, b0 = super().gemm_plan(a, b, out), b
+
+        def run(alpha, beta, b=None):
+            if self.capturing:
+                return self.gemm(a, b0 if b is None else b, out, alpha, beta)
+            plan(alpha, beta, b)
+        return run
 
     def empty(self, shape, dtype):
         self._refuse_in_capture("an allocation")

@@ -238,6 +238,12 @@ def layer_tile(M: int, N: int, sm_count: int) -> str:
     return "l" if blocks >= 2 * sm_count else "s"
 
 
+def widest_fused_softmax() -> int:
+    """The widest output layer whose softmax a layer_output kernel fuses: a TileOutput block holds
+    whole rows of outputs (a row's maximum and sum need every output of the row)."""
+    return tiles()["TileOutput"]["BN"]
+
+
 # CUDA's launch limits (every GPU since sm_30): threads per block, block and grid dimensions, and
 # dynamic shared memory without opting in through cudaFuncSetAttribute (which we never do).
 MAX_BLOCK_THREADS = 1024
@@ -284,16 +290,37 @@ class KernelBackend(Backend):
         self.synchronize()
         return time.perf_counter() - t0
 
-    @staticmethod
-    def kernel_suffix(dtype) -> str:
-        return suffix(dtype)
-
     def kernel(self, stem: str, dtype):
         """The launcher of kernel ``stem`` for ``dtype``: ``k(n, *args)`` runs it over n work items."""
         name = stem + suffix(dtype)
         if name not in signatures():
             raise GpubpError(f"no kernel named {name!r} in {kernel_dir()}")
         return functools.partial(self.launch, name)
+
+    def layer_entry(self, stem: str, M: int, N: int, dtype) -> tuple[str, tuple, tuple]:
+        """(entry name, grid, block) of layer kernel ``stem`` for an M x N product in ``dtype``:
+        a kernel exported once per tile (layer_forward_<act>, layer_delta_<act>, layer_update) gets
+        the tile that suits the product (``layer_tile``), an output layer's (layer_output_<cost>)
+        its one tile, TileOutput; then a block per tile."""
+        sfx = suffix(dtype)
+        if all(f"{stem}_{t}{sfx}" in signatures() for t in LAYER_TILES):
+            t = layer_tile(M, N, self.sm_count)
+            name, tile = f"{stem}_{t}{sfx}", LAYER_TILES[t]
+        else:
+            name, tile = stem + sfx, "TileOutput"
+        if name not in signatures():
+            raise GpubpError(f"no layer kernel named {name!r} in {kernel_dir()}")
+        return (name, *layer_launch(M, N, tile))
+
+    def layer_kernel(self, stem: str, M: int, N: int, dtype):
+        """The launcher ``k(*args)`` of layer kernel ``stem`` (kernels/layer.cuh) for an M x N
+        product in ``dtype``, its entry, tile and grid chosen once (``layer_entry``); ``args`` are
+        the kernel's own."""
+        return self.layer_launcher(*self.layer_entry(stem, M, N, dtype))
+
+    def layer_launcher(self, name: str, grid, block):
+        """Layer kernel entry ``name`` bound to its ``grid`` of ``block``s: ``k(*args)`` launches it."""
+        return lambda *args: self.launch_grid(name, grid, block, 0, *args)
 
     def launch(self, name: str, n: int, *args) -> None:
         """Launch 1-D kernel ``name`` over ``n`` work items (grid-stride), after checking ``args``."""

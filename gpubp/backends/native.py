@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import cache_root
+from ..cache import cache_root
 from ..errors import BackendUnavailable, GpubpError
 from . import emulated as E
 from . import kernel as K
@@ -85,11 +85,6 @@ class Launch(ctypes.Structure):
                 ("params", ctypes.POINTER(ctypes.c_void_p))]
 
 
-def is_layer_kernel(name: str) -> bool:
-    """The own route's kernels (layer_forward_*, layer_delta_*, layer_update_*, layer_output_*)."""
-    return name.startswith("layer_")
-
-
 def native_code(file: str) -> str:
     """One kernel file's code for this backend: native_layer.h inserted before its first export."""
     code = K.source(file)
@@ -102,11 +97,12 @@ def native_code(file: str) -> str:
 
 
 def translation_unit(file: str) -> str:
-    """The host translation unit: the emulator's runtime, the code, and an entry per kernel; layer
-    kernels and the kernels that never cooperate run serially, the others as the emulator runs them."""
+    """The host translation unit: the emulator's runtime, the code, and an entry per kernel; the
+    kernels that never cooperate in this code (native_layer.h's layer kernels among them) run
+    serially, the others as the emulator runs them."""
     code = native_code(file)
-    together = E.cooperative_kernels(K.source(file))
-    entries = "".join(f"GPUBP_EMU_ENTRY({n}, {'true' if n in together and not is_layer_kernel(n) else 'false'})\n"
+    together = E.cooperative_kernels(code)
+    entries = "".join(f"GPUBP_EMU_ENTRY({n}, {'true' if n in together else 'false'})\n"
                       for n in K.parse_signatures(code))
     return f'{E.runtime_header()}\n#line 1 "{Path(file).stem}.cu"\n{E.emulator_source(code)}\n{entries}'
 
@@ -241,10 +237,8 @@ class NativeBackend(E.EmulatedBackend):
 
     name = "native"
     sm_count = 1  # cooperating kernels get grids of up to BLOCKS_PER_SM blocks
-    preferred_gemm = "own"
-    graphs_by_default = True
-    gathers_per_step = True  # each mini-batch is gathered as its step starts, into a buffer that stays in cache
-    torch_device = "cpu"
+    graphs_by_default = True  # and so the own route by default (HostArrays.preferred_gemm)
+    gathers_per_step = True  # a CPU's epoch, as on the numpy backend (the emulated one runs a GPU's)
 
     def __init__(self) -> None:
         super().__init__()
@@ -271,16 +265,15 @@ class NativeBackend(E.EmulatedBackend):
             return super().geometry(file, name, n)
         return (1, 1, 1), (1, 1, 1)
 
-    def launch_grid(self, name: str, grid, block, shared_mem: int, *args) -> None:
-        """A layer kernel computes its whole product in one host call; others run as given."""
-        if is_layer_kernel(name):
-            grid, block = (1, 1, 1), (1, 1, 1)
-        super().launch_grid(name, grid, block, shared_mem, *args)
+    def layer_launcher(self, name: str, grid, block):
+        """The host launcher of layer kernel entry ``name``: native_layer.h's code computes the
+        whole product in one call (the tile and grid are the GPU's business), so one 1 x 1 launch."""
+        return lambda *args: self.launch_grid(name, (1, 1, 1), (1, 1, 1), 0, *args)
 
     @staticmethod
     @functools.cache
     def _cooperates(file: str, name: str) -> bool:
-        return name in E.cooperative_kernels(K.source(file)) and not is_layer_kernel(name)
+        return name in E.cooperative_kernels(native_code(file))
 
     def execute(self, file, name, grid, block, args, shared_mem=0) -> None:
         kernel = self.load_kernel(file, name)  # loaded before a graph records it
@@ -318,8 +311,7 @@ class NativeBackend(E.EmulatedBackend):
     def empty(self, shape, dtype):
         """An uninitialised array whose data starts on a 64-byte boundary (NumPy gives 16)."""
         self._refuse_in_capture("an allocation")
-        if self.counts_own_allocs:
-            self._count("allocs")
+        self._count("allocs")
         dtype = np.dtype(dtype)
         n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         raw = np.empty(n + ALIGN, dtype=np.uint8)

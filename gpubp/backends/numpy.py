@@ -14,12 +14,11 @@ import os
 from .. import reference
 from ..errors import GpubpError
 from .base import Backend
+from .host import HostArrays
 
 
-class NumpyBackend(Backend):
+class NumpyBackend(HostArrays, Backend):
     name = "numpy"
-    fuses_per_model = True
-    torch_device = "cpu"
 
     def __init__(self) -> None:
         super().__init__()

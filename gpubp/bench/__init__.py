@@ -36,6 +36,9 @@ DEFAULT_SIZES = [[784, 30, 10], [784, 100, 10], [784, 1024, 1024, 10], [784, 409
 DEFAULT_BATCHES = [10, 128, 1024]
 QUICK_SIZES = [[784, 30, 10], [784, 100, 10], [784, 1024, 1024, 10]]
 BENCH_BACKENDS = tuple(REGISTRY)
+# NumPy (the reference every speed-up is against), our kernels compiled for the CPU (the fast one
+# there), and CuPy where a GPU answers (else skipped, saying why).
+DEFAULT_BACKENDS = ("numpy", "native", "cupy")
 # Load average per core above which the numbers are suspect. BLAS runs a thread on every core and
 # waits for the slowest, so one other busy process already distorts a CPU case: before the start
 # (only other work counts) a quarter of the cores busy is too many; while running, this benchmark
@@ -66,7 +69,8 @@ def plan(backends=None, sizes=None, batch_sizes=None, steps=None, repeats=None, 
     from ..backends import cupy_status
 
     ok, why = cupy_status()
-    backends = list(backends or ["numpy", "cupy"])
+    default = not backends
+    backends = list(backends or DEFAULT_BACKENDS)
     for b in backends:
         if b not in BENCH_BACKENDS:
             raise GpubpError(f"unknown benchmark backend {b!r}: choose from {', '.join(BENCH_BACKENDS)}")
@@ -74,6 +78,14 @@ def plan(backends=None, sizes=None, batch_sizes=None, steps=None, repeats=None, 
     if "cupy" in backends and not ok:  # asked for, or the default: say why it did not run
         backends = [b for b in backends if b != "cupy"]
         skipped.append(f"cupy: {why}")
+    if default:  # the native backend needs a C++ compiler: without one, the default says so and goes on
+        from ..backends import get_backend
+
+        try:
+            get_backend("native")
+        except GpubpError as e:
+            backends.remove("native")
+            skipped.append(f"native: {e}")
     sizes = sizes or (QUICK_SIZES if quick else DEFAULT_SIZES)
     batches = batch_sizes or DEFAULT_BATCHES
     if any(b < 1 for b in batches):
@@ -85,16 +97,19 @@ def plan(backends=None, sizes=None, batch_sizes=None, steps=None, repeats=None, 
     return backends, sizes, batches, steps, repeats, skipped
 
 
+# The PyTorch device that races each backend (none beside the emulator, which proves kernels, not speed).
+TORCH_DEVICES = {"numpy": "cpu", "native": "cpu", "cupy": "cuda"}
+
+
 def torch_devices(backends):
-    """PyTorch devices to run beside ours (each backend's torch_device: "cpu" beside numpy and native,
-    "cuda" beside cupy), or why none."""
+    """PyTorch devices to run beside ours (TORCH_DEVICES of the backends benched), or why none."""
     try:
         import torch
     except ImportError:
         return [], "torch is not installed"
     from ..backends import get_backend
 
-    wanted = {get_backend(b).torch_device for b in backends} - {None}
+    wanted = {TORCH_DEVICES.get(get_backend(b).name) for b in backends} - {None}
     devices = [d for d in ("cpu", "cuda") if d in wanted and (d == "cpu" or torch.cuda.is_available())]
     return devices, None
 

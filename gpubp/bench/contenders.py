@@ -88,8 +88,10 @@ def ours(backend, sizes, batch, dtype, steps, data, gemm="blas", graph=False) ->
                 step(Xb, Yb)
         with be.counters() as c:
             captured.launch()
-        return Contender(lambda *_: captured.launch(), be.synchronize, [(None, None)], be.device, warm,
-                         c.as_dict(), steps=len(work))
+        contender = Contender(lambda *_: captured.launch(), be.synchronize, [(None, None)], be.device, warm,
+                              c.as_dict(), steps=len(work))
+        contender.recorded = (net, opt, X, Y, work)  # a CUDA graph holds raw pointers: keep what it writes into
+        return contender
     with be.counters() as c:
         step(*work[0])
     return Contender(step, be.synchronize, work, be.device, warm, c.as_dict())

@@ -13,11 +13,14 @@ differ per model take the model's index: the bias (``bias_<act>_models``, whose 
 model k's b) and the update (``<optimizer>_update_models``, with model k's eta and lambda).
 On a GPU, launches and GEMMs per step therefore do not grow with K.
 
+Both differences live in the stack's route, StackRoute (gpubp/routes.py's BLAS route with two
+moves of its own), which a Stack is built with: Network's equations call it as they call any route.
+
 Plain SGD: one network folds its update into the BP3/BP4 products (W <- decay W - eta D^T A, one
-GEMM with alpha and beta). A batched product has one alpha and one beta for all K models, so on the
-GPU a stack computes the gradient in one batched product and updates with sgd_update_models; on the
-CPU (Backend.fuses_per_model) it folds each model's update into that model's own product, prepared
-once, as one network does.
+GEMM with alpha and beta). A batched product has one alpha and one beta for all K models, so on a
+backend that runs our kernels a stack computes the gradient in one batched product and updates
+with sgd_update_models; on the numpy backend, whose kernels are NumPy references, it folds each
+model's update into that model's own product, prepared once, as one network does.
 
 Model k starts from exactly Network(seed=seeds[k])'s parameters and shuffles with its own
 generator, seeded as Network(seed=seeds[k]) seeds its own, so it trains as that network would,
@@ -31,6 +34,49 @@ import numpy as np
 
 from ..errors import GpubpError
 from ..network import Network
+from ..routes import BlasRoute
+
+
+class StackRoute(BlasRoute):
+    """The BLAS route of a Stack: each model's bias in one kernel for all K models, and plain SGD's
+    update folded into each model's own products where the backend's kernels are NumPy's."""
+
+    def __init__(self, stack):
+        super().__init__(stack)
+        be, dt = stack.be, stack.dtype
+        self.bias_act_models = [be.kernel(a.forward_models_kernel, dt) for a in stack.layer_activations]
+        flat = stack.params.reshape(-1)
+        # b[l] of model 0 onwards, as one contiguous 1-D view: the kernel steps P from model to model
+        offsets = [stack.n_weights + sum(o for o, _ in stack.shapes[:l]) for l in range(stack.L)]
+        self.bias_from = [flat[k:] for k in offsets]
+        # one BLAS call per model and layer is a microsecond on the host, but K launches on a device
+        self.folds_per_model = not be.compiles_kernels
+
+    def fuses(self, group) -> bool:
+        return group is not None and group.fused and self.folds_per_model
+
+    def bias_activate(self, l, Z) -> None:
+        """Z (K, m, n_{l+1}) <- f(Z + b[l] of each row block's model), one kernel for all K models."""
+        K, m, n = Z.shape
+        rows = K * m
+        work = rows if self.net.layer_activations[l].row_wise else Z.size
+        self.bias_act_models[l](work, Z, self.bias_from[l], rows, n, m, self.net.n_params)
+
+    def update(self, l, ws, group) -> None:
+        """Layer l's BP4 and BP3 with each model's own SGD update in them: 2K prepared host products."""
+        for k, (update_w, update_b) in enumerate(self.plans(ws)[l]):
+            o = group.optimizers[k]
+            update_w(-o.eta, o.decay, ws.A[0][k] if l == 0 else None)
+            update_b(-o.eta, 1.0)
+
+    def plans(self, ws) -> list:
+        """Per layer and model, the fused update's two products, prepared once for this workspace."""
+        if ws.route is None:
+            be, s = self.be, self.net
+            ws.route = [[(be.gemm_plan(ws.DT[l][k], ws.A[l][k], s.weights[l][k]),
+                          be.gemm_plan(ws.ones, ws.D[l][k], self.bias_rows[l][k])) for k in range(s.K)]
+                        for l in range(s.L)]
+        return ws.route
 
 
 class Stack(Network):
@@ -53,38 +99,12 @@ class Stack(Network):
                          init=init, gemm="blas")  # batched products: the blas route, whatever the backend prefers
         self.K = len(self.seeds)
         self.rngs = [np.random.default_rng(s) for s in self.seeds]  # as Network(seed=s).rng
-        self._bias_act_models = [self.be.kernel(a.forward_models_kernel, self.dtype) for a in self.layer_activations]
-        flat = self.params.reshape(-1)
-        # b[l] of model 0 onwards, as one contiguous 1-D view: the kernel steps P from model to model
-        self._bias_from = [flat[k:] for k in self.bias_offsets()]
+        self.route = StackRoute(self)
 
     def initial_params(self, seed=None) -> np.ndarray:
         """(K, P): model k's starting parameters are Network(seed=seeds[k])'s; (P,) for a given seed."""
         one = super().initial_params
         return one(seed) if seed is not None else np.stack([one(s) for s in self.seeds])
-
-    def _bias_activate(self, l, Z) -> None:
-        """Z (K, m, n_{l+1}) <- f(Z + b[l] of each row block's model), one kernel for all K models."""
-        K, m, n = Z.shape
-        rows = K * m
-        work = rows if self.layer_activations[l].row_wise else Z.size
-        self._bias_act_models[l](work, Z, self._bias_from[l], rows, n, m, self.n_params)
-
-    def _fused_update(self, ws, l, group) -> None:
-        """Layer l's BP4 and BP3 with each model's own SGD update in them: 2K prepared host products."""
-        for k, (update_w, update_b) in enumerate(self._update_plans(ws)[l]):
-            o = group.optimizers[k]
-            update_w(-o.eta, o.decay, ws.A[0][k] if l == 0 else None)
-            update_b(-o.eta, 1.0)
-
-    def _update_plans(self, ws) -> list:
-        """Per layer and model, the fused update's two products, prepared once for this workspace."""
-        if ws.plans is None:
-            be = self.be
-            ws.plans = [[(be.gemm_plan(ws.DT[l][k], ws.A[l][k], self.weights[l][k]),
-                          be.gemm_plan(ws.ones, ws.D[l][k], self._bias_rows[l][k])) for k in range(self.K)]
-                        for l in range(self.L)]
-        return ws.plans
 
     def measure(self, X, y, lmbda=0.0, cost=True, accuracy=True) -> list[dict]:
         """Network.measure for each model, on the same (X, y) (lmbda: one, or one per model): K dicts."""
