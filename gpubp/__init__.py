@@ -1,5 +1,6 @@
 """gpubp: backpropagation from scratch on the CPU (NumPy) and NVIDIA GPUs (CuPy + own CUDA kernels)."""
 
+from .augment import Augment
 from .backends import get_backend
 from .data import load_mnist
 from .errors import GpubpError
@@ -8,4 +9,4 @@ from .sweeps import sweep
 from .training import train
 from .version import __version__
 
-__all__ = ["GpubpError", "Network", "__version__", "get_backend", "load_mnist", "sweep", "train"]
+__all__ = ["Augment", "GpubpError", "Network", "__version__", "get_backend", "load_mnist", "sweep", "train"]

@@ -1,4 +1,4 @@
-"""The command line: gpubp train | evaluate | bench | sweep | plot | info.
+"""The command line: gpubp train | evaluate | bench | sweep | plot | samples | info.
 
 Every error (bad argument, file, model or data) is one line on stderr and exit status 2.
 """
@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .activations import ACTIVATIONS
+from .augment import add_samples_arguments, augment_from_args, samples_figure
 from .backends import BACKEND_NAMES, names_with
 from .costs import COSTS
 from .data import N_CLASSES
@@ -133,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--out", type=Path, default=Path("curves.png"), metavar="OUT.png",
                    help="the PNG to write (default curves.png)")
     c.set_defaults(func=cmd_plot)
+
+    s = sub.add_parser("samples", help="training images beside their distortions: what a network trained with "
+                                       "--augment sees")
+    add_samples_arguments(s)
+    _common(s)
+    s.set_defaults(func=cmd_samples)
 
     i = sub.add_parser("info", help="backend, device, library versions, BLAS threads")
     i.add_argument("--backend", choices=list(BACKEND_NAMES), default=None,
@@ -672,6 +679,25 @@ def cmd_plot(args) -> int:
     runs = [curves.load_run(p) for p in args.runs]
     names = curves.labels(runs, args.runs)
     _, failed = _write_outputs([("plot", args.out, lambda p: curves.save(curves.figure(runs, names), p))], print)
+    if failed:
+        raise GpubpError(failed)
+    return 0
+
+
+def cmd_samples(args) -> int:
+    from .backends import get_backend
+    from .data import load_mnist
+    from .figures import pyplot, save
+
+    _check_writable(args.out, "picture")
+    pyplot("gpubp samples", "gpubp samples ...")  # fail before reading anything
+    aug = augment_from_args(args, default="simard-elastic")
+    if aug is None:
+        raise GpubpError("these --augment settings distort nothing: name a preset or give a distortion")
+    be = get_backend(args.backend)
+    X = load_mnist(args.data_dir, verify=not args.no_verify)["train"][0][:args.count]
+    fig = samples_figure(X, aug, args.seed, args.epochs, be, f"{aug.describe()} (seed {args.seed}, {be.name})")
+    _, failed = _write_outputs([("picture", args.out, lambda p: save(fig, p))], print)
     if failed:
         raise GpubpError(failed)
     return 0

@@ -407,3 +407,166 @@ def sum_squares_into(total, x, n):
     """total[0] += sum of x^2, in float64."""
     x = np.asarray(x, dtype=np.float64)
     total[0] += np.dot(x, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Counter-based random draws, dropout, max-norm and augmentation  (kernels: philox.cuh, max_norm.cu,
+# augment.cu; kernels/philox.cuh's header maps (seed, epoch, step, element) onto counter and key)
+# ---------------------------------------------------------------------------------------------
+
+PHILOX_DROPOUT, PHILOX_ELASTIC, PHILOX_AFFINE = 1, 2, 3  # c3 of each use (dropout adds 256 * layer)
+_PHILOX_M = (np.uint64(0xD2511F53), np.uint64(0xCD9E8D57))
+_PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+
+
+def philox4x32_10(counter, key):
+    """Philox4x32-10 of counters (..., 4) under keys (..., 2) (uint32; the leading axes broadcast): the four
+    random words (..., 4) uint32, as kernels/philox.cuh's gpubp_philox4x32_10 computes them."""
+    counter, key = np.asarray(counter, np.uint32), np.asarray(key, np.uint32)
+    k0, k1 = key[..., 0].astype(np.uint64), key[..., 1].astype(np.uint64)
+    c = [np.broadcast_to(counter[..., i], np.broadcast_shapes(counter.shape[:-1], key.shape[:-1])).astype(np.uint64)
+         for i in range(4)]
+    mask = np.uint64(0xFFFFFFFF)
+    for r in range(10):
+        if r:
+            k0, k1 = (k0 + _PHILOX_W[0]) & mask, (k1 + _PHILOX_W[1]) & mask
+        p0, p1 = _PHILOX_M[0] * c[0], _PHILOX_M[1] * c[2]  # exact: both factors < 2^32
+        c = [(p1 >> np.uint64(32)) ^ c[1] ^ k0, p1 & mask, (p0 >> np.uint64(32)) ^ c[3] ^ k1, p0 & mask]
+    return np.stack(c, axis=-1).astype(np.uint32)
+
+
+def seed_key(seed):
+    """The Philox key of a seed (0 <= seed < 2^64): (seed mod 2^32, seed div 2^32) as uint32."""
+    seed = int(seed)
+    return np.array([seed & 0xFFFFFFFF, seed >> 32], np.uint32)
+
+
+def uniform01(words, dtype):
+    """A word's top 24 bits as a number in [0, 1): (u >> 8) * 2^-24, exact in float32 and float64."""
+    return ((np.asarray(words, np.uint32) >> 8).astype(np.int64) * 2.0**-24).astype(dtype)
+
+
+def uniform_pm1(words, dtype):
+    """A word's top 24 bits as a number in (-1, 1): (2 (u >> 8) + 1 - 2^24) * 2^-24, exact in float32."""
+    top = (np.asarray(words, np.uint32) >> 8).astype(np.int64)
+    return ((2 * top + 1 - 2**24) * 2.0**-24).astype(dtype)
+
+
+def dropout_factor(seed, epoch, step, layer, elements, p, dtype):
+    """Inverted dropout's factors for element indices ``elements`` of layer ``layer``'s activations in
+    mini-batch ``step`` of epoch ``epoch``: 1/(1-p) where kept (uniform01 < 1 - p, in dtype), else 0;
+    kernels/philox.cuh's gpubp_dropout_factor."""
+    e = np.asarray(elements, np.uint64)
+    counter = np.stack(np.broadcast_arrays((e >> np.uint64(2)).astype(np.uint32), np.uint32(step), np.uint32(epoch),
+                                           np.uint32(PHILOX_DROPOUT + 256 * layer)), axis=-1)
+    words = np.take_along_axis(philox4x32_10(counter, seed_key(seed)), (e & np.uint64(3)).astype(np.intp)[..., None],
+                               axis=-1)[..., 0]
+    dt = np.dtype(dtype).type
+    keep = dt(1) - dt(p)
+    return np.where(uniform01(words, dtype) < keep, dt(1) / keep, dt(0)).astype(dtype)
+
+
+def max_norm(W, rows, cols, c):
+    """Each row of W (rows, cols) whose norm exceeds c scaled by c/||row|| (rounded once to W's dtype); the
+    norm's square summed in float64; rows within the ball untouched. In place."""
+    squares = np.einsum("ij,ij->i", W.astype(np.float64), W.astype(np.float64))
+    over = squares > float(c) ** 2
+    W[over] *= (float(c) / np.sqrt(squares[over])).astype(W.dtype)[:, None]
+
+
+def augment_affine(A, key, rows, row0, h, w, rotate, scale, shear, shift):
+    """A (rows, 6) <- each image's affine map (a, b, ex, c, d, ey): source (a x + b y + ex, c x + d y + ey)
+    of output pixel (x, y); (1/s) R(theta) [1 tan(phi); 0 1] about the centre, then the shift, with
+    theta, s, phi and the shift drawn from Philox as kernels/augment.cu says."""
+    dt = A.dtype.type
+    image = np.arange(row0, row0 + rows, dtype=np.uint32)
+    zeros = np.zeros_like(image)
+    tags = np.full_like(image, PHILOX_AFFINE)
+    u = philox4x32_10(np.stack([zeros, image, zeros + key[2], tags], axis=-1), key[:2])
+    v = philox4x32_10(np.stack([zeros + 1, image, zeros + key[2], tags], axis=-1), key[:2])
+    U, V = uniform_pm1(u, A.dtype), uniform_pm1(v, A.dtype)
+    theta = dt(rotate) * U[:, 0]
+    inv_s = dt(1) / (dt(1) + dt(scale) * U[:, 1])
+    tan_phi = np.tan(dt(shear) * U[:, 2])
+    tx, ty = dt(shift) * U[:, 3], dt(shift) * V[:, 0]
+    cs, sn = np.cos(theta), np.sin(theta)
+    a, b = inv_s * cs, inv_s * (cs * tan_phi - sn)
+    c, d = inv_s * sn, inv_s * (sn * tan_phi + cs)
+    cx, cy = dt(0.5) * dt(w - 1), dt(0.5) * dt(h - 1)
+    A[:, 0], A[:, 1], A[:, 2] = a, b, (cx + tx) - (a * cx + b * cy)
+    A[:, 3], A[:, 4], A[:, 5] = c, d, (cy + ty) - (c * cx + d * cy)
+
+
+def elastic_noise(key, rows, row0, h, w, dtype):
+    """The elastic noise (rows, 2, h, w) of images row0 .. row0+rows-1, uniform(-1, 1) from Philox, drawn
+    x-major: pixel (y, x) of field f is word y mod 4 of counter ((f w + x) ceil(h/4) + y div 4, row,
+    epoch, ELASTIC)."""
+    quads = -(-h // 4)
+    q = np.arange(2 * w * quads, dtype=np.uint32).reshape(2, w, quads)
+    image = np.arange(row0, row0 + rows, dtype=np.uint32)[:, None, None, None]
+    q = np.broadcast_to(q, (rows, 2, w, quads))
+    counter = np.stack(np.broadcast_arrays(q, image, np.uint32(key[2]), np.uint32(PHILOX_ELASTIC)), axis=-1)
+    words = philox4x32_10(counter, key[:2]).reshape(rows, 2, w, 4 * quads)[..., :h]
+    return uniform_pm1(words, dtype).transpose(0, 1, 3, 2)
+
+
+def _blur_last_axis(src, g, radius):
+    """out[..., i] = sum over k (increasing) of g[k] * src[..., i + k - radius], entries beyond the ends absent."""
+    n = src.shape[-1]
+    out = np.zeros_like(src)
+    for k in range(2 * radius + 1):
+        shift = k - radius
+        lo, hi = max(0, -shift), min(n, n - shift)
+        if lo < hi:
+            out[..., lo:hi] += g[k] * src[..., lo + shift:hi + shift]
+    return out
+
+
+def augment_field(D, Tw, key, g, rows, row0, h, w, radius):
+    """D (rows, 2, h, w) <- the elastic noise blurred along x, then along y, by the taps g (2 radius + 1,),
+    pixels beyond the image absent. Tw (rows, 2, (w + 2 radius) h + (h + 2 radius) w) is the kernel's
+    scratch (the padded noise and its transpose); the reference leaves it alone."""
+    noise = elastic_noise(key, rows, row0, h, w, D.dtype)
+    along_x = _blur_last_axis(noise, g, radius)
+    D.reshape(rows, 2, h, w)[...] = _blur_last_axis(along_x.swapaxes(2, 3), g, radius).swapaxes(2, 3)
+
+
+AUGMENT_BORDER = 2  # zeros around a padded image (kernels/augment.cu)
+
+
+def augment_pad(Xp, X, rows, h, w):
+    """Xp (rows, (h+4)(w+4)) <- each image of X (rows, h*w) inside a border of 2 zeros."""
+    b = AUGMENT_BORDER
+    P = Xp.reshape(rows, h + 2 * b, w + 2 * b)
+    P[...] = 0
+    P[:, b:h + b, b:w + b] = X.reshape(rows, h, w)
+
+
+def augment_resample(out, Xp, A, D, rows, h, w, alpha):
+    """out (rows, h*w) <- the bilinear sample of each padded image Xp (rows, (h+4)(w+4)) at its affine map
+    plus alpha times the field D (rows, 2, h, w) (not read when alpha = 0); the coordinates clamped to
+    [-1, w] x [-1, h] (beyond, every neighbour is 0), pixels outside the image 0, values clamped to [0, 1]."""
+    dt = out.dtype.type
+    b = AUGMENT_BORDER
+    y, x = np.meshgrid(np.arange(h, dtype=out.dtype), np.arange(w, dtype=out.dtype), indexing="ij")
+    m = A.reshape(rows, 6)[:, :, None, None]
+    sx = m[:, 0] * x + m[:, 1] * y + m[:, 2]
+    sy = m[:, 3] * x + m[:, 4] * y + m[:, 5]
+    if alpha != 0:
+        field = D.reshape(rows, 2, h, w)
+        sx += dt(alpha) * field[:, 0]
+        sy += dt(alpha) * field[:, 1]
+    np.clip(sx, dt(-1), dt(w), out=sx)
+    np.clip(sy, dt(-1), dt(h), out=sy)
+    x0, y0 = np.floor(sx), np.floor(sy)
+    ax, ay = sx - x0, sy - y0
+    W = w + 2 * b
+    base = ((y0.astype(np.int64) + b) * W + (x0.astype(np.int64) + b)).reshape(rows, -1)
+    flat = Xp.reshape(rows, -1)
+
+    def at(offset):
+        return np.take_along_axis(flat, base + offset, axis=1).reshape(rows, h, w)
+
+    p00, p10, p01, p11 = at(0), at(1), at(W), at(W + 1)
+    top, bottom = p00 + ax * (p10 - p00), p01 + ax * (p11 - p01)
+    np.clip(top + ay * (bottom - top), dt(0), dt(1), out=out.reshape(rows, h, w))

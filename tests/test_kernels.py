@@ -541,10 +541,15 @@ LAYER_STEMS = ({f"layer_{k}_{a}_{t}" for k in ("forward", "delta") for a in ACTI
                | {f"layer_output_{c}" for c in COSTS} | {"layer_update_s", "layer_update_l"})
 
 
+# The augmentation and max-norm kernels, tested in tests/test_augment.py.
+AUGMENT_STEMS = {"augment_affine", "augment_field", "augment_pad", "augment_resample", "max_norm"}
+
+
 def test_every_kernel_has_a_case_here():
-    """A kernel added without a test here (or, for the layer kernels, in test_layer_kernels.py) fails this."""
+    """A kernel added without a test here (or, for the layer kernels, in test_layer_kernels.py; augmentation
+    and max-norm in test_augment.py) fails this."""
     stems = {n[:-4] for n in K.signatures()}
-    assert stems == {stem for _, stem, _ in CASES.values()} | LAYER_STEMS
+    assert stems == {stem for _, stem, _ in CASES.values()} | LAYER_STEMS | AUGMENT_STEMS
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
