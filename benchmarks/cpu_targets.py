@@ -6,7 +6,8 @@ A = [784, 30, 10], batch 10, quadratic, eta 3.0; B = [784, 1024, 1024, 10], batc
 cross-entropy, eta 0.5; float32, plain SGD, one epoch = 50,000 images. Each repeat times every
 contender once, in turn, so the ratios printed come from one run on one (noisy) machine.
 "gpubp" is the numpy backend, step by step from Python; "gpubp native" the native backend
-(--backend native: our kernels compiled for this CPU, the epoch one replayed graph).
+(--backend native: our kernels compiled for this CPU, the epoch one replayed graph); both run an
+epoch through gpubp.training.Epochs, as gpubp train does (shuffle, gathers, steps, one sync).
 network.py's loop runs on 2,000 images and is scaled by 25. B's floor is its FLOPs at the GEMM
 rate measured between repeats. PyTorch is optional: without it its rows are left out.
 Targets: A >= 15x network.py's loop and >= 6x PyTorch eager; B <= 1.3x its GEMM floor and
@@ -27,6 +28,7 @@ from gpubp.bench.contenders import torch_trainer
 from gpubp.bench.nielsen import epoch_slice
 from gpubp.errors import BackendUnavailable
 from gpubp.optimizers import SGD
+from gpubp.training import Epochs, graph_mode
 
 LOOP_ROWS = 2000
 
@@ -34,20 +36,16 @@ LOOP_ROWS = 2000
 def contenders(name, data):
     sizes, bs, cost, eta = NETS[name]
     n = len(data[0])
-    net = Network(sizes, cost=cost, backend="numpy", seed=1)
-    X, Y, opt = net.to_device(data[0]), net.one_hot(net.labels(data[1])), SGD(eta)
-    out = {"gpubp": lambda: [net.step(X[k:k + bs], Y[k:k + bs], opt) for k in range(0, n, bs)]}
-    try:  # the native backend: the own route, the epoch's steps captured once and replayed by one call
-        nat = Network(sizes, cost=cost, backend="native", seed=1)
-        NX, NY, nopt = nat.to_device(data[0]), nat.one_hot(nat.labels(data[1])), SGD(eta)
-        for m in {bs, n % bs} - {0}:  # a first step of each batch size sizes its buffers: none allocates in capture
-            nat.step(NX[:m], NY[:m], nopt)
-        with nat.be.capture() as graph:
-            for k in range(0, n, bs):
-                nat.step(NX[k:k + bs], NY[k:k + bs], nopt)
-        out["gpubp native"] = graph.launch
-    except BackendUnavailable as e:
-        print(f"  (no native row: {e})")
+    out = {}
+    for who, backend in (("gpubp", "numpy"), ("gpubp native", "native")):
+        try:  # through the epoch driver, as gpubp train runs: native's epoch is one replayed graph of the own route
+            net = Network(sizes, cost=cost, backend=backend, seed=1)
+            driver = Epochs(net, net.to_device(data[0]), net.labels(data[1]), bs, SGD(eta).bind(net),
+                            graph=graph_mode(net)[0])
+            driver.epoch()  # workspaces, the capture
+            out[who] = driver.epoch
+        except BackendUnavailable as e:
+            print(f"  (no {backend} row: {e})")
     try:
         step, _, TX, TY, _ = torch_trainer("cpu", sizes, "float32", data)
         out["pytorch eager"] = lambda: [step(TX[k:k + bs], TY[k:k + bs]) for k in range(0, n, bs)]

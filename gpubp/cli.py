@@ -225,9 +225,10 @@ def _sweep_parser(s):
     s.add_argument("--epochs", type=_number(int, 1, True, MAX_EPOCHS), default=30, help="epochs to train (default 30)")
     _number_args(s)
     s.add_argument("--group-size", type=_number(int, 1, True), default=None, metavar="K",
-                   help="models trained at once as one stack (default 16)")
-    s.add_argument("--threads", type=_number(int, 1, True), default=1,
-                   help="groups trained at once here, a thread each: NumPy on several cores (default 1)")
+                   help="runs per group (default 16): one stack on a GPU; on a CPU, networks spread over --threads")
+    s.add_argument("--threads", type=_number(int, 1, True), default=None,
+                   help="on a CPU backend, a group's models trained at once, a thread each (default: every core); "
+                        "on a GPU, groups trained at once, a stack each (default 1)")
     s.add_argument("--train-cost", action="store_true",
                    help="also record each epoch's training cost, a forward pass over the training set (default off)")
     s.add_argument("--ray", metavar="auto|HOST:PORT", default=None,
@@ -637,17 +638,28 @@ def cmd_sweep(args) -> int:
     print(f"gpubp sweep: {len(runs)} runs in {len(plan)} group(s) of up to {max(map(len, plan))} models, {where}",
           file=sys.stderr, flush=True)
     piped = not args.quiet and not args.ray and not sys.stderr.isatty()  # no bar: a line now and then instead
-    result = sweeps.sweep(runs, data=data, backend=args.backend, group_size=args.group_size, ray=args.ray,
-                            threads=args.threads, progress=False if args.quiet else None,
-                            monitor_training_cost=args.train_cost,
-                            group_hook=_Heartbeat(len(plan), args.epochs) if piped else None)
+    try:
+        result = sweeps.sweep(runs, data=data, backend=args.backend, group_size=args.group_size, ray=args.ray,
+                              threads=args.threads, progress=False if args.quiet else None,
+                              monitor_training_cost=args.train_cost,
+                              group_hook=_Heartbeat(len(plan), args.epochs) if piped else None)
+    except sweeps.SweepInterrupted as e:  # Ctrl-C: the groups that finished are kept, and written
+        result = e.result
     result = {**result, **provenance(args.argv)}  # the command line, where the API has none
-    print(sweeps.table(result))
-    print()
-    print(sweeps.summary(result))
-    _, failed = _write_outputs([("JSON", args.json, lambda p: write_json(p, result)),
-                                ("plot", args.plot, lambda p: sweeps.plot(result, p))],
-                               lambda m: print(m, file=sys.stderr))
+    outputs = [("JSON", args.json, lambda p: write_json(p, result))]
+    if result["runs"]:
+        print(sweeps.table(result))
+        print()
+        print(sweeps.summary(result))
+        outputs.append(("plot", args.plot, lambda p: sweeps.plot(result, p)))
+    written, failed = _write_outputs(outputs, lambda m: print(m, file=sys.stderr))
+    cut = result["interrupted"]
+    if cut:
+        kept = f"; the table above and {' and '.join(written)} hold them" if written else "; the table above holds them"
+        print(f"gpubp sweep: interrupted: {cut['groups_finished']} of {cut['groups']} groups finished "
+              f"({len(result['runs'])} runs){kept if result['runs'] else ''}" + (f"; {failed}" if failed else ""),
+              file=sys.stderr)
+        return 130
     if failed:
         raise GpubpError(failed)
     return 0

@@ -1,12 +1,12 @@
-"""Training: epochs of mini-batch training with the data resident on the device, on the
-network's public API only (to_device, labels, one_hot, step, measure).
+"""Training: the epoch driver (``Epochs``) that every caller trains through, and ``train``, epochs
+of mini-batch training with the data resident on the device, on the network's public API only
+(to_device, labels, one_hot, workspace, step, measure_all).
 
-Per epoch: one permutation drawn on the host from the network's generator (seeded by
-``Network(seed=...)`` unless ``seed=`` is given here) is uploaded and gathers the training set on
-the device, so every backend sees the same order for the same seed; mini-batches are contiguous
-slices (views) of the shuffled copy; a last partial batch is used, not dropped. Inside the epoch
-nothing is copied back and nothing synchronizes; afterwards one sync stops the clock and one
-copy per evaluation brings back its cost and accuracy.
+Per epoch (``Epochs``): one permutation per model, drawn on the host from the model's generator
+(seeded by ``Network(seed=...)`` unless ``seed=`` is given here), goes up in one copy and orders
+the training set on the device, so every backend sees the same order for the same seed; a last
+partial batch is used, not dropped. Inside the epoch nothing is copied back and nothing
+synchronizes; afterwards one sync stops the clock and one copy brings back the evaluations.
 
 Between epochs, device copies keep what must not be lost: the parameters and optimizer state
 after the last completed epoch (Ctrl-C puts them back, so the network is always a whole number of
@@ -97,7 +97,7 @@ def train(net, training_data, epochs=30, mini_batch_size=None, eta=None, lmbda=N
         cupy backend when it can, True = always (or an error saying why not), False = eager.
 
     Each record: {"epoch" (counted from 1 over the network's life), "seconds" (training only,
-    synchronized), "eval_seconds", "mode" ("graph" or "eager"), "train_cost" (or None),
+    synchronized; see Epochs for the clock), "eval_seconds", "mode" ("graph" or "eager"), "train_cost" (or None),
     "validation_accuracy" (or None)}, and "capture_seconds" in an epoch that captured its graph
     (workspaces, kernel loading, capture and instantiation: set-up, not in "seconds").
     Warns (TrainingWarning) when validation accuracy stays at chance or the training cost stops
@@ -118,25 +118,15 @@ def train(net, training_data, epochs=30, mini_batch_size=None, eta=None, lmbda=N
     if resume and seed is not None:
         raise GpubpError("a resumed run continues its saved shuffle: leave seed out (or train without resume)")
 
-    be = net.be
     n = X.shape[0]
     opt = _optimizer(net, n, resume, optimizer, eta, lmbda, momentum)
     net.optimizer, net.mini_batch_size = opt, bs
     if seed is not None:
         net.rng = np.random.default_rng(seed)
+    driver = Epochs(net, net.to_device(X), net.labels(y, n), bs, opt, graph_mode(net, graph)[0])
     run = _Run(net=net, opt=opt, bs=bs, monitor_training_cost=monitor_training_cost,
-               show=sys.stderr.isatty() if progress is None else bool(progress), total=net.epochs_trained + epochs)
-    run.X = net.to_device(X)  # the training set moves to the device once
-    run.labels = net.labels(y, n)
-    run.Y = net.one_hot(run.labels)
-    if be.gathers_per_step:  # one buffer per batch size, gathered into as each step starts (a CPU's cache)
-        run.batches = {m: (be.empty((m, run.X.shape[1]), net.dtype), be.empty((m, run.Y.shape[1]), net.dtype))
-                       for m in _batch_rows(n, bs)}
-    else:  # the whole set, gathered in the epoch's order once an epoch (a GPU's one kernel)
-        run.Xs, run.Ys = be.empty(run.X.shape, net.dtype), be.empty(run.Y.shape, net.dtype)
-    run.perm = be.empty((n,), np.int64)  # each epoch's permutation is uploaded into this one buffer
-    run.gather = be.kernel("gather_rows", net.dtype)
-    run.graph, _ = graph_mode(net, graph)
+               show=sys.stderr.isatty() if progress is None else bool(progress), total=net.epochs_trained + epochs,
+               driver=driver)
     if evaluation_data is not None:
         Xe, ye = evaluation_data
         run.evaluation = (net.to_device(Xe), net.labels(ye, len(ye)))
@@ -196,7 +186,7 @@ def _optimizer(net, n, resume, optimizer, eta, lmbda, momentum) -> Optimizer:
 
 @dataclass
 class _Run:
-    """What every epoch of one training run shares."""
+    """What every epoch of one training run shares besides the driver: what to evaluate and show."""
 
     net: object
     opt: object
@@ -204,18 +194,8 @@ class _Run:
     monitor_training_cost: bool
     show: bool
     total: int  # the epoch count (over the network's life) this call trains up to, for the progress bar
-    X: object = None  # (n, n_0) on the device
-    Y: object = None  # (n, n_L) one-hot, on the device
-    labels: object = None  # (n,) int64, on the device
-    Xs: object = None  # shuffled copies of X and Y
-    Ys: object = None
-    batches: dict | None = None  # per-step gathering: {rows: (X batch, Y batch)}
-    perm: object = None  # (n,) int64 on the device
+    driver: Epochs  # batch order, steps, graph, clock
     evaluation: tuple | None = None
-    graph: bool = False  # each epoch replays one captured graph
-    captured: object = None  # the epoch's graph, captured on the first epoch
-    captured_with: object = None  # the optimizer's hyperparameters and tf32 baked into it
-    gather: object = None  # the gather_rows kernel
 
 
 def graph_mode(net, graph=None) -> tuple[bool, str]:
@@ -235,93 +215,204 @@ def graph_mode(net, graph=None) -> tuple[bool, str]:
     return bool(graph), why if graph else "eager: asked for (graph=False)"
 
 
-def _steps(run: _Run, bar=None) -> None:
-    """The epoch's work on the device: gather the training set in the permutation's order (one
-    kernel), then one step per contiguous mini-batch slice, the last, partial batch too. Where the
-    backend gathers per step (the CPU), each step first gathers its own rows into its batch buffer."""
-    net, n, bs = run.net, run.X.shape[0], run.bs
-    cols_x, cols_y = run.X.shape[1], run.Y.shape[1]
-    if run.batches is None:
-        run.gather(n * (cols_x + cols_y), run.Xs, run.Ys, run.X, run.Y, run.perm, n, cols_x, cols_y)
-    for k in range(0, n, bs):
-        m = min(bs, n - k)
-        if run.batches is None:
-            net.step(run.Xs[k:k + m], run.Ys[k:k + m], run.opt)
-        else:
-            Xb, Yb = run.batches[m]
-            run.gather(m * (cols_x + cols_y), Xb, Yb, run.X, run.Y, run.perm[k:k + m], m, cols_x, cols_y)
-            net.step(Xb, Yb, run.opt)
-        if bar is not None:
-            bar.update(m)
-
-
-def _batch_rows(n: int, bs: int) -> set[int]:
+def batch_rows(n: int, bs: int) -> set[int]:
     """The rows a step of an epoch of n rows can have: the batch size, and the last batch's."""
     return {bs, n % bs or bs}
 
 
-def _capture_epoch(run: _Run):
-    """Capture one epoch's steps as a graph: everything a step needs (workspaces for the full and
-    the last batch, the optimizer's state; the backend's prepare_capture loads the kernels) is made
-    first, since nothing may be allocated or loaded while a stream captures (the pool's addresses
-    would be baked in). Nothing here waits for the device: an epoch's one sync stops its clock."""
-    net, be, n, bs = run.net, run.net.be, run.X.shape[0], run.bs
-    for m in _batch_rows(n, bs):
-        net.workspace(m)
-    run.opt.bind(net)
-    be.prepare_capture(net.gemm)
-    with be.capture() as graph:
-        _steps(run)
-    return graph
+def interleave(perms, bs: int) -> np.ndarray:
+    """K permutations (K, n) laid out step by step: step j's K*bs rows are model 0's batch j, then
+    model 1's, ...; the last, partial batches likewise (each model's rows after the full batches)."""
+    K, n = perms.shape
+    full = n // bs * bs
+    return np.concatenate([perms[:, :full].reshape(K, -1, bs).transpose(1, 0, 2).ravel(), perms[:, full:].ravel()])
+
+
+class Epochs:
+    """THE epoch driver: ``epoch()`` trains one model one epoch on one training set, and returns the
+    epoch's training seconds. ``train`` (one Network), sweeps (a Stack of K models, or K Networks)
+    and bench all train through it.
+
+    model: a Network, or a gpubp.sweeps.stack.Stack (``model.lead == (K,)``: K models, each with its
+        own generator in ``model.rngs``, as Network(seed=s).rng).
+    X, labels: the training set on the device, (n, n_0) and (n,) int64; Y, its one-hot rows, is made here.
+    graph: replay each epoch as one captured graph (see ``graph_mode``); captured before the first
+        epoch's clock starts, and again whenever what it baked in (the optimizer's scalars, TF32) changes.
+
+    The batch order, chosen here once: each epoch, every model draws a permutation from its own
+    generator (the same order on every backend for a seed) and all go up in ONE copy; then either
+      * whole-set gather (one model, a GPU): one kernel gathers the set in that order, and the steps
+        take contiguous slices of the gathered copy, so batch j always lives at the same address; or
+      * per-step gather (a CPU backend, ``Backend.gathers_per_step``): each step gathers its own rows
+        into a batch buffer that stays in cache; or
+      * K interleaved permutations (a Stack): the K permutations are laid out step by step
+        (``interleave``), so each step gathers its K batches (K*m rows) with one launch.
+    The last, partial batch is used, not dropped. Inside an epoch nothing is copied back and nothing
+    waits; the buffers are made here, so a step (and a capture) allocates nothing.
+
+    The timing rule, one for every caller: the clock starts before the permutations are drawn and
+    stops after one synchronize, so ``seconds`` is the epoch's host and device work. Graph capture
+    (with the workspaces, the optimizer's state and the kernels made first) happens before the clock
+    starts and is added to ``capture_seconds`` instead.
+
+    Where a new feature goes (written once, here):
+      * per epoch (augmentation's new distortions, a learning-rate schedule): ``_begin_epoch``, host
+        work and uploads before the epoch's steps (or its replay). A value the graph bakes in must be
+        listed in ``_baked`` (it is recaptured when it changes), or better read from device memory
+        uploaded here, so the same graph replays every epoch;
+      * per step (dropout masks): ``_step``, launched with the model's step; it is captured into the
+        graph with the steps, so what changes from step to step must come from the device (a
+        counter, a buffer uploaded per epoch), not from a Python value.
+    """
+
+    def __init__(self, model, X, labels, batch_size: int, optimizer, graph: bool = False):
+        be, dt = model.be, model.dtype
+        self.model, self.be, self.opt, self.bs = model, be, optimizer, int(batch_size)
+        self.X, self.labels = X, labels
+        self.Y = model.one_hot(labels)
+        self.n = n = X.shape[0]
+        self.K = len(self._generators())
+        self.order = be.empty((self.K * n,), np.int64)  # each epoch's permutations go up into this one buffer
+        self.gather = be.kernel("gather_rows", dt)
+        cx, cy = X.shape[1], self.Y.shape[1]
+        if not model.lead and not be.gathers_per_step:  # the whole set, gathered in the epoch's order once an epoch
+            self.whole = (be.empty(X.shape, dt), be.empty(self.Y.shape, dt))
+            self.batches = None
+        else:  # per step: {rows m: (X batch (*lead, m, n_0), Y batch, the same as K*m gather rows)}
+            self.whole, self.batches = None, {}
+            for m in batch_rows(n, self.bs):
+                Xb, Yb = be.empty((*model.lead, m, cx), dt), be.empty((*model.lead, m, cy), dt)
+                self.batches[m] = (Xb, Yb, Xb.reshape(self.K * m, cx), Yb.reshape(self.K * m, cy))
+        self.graph = bool(graph)
+        self.replay: EpochGraph | None = None
+        self.capture_seconds = None  # seconds spent capturing (None: no capture since the caller last took it)
+
+    @property
+    def mode(self) -> str:
+        return "graph" if self.graph else "eager"
+
+    def prepare(self) -> None:
+        """Capture the epoch's graph if it is due (graph mode: the first epoch, or what it baked in
+        changed); ``epoch`` does it too. Outside every epoch's clock."""
+        if self.graph:
+            self._ensure_graph()
+
+    def epoch(self, bar=None) -> float:
+        """One epoch of every step, eagerly or as one replay of the captured graph; its seconds."""
+        self.prepare()
+        t0 = time.perf_counter()
+        self._begin_epoch()
+        if self.graph:
+            self.replay.launch()
+            if bar is not None:
+                bar.update(self.n)
+        else:
+            self._steps(bar)
+        self.be.synchronize()  # the clock stops when the device is done
+        return time.perf_counter() - t0
+
+    def _generators(self) -> list:
+        """Each model's shuffle generator (read each epoch: a resumed or reseeded run replaces them)."""
+        return list(self.model.rngs) if self.model.lead else [self.model.rng]
+
+    def _begin_epoch(self) -> None:
+        """Per epoch, before the steps: every model's permutation, up in one copy."""
+        perms = [rng.permutation(self.n) for rng in self._generators()]
+        self.be.upload(self.order, perms[0] if self.K == 1 else interleave(np.stack(perms), self.bs))
+
+    def _steps(self, bar=None) -> None:
+        """The epoch's steps on the device, in the order uploaded: gather, then step, batch by batch."""
+        X, Y, order, n, bs, K = self.X, self.Y, self.order, self.n, self.bs, self.K
+        cx, cy = X.shape[1], Y.shape[1]
+        if self.whole is not None:
+            Xs, Ys = self.whole
+            self.gather(n * (cx + cy), Xs, Ys, X, Y, order, n, cx, cy)
+        for k in range(0, n, bs):
+            m = min(bs, n - k)
+            if self.whole is not None:
+                self._step(Xs[k:k + m], Ys[k:k + m])
+            else:
+                Xb, Yb, Xrows, Yrows = self.batches[m]
+                rows = K * m
+                self.gather(rows * (cx + cy), Xrows, Yrows, X, Y, order[K * k:K * k + rows], rows, cx, cy)
+                self._step(Xb, Yb)
+            if bar is not None:
+                bar.update(m)
+
+    def _step(self, Xb, Yb) -> None:
+        """One training step on a gathered batch: the place for a per-step feature."""
+        self.model.step(Xb, Yb, self.opt)
+
+    def _baked(self) -> tuple:
+        """What a captured graph keeps as it was at capture: each optimizer's kind and hyperparameters
+        (eta, the decay), and TF32."""
+        opts = getattr(self.opt, "optimizers", [self.opt])  # a stack's ModelOptimizers: one per model
+        return tuple((type(o), tuple(sorted(o.hyperparameters().items()))) for o in opts) + (self.model.tf32,)
+
+    def _ensure_graph(self) -> None:
+        baked = self._baked()
+        if self.replay is not None and self.replay.baked == baked:
+            return
+        self.replay = None  # the old graph goes before the new one is recorded
+        t0 = time.perf_counter()
+        self.replay = EpochGraph(self, baked)
+        self.capture_seconds = (self.capture_seconds or 0.0) + time.perf_counter() - t0
+
+
+class EpochGraph:
+    """One epoch's steps captured as a graph, and everything whose addresses it recorded: a CUDA
+    graph holds raw pointers only, so the model (its parameters and workspaces), the optimizer (its
+    state) and the driver's data and batch buffers stay alive as long as the graph does.
+
+    Before capture: the workspaces of both batch sizes and the optimizer's state are made (nothing
+    may be allocated or loaded while a stream captures: the pool's addresses would be baked in), and
+    the backend's prepare_capture makes what its capture needs, the kernels loaded included. Nothing
+    here waits for the device: an epoch's one sync stops its clock."""
+
+    def __init__(self, epochs: Epochs, baked: tuple):
+        model, be = epochs.model, epochs.be
+        workspaces = [model.workspace(m) for m in batch_rows(epochs.n, epochs.bs)]
+        epochs.opt.bind(model)
+        be.prepare_capture(model.gemm)
+        with be.capture() as graph:
+            epochs._steps()
+        self.graph, self.baked = graph, baked
+        self.keep = (model, epochs.opt, workspaces, epochs.X, epochs.Y, epochs.order, epochs.whole, epochs.batches)
+
+    def launch(self) -> None:
+        self.graph.launch()
 
 
 def _epoch(run: _Run) -> dict:
-    """One epoch: the permutation goes up, then the steps run, eagerly or as one replay of the
-    epoch's captured graph; then the evaluations, brought back in one copy."""
-    net, be, opt = run.net, run.net.be, run.opt
-    n = run.X.shape[0]
-    perm = net.rng.permutation(n)
-    capture_seconds = None
-    if run.graph:  # captured outside the epoch's clock: it is set-up, timed as capture_seconds
-        baked = (type(opt), sorted(opt.hyperparameters().items()), net.tf32)
-        if run.captured is None or run.captured_with != baked:  # a graph keeps the scalars it was captured with
-            tc = time.perf_counter()
-            run.captured = None  # the old graph goes before the new one is recorded
-            run.captured, run.captured_with = _capture_epoch(run), baked
-            capture_seconds = time.perf_counter() - tc
-    bar = _bar(run.show, n, net.epochs_trained + 1, run.total)
-    t0 = time.perf_counter()
+    """One epoch through the driver, then the evaluations, brought back in one copy."""
+    net, opt = run.net, run.opt
+    run.driver.prepare()  # any capture first: a capture that fails leaves no progress bar open
+    bar = _bar(run.show, run.driver.n, net.epochs_trained + 1, run.total)
     try:
-        be.upload(run.perm, perm)
-        if run.graph:
-            run.captured.launch()
-            if bar is not None:
-                bar.update(n)
-        else:
-            _steps(run, bar)
-        be.synchronize()  # the clock stops when the device is done
+        seconds = run.driver.epoch(bar)
     finally:
         if bar is not None:
             bar.close()
-    seconds = time.perf_counter() - t0
+    capture, run.driver.capture_seconds = run.driver.capture_seconds, None
 
     net.epochs_trained += 1
     epoch = net.epochs_trained
     t1 = time.perf_counter()
     record = {"epoch": epoch, "seconds": seconds, "train_cost": None, "validation_accuracy": None,
-              "mode": "graph" if run.graph else "eager"}
-    if capture_seconds is not None:
-        record["capture_seconds"] = capture_seconds
+              "mode": run.driver.mode}
+    if capture is not None:
+        record["capture_seconds"] = capture
     # the training cost (or, without it, the parameters' finiteness) and the validation accuracy,
     # summed on the device and brought back in one copy
-    sets = [(run.X, run.labels, opt.lmbda, run.monitor_training_cost, False)]
+    X, labels = run.driver.X, run.driver.labels
+    sets = [(X, labels, opt.lmbda, run.monitor_training_cost, False)]
     if run.evaluation is not None:
         sets.append((*run.evaluation, 0.0, False, True))
     train, *validation = net.measure_all(sets)
     if run.monitor_training_cost:
         record["train_cost"] = train["cost"]
     _check_finite(train["cost"] if run.monitor_training_cost else (0.0 if train["finite"] else math.nan),
-                  epoch, opt, run.X.shape[0])
+                  epoch, opt, X.shape[0])
     if validation:
         record["validation_accuracy"] = validation[0]["accuracy"]
     record["eval_seconds"] = time.perf_counter() - t1

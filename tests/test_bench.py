@@ -49,10 +49,13 @@ def test_bench_sweep_writes_table_json_and_plot(capsys, tmp_path, mnist_dir):
         assert 0 < c["seconds_per_epoch_min"] <= c["seconds_per_epoch"] <= c["seconds_per_epoch_max"]
         assert c["samples_per_second"] > 0 and c["gflops"] > 0 and c["speedup_vs_numpy"] > 0
         assert c["flops_per_step"] == bench.flops_per_sample(c["sizes"]) * c["batch"]
-        assert c["counters_per_step"]["allocs"] == 0 and c["counters_per_step"]["syncs"] == 0
+        # a timed run: the permutation goes up, the steps, one sync; nothing allocated or copied back
+        assert [c["counters_per_run"][k] for k in ("allocs", "syncs", "h2d", "d2h")] == [0, 1, 1, 0]
     emu = [c for c in ours if c["backend"] == "emulated"]
-    # L = 2: 2 bias+activation, 1 output delta, 1 hidden delta; plain SGD rides in the products
-    assert all(c["counters_per_step"]["launches"] == 4 and c["counters_per_step"]["gemms"] == 7 for c in emu)
+    # L = 2: 2 bias+activation, 1 output delta, 1 hidden delta a step (plain SGD rides in the
+    # products), after one gather of the run's rows
+    assert all(c["counters_per_run"]["launches"] == 1 + 3 * 4 and c["counters_per_run"]["gemms"] == 3 * 7
+               for c in emu)
     m = result["machine"]
     for key in ("cpu", "cores", "numpy", "blas", "gpu", "cupy", "cuda_runtime", "cuda_driver"):
         assert key in m
@@ -208,15 +211,16 @@ def test_an_interrupted_bench_prints_and_keeps_the_cases_it_finished(tiny_bench,
 
 def test_bench_rows_for_each_route_and_mode(capsys, tmp_path, mnist_dir):
     """The emulated backend runs both routes, eagerly and as a graph: four rows, each with its counters
-    (a graph row's are for one replay of its steps)."""
+    (for one timed run of its 3 steps; a graph row's are one replay)."""
     code, out, err = run_cli(capsys, "bench", "--backends", "emulated", "--sizes", "784,16,10", "--batch-sizes", "10",
                              "--steps", "3", "--repeats", "1", "--data-dir", mnist_dir, "--json", str(tmp_path / "b.json"))
     assert code == 0, err
     rows = {c["backend"]: c for c in json.loads((tmp_path / "b.json").read_text())["cases"]}
     assert set(rows) == {"emulated", "emulated-own", "emulated-graph", "emulated-own-graph"}
-    assert rows["emulated-own"]["counters_per_step"] | {"launches": 5, "gemms": 0} == rows["emulated-own"]["counters_per_step"]
+    own = rows["emulated-own"]["counters_per_run"]
+    assert own | {"launches": 1 + 3 * 5, "gemms": 0} == own  # a gather, then 3L - 1 kernels a step
     for name in ("emulated-graph", "emulated-own-graph"):
-        c = rows[name]["counters_per_step"]  # one replay of the 3 captured steps
+        c = rows[name]["counters_per_run"]  # one replay of the 3 captured steps
         assert (c["graph_launches"], c["launches"], c["gemms"], c["allocs"]) == (1, 0, 0, 0)
     assert "| emulated-own-graph | 784,16,10 |" in out
 

@@ -230,3 +230,70 @@ def test_a_changed_learning_rate_is_captured_anew(backend, gemm):
                 monitor_training_cost=False)
         out[graph] = net.get_params()
     assert_equal(out[True], out[False])
+
+
+def test_native_replays_run_side_by_side_in_threads():
+    """A native graph's replay takes no process-wide lock (a launch's state is per OS thread), so
+    networks trained in threads replay on as many cores: here it finishes while another thread
+    holds the emulator's launch lock, and gives the same parameters as a replay with nothing else
+    going on."""
+    import threading
+
+    from gpubp.backends import emulated
+    from gpubp.training import Epochs
+
+    X, y = data(n=200, n_in=20)
+    params = []
+    for concurrent in (False, True):
+        net = Network([20, 9, 5], backend="native", dtype="float64", seed=2, gemm="own")
+        opt = make_optimizer("sgd", eta=0.5, n=200).bind(net)
+        driver = Epochs(net, net.to_device(X), net.labels(y), 8, opt, graph=True)
+        if not concurrent:
+            driver.epoch()
+        else:
+            finished = threading.Event()
+            t = threading.Thread(target=lambda: (driver.epoch(), finished.set()))
+            with emulated.LAUNCH_LOCK:
+                t.start()
+                assert finished.wait(20), "the replay waited for the launch lock"
+            t.join()
+        params.append(net.get_params())
+    assert_equal(params[0], params[1])
+
+
+def test_a_sweep_on_cupy_is_one_stack_captured_as_a_graph(cupy_be):
+    """Through the CuPy stand-in: a group is one Stack (its batched products through our binding),
+    its epochs captured and replayed as graphs by the same driver as one network's, each model
+    equal to its own network trained on NumPy."""
+    from gpubp.sweeps import grid, train_group
+
+    be, fake = cupy_be
+    X, y = data(n=45)
+    sets = {"train": (X, y), "validation": (X[:20], y[:20]), "test": (X[:20], y[:20])}
+    runs = grid([1, 2, 3], etas=[0.2, 0.5], sizes=[20, 9, 5], cost="log_likelihood", epochs=2, dtype="float64",
+                batch_size=8)
+    group = train_group(runs, sets, backend=be, keep_params=True)
+    assert group["stacked"] is True and group["size"] == 6
+    assert all(r["mode"] == "graph" for res in group["runs"] for r in res["history"])
+    assert fake.calls["captured"] > 0 and any("gemm" in str(c) for c in fake.cublas_lib.calls)
+    for res in group["runs"]:
+        r = res["run"]
+        net = Network([20, 9, 5], cost="log_likelihood", backend="numpy", dtype="float64", seed=r["seed"])
+        net.sgd((X, y), epochs=2, mini_batch_size=8, eta=r["eta"], monitor_training_cost=False)
+        assert_close(res["params"], net.get_params(), atol=1e-12, rtol=1e-10)
+
+
+def test_a_group_of_one_run_on_cupy_is_a_stack_of_one(cupy_be):
+    """A group of one run on CuPy is a Stack of K = 1, its batches gathered per step with their model
+    axis (1, m, n_0), equal to its own network."""
+    from gpubp.sweeps import grid, train_group
+
+    be, fake = cupy_be
+    X, y = data(n=45)
+    sets = {"train": (X, y), "validation": (X[:20], y[:20]), "test": (X[:20], y[:20])}
+    group = train_group(grid([4], etas=[0.5], sizes=[20, 9, 5], epochs=1, dtype="float64", batch_size=8), sets,
+                        backend=be, keep_params=True)
+    net = Network([20, 9, 5], backend="numpy", dtype="float64", seed=4)
+    net.sgd((X, y), epochs=1, mini_batch_size=8, eta=0.5, monitor_training_cost=False)
+    assert group["stacked"] is True
+    assert_close(group["runs"][0]["params"], net.get_params(), atol=1e-12, rtol=1e-10)

@@ -3,6 +3,7 @@ NumPy, within the backends' tolerance on the kernels), a step's device work does
 and `gpubp sweep` reports, writes and plots every run."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -72,15 +73,18 @@ def test_each_model_of_a_stack_trains_as_its_own_network(backend, dtype, cost, a
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_a_sweep_group_equals_gpubp_train_on_mnist(mnist, backend, dtype):
+@pytest.mark.parametrize("stack", [True, False], ids=["stack", "networks"])
+def test_a_sweep_group_equals_gpubp_train_on_mnist(mnist, backend, dtype, stack):
     """network2's setup on 300 MNIST rows: seeds x eta x lambda in one group equal separate trainings,
     weights, every epoch's validation accuracy and the test accuracy (eta <= 0.5: at eta 3, cross-
-    entropy training is chaotic and one rounding apart grows to a different network, on any backend)."""
+    entropy training is chaotic and one rounding apart grows to a different network, on any backend),
+    whether the group trains as one Stack or as eight networks in three threads."""
     data = mnist_rows(mnist)
     runs = grid([1, 2], etas=[0.1, 0.5], lmbdas=[0.0, 5.0], sizes=[784, 20, 10], cost="cross_entropy", epochs=2,
                 dtype=dtype)
-    group = train_group(runs, data, backend=backend, keep_params=True)
+    group = train_group(runs, data, backend=backend, keep_params=True, stack=stack, threads=3)
     assert group["size"] == 8 and len(group["runs"]) == 8
+    assert group["stacked"] is stack and group["threads"] == (1 if stack else 3)
     for res in group["runs"]:
         r = res["run"]
         net = Network(r["sizes"], cost=r["cost"], backend=backend, dtype=dtype, seed=r["seed"])
@@ -120,7 +124,7 @@ def test_a_stack_step_costs_the_same_launches_for_any_k(backend, optimizer):
 
 @pytest.mark.parametrize("backend", ["emulated", pytest.param("cupy", marks=pytest.mark.gpu)])
 def test_a_group_returns_nothing_to_the_host_inside_an_epoch(backend):
-    """Per epoch: the K permutations go up in one copy, one sync on each side of the clock, and one
+    """Per epoch: the K permutations go up in one copy, one sync stops the clock, and one
     copy comes back (the validation accuracy and the finiteness check, summed on the device)."""
     be = get_backend(backend)
     rng = np.random.default_rng(0)
@@ -129,9 +133,9 @@ def test_a_group_returns_nothing_to_the_host_inside_an_epoch(backend):
     counts = {}
     for epochs in (1, 3):
         with be.counters() as c:
-            train_group(grid([1, 2, 3], sizes=[20, 8, 4], epochs=epochs, eta=1.0), data, backend=be)
+            train_group(grid([1, 2, 3], sizes=[20, 8, 4], epochs=epochs, eta=1.0), data, backend=be, stack=True)
         counts[epochs] = c
-    assert counts[3].h2d - counts[1].h2d == 2 and counts[3].syncs - counts[1].syncs == 4
+    assert counts[3].h2d - counts[1].h2d == 2 and counts[3].syncs - counts[1].syncs == 2
     assert counts[3].d2h - counts[1].d2h == 2 and counts[3].allocs == counts[1].allocs
     # per epoch: 25 steps of one gather and 2L + 1 = 5 kernels; an evaluation of one fill, L = 2 bias
     # kernels, and K = 3 argmax counts and parameter sums
@@ -261,3 +265,71 @@ def test_the_readmes_sweep_commands_parse():
         words = shlex.split(c)
         args = build_parser().parse_args(words[words.index("gpubp") + 1:])
         assert args.command == "sweep" and args.func.__name__ == "cmd_sweep"
+
+
+def test_ctrl_c_in_a_sweep_keeps_the_groups_that_finished(tmp_path, tiny_dir, capsys, monkeypatch):
+    """Ctrl-C while the third group trains: the table, JSON and plot hold the two groups that
+    finished, the JSON says it was interrupted, the last line says what was kept, exit 130."""
+    from gpubp.cli import main
+    from gpubp.sweeps import run as sweep_run
+
+    real, calls = sweep_run.train_group, []
+
+    def until_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_run, "train_group", until_ctrl_c)
+    out_json, out_png = tmp_path / "s.json", tmp_path / "s.png"
+    code = main(["sweep", "--data-dir", tiny_dir, "--no-verify", "--sizes", "10,8,10", "--seeds", "1-2",
+                 "--eta", "0.5,1,2", "--epochs", "1", "--group-size", "2", "--backend", "numpy", "--quiet",
+                 "--json", str(out_json), "--plot", str(out_png)])
+    out, err = capsys.readouterr()
+    assert code == 130, err
+    res = json.loads(out_json.read_text())
+    assert res["interrupted"] == {"groups_finished": 2, "groups": 3}
+    assert sorted((r["run"]["eta"], r["run"]["seed"]) for r in res["runs"]) == [(0.5, 1), (0.5, 2), (1.0, 1), (1.0, 2)]
+    assert "| eta 0.5, lambda 0 | 1 |" in out and "| eta 1, lambda 0 | 2 |" in out and "eta 2" not in out
+    assert out_png.read_bytes()[:4] == b"\x89PNG"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("gpubp sweep: interrupted: 2 of 3 groups finished (4 runs)") and "s.json" in last
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_stack_is_trained_by_the_same_driver_graph_and_all(optimizer):
+    """gpubp.training.Epochs trains a Stack as it trains a Network: K interleaved permutations, the
+    partial last batch, and an epoch captured as one graph (the emulator's) that replays bit for bit
+    what the eager epochs do; every model equals its own network trained by gpubp.training.train."""
+    from gpubp.training import Epochs
+
+    rng = np.random.default_rng(8)
+    X, y = rng.random((45, 20)), rng.integers(0, 5, 45)
+    seeds, etas, lmbdas = [3, 4, 5], {"sgd": [0.5, 0.2, 0.1], "adam": [0.01, 0.003, 0.02]}[optimizer], [0.0, 1.0, 2.5]
+    params = {}
+    for graph in (False, True):
+        stack = Stack([20, 9, 5], seeds, cost="log_likelihood", activation="relu", backend="emulated", dtype="float64")
+        opt = ModelOptimizers([make_optimizer(optimizer, eta=e, lmbda=lm, n=45) for e, lm in zip(etas, lmbdas)])
+        driver = Epochs(stack, stack.to_device(X), stack.labels(y), 8, opt, graph=graph)
+        with stack.be.counters() as c:
+            for _ in range(2):
+                driver.epoch()
+        assert c.graph_launches == (2 if graph else 0) and driver.mode == ("graph" if graph else "eager")
+        params[graph] = stack.get_params()
+    assert_equal(params[True], params[False])
+    for i, (s, e, lm) in enumerate(zip(seeds, etas, lmbdas)):
+        net = Network([20, 9, 5], cost="log_likelihood", activation="relu", backend="emulated", dtype="float64", seed=s)
+        net.sgd((X, y), epochs=2, mini_batch_size=8, eta=e, lmbda=lm, optimizer=optimizer, monitor_training_cost=False)
+        same_params(params[True][i], net.get_params(), "emulated", "float64", f"model {i} vs its own network")
+
+
+def test_a_cpu_sweep_spreads_its_models_over_every_core_by_default():
+    rng = np.random.default_rng(1)
+    X, y = rng.random((40, 6)), rng.integers(0, 3, 40)
+    data = {"train": (X, y), "validation": (X, y), "test": (X, y)}
+    res = sweep(grid([1, 2, 3, 4, 5], sizes=[6, 4, 3], epochs=1), data=data, backend="numpy", progress=False)
+    assert res["groups"][0]["stacked"] is False
+    assert res["groups"][0]["threads"] == min(5, os.cpu_count() or 1)
+    assert sweep(grid([1, 2], sizes=[6, 4, 3], epochs=1), data=data, backend="numpy", threads=1,
+                 progress=False)["groups"][0]["threads"] == 1

@@ -195,3 +195,69 @@ def test_bad_training_data():
         train(net, (X[:, :5], y), epochs=1)
     with pytest.raises(GpubpError, match=r"lie in \[0, 2\]"):
         train(net, (X, y + 5), epochs=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The epoch driver (gpubp.training.Epochs): the one loop train, sweeps and bench run through
+# ---------------------------------------------------------------------------------------------
+
+def test_a_graphs_capture_is_timed_apart_from_the_epochs_training():
+    """Epoch 1 in graph mode: its capture goes to capture_seconds, not to seconds; later epochs
+    replay the same graph and have no capture_seconds; nor has an eager run."""
+    X, y = toy(n=60)
+    graph = train(Network([6, 5, 3], backend="emulated", seed=1, gemm="own"), (X, y), epochs=3, mini_batch_size=7,
+                  eta=0.5, graph=True, progress=False)
+    assert graph[0]["capture_seconds"] > 0 and not any("capture_seconds" in r for r in graph[1:])
+    assert all(r["seconds"] > 0 and r["mode"] == "graph" for r in graph)
+    eager = train(Network([6, 5, 3], backend="emulated", seed=1, gemm="own"), (X, y), epochs=2, mini_batch_size=7,
+                  eta=0.5, graph=False, progress=False)
+    assert not any("capture_seconds" in r for r in eager)
+
+
+def test_a_captured_graph_keeps_alive_everything_it_recorded():
+    """A graph holds raw addresses only: the driver's graph owns the network, the optimizer and the
+    data it was captured with, so none is freed while it can still be replayed."""
+    import gc
+    import weakref
+
+    from gpubp.optimizers import make_optimizer
+    from gpubp.training import Epochs
+
+    X, y = toy(n=30)
+    net = Network([6, 5, 3], backend="emulated", seed=1, gemm="own")
+    Xd, labels = net.to_device(X), net.labels(y)
+    opt = make_optimizer("momentum", eta=0.1, n=30).bind(net)
+    driver = Epochs(net, Xd, labels, 8, opt, graph=True)
+    driver.epoch()
+    alive = [weakref.ref(a) for a in (net, opt, Xd, opt.state["velocity"], net.params)]  # what the graph reads
+    replay = driver.replay
+    del net, opt, Xd, labels, driver, X, y  # (on a host backend the device arrays may be X and y themselves)
+    gc.collect()
+    assert all(ref() is not None for ref in alive), [ref() is None for ref in alive]
+    replay.launch()  # and it still replays
+    del replay
+    gc.collect()
+    assert all(ref() is None for ref in alive)  # nothing else held them
+
+
+def test_interleave_lays_out_k_permutations_step_by_step():
+    perms = np.array([[4, 0, 3, 1, 2], [10, 14, 12, 11, 13]])
+    # batches of 2: step 0 = model 0's [4, 0] then model 1's [10, 14]; step 1 likewise; then the last rows
+    from gpubp.training import interleave
+
+    assert interleave(perms, 2).tolist() == [4, 0, 10, 14, 3, 1, 12, 11, 2, 13]
+    assert interleave(perms[:1], 2).tolist() == perms[0].tolist()
+
+
+def test_no_module_of_gpubp_steps_outside_the_driver():
+    """The epoch loop exists once: only gpubp.training (the driver) and the network itself (its
+    book-style update_mini_batch) call .step(."""
+    import re
+    from pathlib import Path
+
+    import gpubp
+
+    root = Path(gpubp.__file__).parent
+    callers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                     if re.search(r"\.step\(", p.read_text()) and p.name not in ("training.py", "network.py"))
+    assert callers == [], callers

@@ -43,6 +43,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <mutex>
 #include <type_traits>
 #include <utility>
 
@@ -64,7 +65,9 @@
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
-static dim3 blockIdx, threadIdx, blockDim, gridDim;  // the scheduler sets threadIdx per fiber
+// What a launch sets, one copy per OS thread: launches from two host threads (two networks trained
+// at once, each replaying its graph) run side by side; fibers share their OS thread's copy.
+static thread_local dim3 blockIdx, threadIdx, blockDim, gridDim;  // the scheduler sets threadIdx per fiber
 static constexpr int warpSize = 32;
 
 namespace gpubp_emu {
@@ -72,8 +75,8 @@ namespace gpubp_emu {
 // ---------------------------------------------------------------------------------------------
 // Errors: a one-line message for Python
 // ---------------------------------------------------------------------------------------------
-static char error_text[1024];
-static const char* kernel_name = "";
+static thread_local char error_text[1024];  // read back by the thread whose launch failed
+static thread_local const char* kernel_name = "";
 
 inline void vsay(bool name_thread, const char* fmt, va_list ap) {
     char what[768];
@@ -141,11 +144,14 @@ static unsigned fiber_capacity, thread_count;
 static void* stacks[MAX_THREADS];  // lazily mapped, kept for the library's life
 static unsigned order[MAX_THREADS];
 static ucontext_t scheduler;
-static Fiber* current;  // the running fiber; null in a serial launch
+static thread_local Fiber* current;  // the running fiber; null in a serial launch
 static bool thread_failed;
 static void (*thread_body)(void**);
 static void** thread_params;
-static jmp_buf serial_exit;
+static thread_local jmp_buf serial_exit;
+// The fibers, their stacks and the __shared__ arrays are one set per library: one cooperative
+// launch at a time (a serial one touches none of them).
+static std::mutex cooperative_launch;
 
 inline void abort_thread() {
     if (!current) longjmp(serial_exit, 1);
@@ -563,7 +569,10 @@ int launch(const char* name, dim3 grid, dim3 block, unsigned long long shared_by
                     "at most %u threads", grid.x, grid.y, grid.z, block.x, block.y, block.z, MAX_THREADS);
         return 1;
     }
-    if constexpr (Cooperative) return run_fibers(run_thread<K>, p, shared_bytes, seed);
+    if constexpr (Cooperative) {
+        std::lock_guard<std::mutex> one_at_a_time(cooperative_launch);
+        return run_fibers(run_thread<K>, p, shared_bytes, seed);
+    }
     else return run_serial<K>(p);
 }
 

@@ -2,8 +2,9 @@
 
 Per case (network x batch size): build every contender (our backends, PyTorch when it imports),
 put MNIST on the device, warm up outside the clock (kernel compilation, context creation, first
-allocations, three steps), then time ``repeats`` runs of ``steps`` consecutive training steps,
-each repeat timing every contender in turn and synchronizing before each clock stops. A run's
+allocations, a first run), then time ``repeats`` runs of ``steps`` training steps (ours: one epoch
+of the driver that training uses over those steps' rows), each repeat timing every contender in
+turn and synchronizing before each clock stops. A run's
 seconds per epoch are its seconds per step times ceil(rows / batch), rows being the training set
 (50 000 for MNIST; a batch larger than that runs all of them); we report the median over runs and
 their spread (min..max), samples/s, achieved GFLOP/s from counted FLOPs, and the GPU/CPU speed-up

@@ -1,7 +1,8 @@
 """The contenders a benchmark case times: gpubp on a backend, PyTorch eager, and the machine's GEMM rate.
 
 Each contender is built and warmed up once (kernel compilation, context creation, first
-allocations, three steps), then timed on demand; ``time()`` synchronizes before its clock stops.
+allocations, a first run of its steps), then timed on demand; ``time()`` synchronizes before its
+clock stops. gpubp's contender runs its steps through the epoch driver, as training does.
 """
 
 from __future__ import annotations
@@ -31,70 +32,55 @@ def gemm_rate(dtype="float32", n=2048, repeats=5) -> float:
 
 
 def _batches(X, Y, batch, steps):
-    """``steps`` consecutive mini-batches (views) of the shuffled data, wrapping around."""
+    """``steps`` consecutive mini-batches (views) of the data, wrapping around (PyTorch's contender)."""
     n = X.shape[0]
     starts = [(s * batch) % max(n - batch + 1, 1) for s in range(steps)]
     return [(X[k:k + batch], Y[k:k + batch]) for k in starts]
 
 
 class Contender:
-    """One way of running a case's training steps: warmed up once, then timed on demand. ``step`` runs
-    one prepared batch, or (``steps`` given) all of them at once, as a graph's launch does."""
+    """One way of running a case's training steps: warmed up once, then timed on demand. ``run()``
+    runs ``steps`` steps (and waits for them where it says so); ``sync`` waits for the device."""
 
-    def __init__(self, step, sync, batches, device, warmup_seconds=0.0, counters=None, steps=None):
-        self.step, self.sync, self.batches, self.device = step, sync, batches, device
+    def __init__(self, run, steps, sync, device, warmup_seconds=0.0, counters=None):
+        self.run, self.steps, self.sync, self.device = run, steps, sync, device
         self.warmup_seconds, self.counters, self.per_step = warmup_seconds, counters, []
-        self.steps = steps or len(batches)
 
     def time(self) -> None:
-        """Run every prepared batch once; record seconds per step (synchronized before the clock stops).
-        One untimed step goes first: after the pause between contenders, thread pools and caches are
+        """Run the steps once; record seconds per step (synchronized before the clock stops). One
+        untimed run goes first: after the pause between contenders, thread pools and caches are
         cold, and a case of a few milliseconds would time their waking."""
-        self.step(*self.batches[0])
+        self.run()
         self.sync()
         t0 = time.perf_counter()
-        for Xb, Yb in self.batches:
-            self.step(Xb, Yb)
+        self.run()
         self.sync()
         self.per_step.append((time.perf_counter() - t0) / self.steps)
 
 
 def ours(backend, sizes, batch, dtype, steps, data, gemm="blas", graph=False) -> Contender:
-    """gpubp on ``backend`` and route ``gemm``, warmed up: kernels compiled, workspaces allocated,
-    three steps run; with ``graph``, the ``steps`` steps captured once as one graph, which each
-    timing replays (as an epoch's graph is)."""
+    """gpubp on ``backend`` and route ``gemm``, through the epoch driver that training uses
+    (gpubp.training.Epochs): a timed run is one epoch of the first ``steps`` batches' rows (all the
+    rows, in one step, when a batch is larger than the data), shuffled, gathered and stepped as
+    training does, eagerly or (``graph``) as one replay of its captured graph. Warmed up first:
+    kernels compiled, workspaces allocated, the graph captured, one epoch run. ``counters``: what
+    one timed run asks of the device."""
     from ..backends import get_backend
     from ..network import Network
     from ..optimizers import SGD
+    from ..training import Epochs
 
     be = get_backend(backend)
     warm = be.warmup()
     net = Network(sizes, cost=COST, backend=be, dtype=dtype, seed=0, gemm=gemm)
-    opt = SGD(ETA)
-    X = net.to_device(data[0])
-    Y = net.one_hot(net.labels(data[1]))
-    work = _batches(X, Y, batch, steps)
-
-    def step(Xb, Yb):
-        net.step(Xb, Yb, opt)
-
-    for Xb, Yb in work[:3]:  # first allocations, BLAS handles, caches
-        step(Xb, Yb)
-    be.synchronize()
-    if graph:
-        be.prepare_capture(gemm)
-        with be.capture() as captured:
-            for Xb, Yb in work:
-                step(Xb, Yb)
-        with be.counters() as c:
-            captured.launch()
-        contender = Contender(lambda *_: captured.launch(), be.synchronize, [(None, None)], be.device, warm,
-                              c.as_dict(), steps=len(work))
-        contender.recorded = (net, opt, X, Y, work)  # a CUDA graph holds raw pointers: keep what it writes into
-        return contender
+    rows = min(len(data[0]), steps * batch)
+    driver = Epochs(net, net.to_device(data[0][:rows]), net.labels(data[1][:rows]), batch, SGD(ETA).bind(net),
+                    graph=graph)
+    driver.epoch()  # first allocations, BLAS handles, caches; the capture
     with be.counters() as c:
-        step(*work[0])
-    return Contender(step, be.synchronize, work, be.device, warm, c.as_dict())
+        driver.epoch()
+    return Contender(driver.epoch, math.ceil(rows / batch), be.synchronize, be.device,
+                     warm + (driver.capture_seconds or 0.0), c.as_dict())
 
 
 def torch_trainer(device, sizes, dtype, data):
@@ -133,6 +119,11 @@ def pytorch(device, sizes, batch, dtype, steps, data) -> Contender:
     work = _batches(X, Y, batch, steps)
     for xb, yb in work[:3]:
         step(xb, yb)
-    return Contender(step, sync, work, name)
+
+    def run():
+        for xb, yb in work:
+            step(xb, yb)
+
+    return Contender(run, len(work), sync, name)
 
 

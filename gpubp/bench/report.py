@@ -43,7 +43,7 @@ def summarize(name, sizes, batch, steps, repeats, c, rate, rows=EPOCH_ROWS) -> d
             "seconds_per_epoch_max": max(epoch), "samples_per_second": batch_rows / med, "gflops": flops / med / 1e9,
             "flops_per_step": flops, "bytes_per_step": step_bytes(sizes, batch_rows),
             "gemm_floor_seconds_per_epoch": flops * steps_per_epoch / (rate * 1e9),
-            "warmup_seconds": c.warmup_seconds, "counters_per_step": c.counters, "warnings": []}
+            "warmup_seconds": c.warmup_seconds, "counters_per_run": c.counters, "warnings": []}
     if min(per_step) > 0 and max(per_step) / min(per_step) > NOISY:
         case["warnings"].append(
             f"{case_name(case)}: its repeats disagree by {max(per_step) / min(per_step):.1f}x "

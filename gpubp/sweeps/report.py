@@ -70,7 +70,9 @@ def plot(result, path) -> None:
     ax.set_xticks(range(len(configs)), list(configs), rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     run = result["runs"][0]["run"]
+    cut = result.get("interrupted")
+    note = f" (interrupted: {cut['groups_finished']} of {cut['groups']} groups finished)" if cut else ""
     ax.set_title(f"[{','.join(map(str, run['sizes']))}] {run['cost']}, {run['epochs']} epochs: "
-                 f"a dot per seed, the mean in red", fontsize=9)
+                 f"a dot per seed, the mean in red{note}", fontsize=9)
     fig.tight_layout()
     save(fig, path)
