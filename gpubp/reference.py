@@ -11,8 +11,13 @@ a = f(z), as the kernels compute it, so z is never kept); then the kernels, in t
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 from scipy.special import expit as _expit
+
+from .errors import GpubpError
 
 
 def _buffer(scratch, like):
@@ -393,7 +398,23 @@ def adam_update_models(p, g, m, v, steps, done, n, n_params, n_weights, eta, bet
 # Data and evaluation  (kernels: gather.cu, one_hot.cu, argmax_count.cu, the costs' *_cost, accumulate.cu)
 # ---------------------------------------------------------------------------------------------
 
-CLIP = 1e-12  # a saturated wrong answer costs -ln(CLIP) = 27.6 per output rather than inf (GPUBP_COST_CLIP)
+def _kernel_constant(header: str, name: str) -> float:
+    """A ``#define NAME number`` of one of the kernels' headers, so that a constant the kernels and these
+    references share is written once, in C. The headers are where gpubp.backends.kernel.kernel_dir finds
+    them (gpubp/_kernels in a wheel, else kernels/ beside the package); that module cannot be imported
+    here, since the backends import this one."""
+    here = Path(__file__).resolve().parent
+    for d in (here / "_kernels", here.parent / "kernels"):
+        if (d / header).is_file():
+            m = re.search(rf"^#define {name} (\S+)$", (d / header).read_text(), re.MULTILINE)
+            if m:
+                return float(m.group(1))
+            raise GpubpError(f"kernels/{header} does not #define {name}: reinstall gpubp")
+    raise GpubpError(f"kernels/{header} not found next to {here}: reinstall gpubp")
+
+
+# A saturated wrong answer costs -ln(CLIP) = 27.6 per output rather than inf: kernels/cost.cuh's GPUBP_COST_CLIP.
+CLIP = _kernel_constant("cost.cuh", "GPUBP_COST_CLIP")
 
 
 def gather_rows(Xs, Ys, X, Y, perm, rows, cols_x, cols_y):

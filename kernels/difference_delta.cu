@@ -3,6 +3,7 @@
 //   cross-entropy with sigmoid outputs (Nielsen ch. 3, eq. 66), and
 //   log-likelihood with softmax outputs (Nielsen ch. 3, eq. 84).
 //   D[i] <- scale * (A[i] - Y[i])        A, Y, D: (rows, n_out) C-contiguous, n = rows*n_out.
+// (gpubp.cuh's DifferenceDelta, which the fused output layers of layer.cuh and native_layer.h share)
 // The own route's fused output layers of the two costs are in cross_entropy.cu and log_likelihood.cu.
 // NumPy reference: gpubp.reference.difference_delta.
 // Launch: 1-D grid-stride over n, block 256.
@@ -15,7 +16,7 @@
 template <typename T>
 __device__ __forceinline__ void difference_delta(T* __restrict__ D, const T* __restrict__ A,
                                                  const T* __restrict__ Y, long long n, T scale) {
-    GPUBP_GRID_STRIDE(i, n) { D[i] = scale * (A[i] - Y[i]); }
+    GPUBP_GRID_STRIDE(i, n) { D[i] = DifferenceDelta::d(A[i], Y[i], scale); }
 }
 
 GPUBP_EXPORT(difference_delta, difference_delta,

@@ -1,8 +1,11 @@
-// gpubp.cuh: what every kernel shares: sigma written once, the overloads that keep float code
-// in float, the 64-bit grid-stride loop, and GPUBP_EXPORT, which makes a kernel's float and
-// double entry points from one template.
+// gpubp.cuh: what every kernel shares: each formula written once (sigma, the softmax row, the
+// delta^L functors, the update epilogue, the bias column sum: __host__ __device__, so the GPU, the
+// emulator and the native backend run the same lines), the overloads that keep float code in
+// float, the 64-bit grid-stride loop, and GPUBP_EXPORT, which makes a kernel's float and double
+// entry points from one template.
 //
-// NumPy reference: gpubp.reference.sigmoid / sigmoid_prime_from_output.
+// NumPy reference: gpubp.reference.sigmoid / sigmoid_prime_from_output, softmax, quadratic_delta,
+// difference_delta, layer_update_s (the epilogue and the bias column sum).
 //   sigma(z)  = 1/(1+exp(-z))   (IEEE keeps it whole at +-1000: exp(1000) = inf gives 1/inf = 0, exp(-1000)
 //                                = 0 gives 1; one exp and a division: on a CPU expf costs a fifth of tanhf)
 //   sigma'(z) = sigma(z)*(1-sigma(z)) = a*(1-a)        (from the stored activation a)
@@ -53,6 +56,65 @@ struct Sigmoid {
     template <typename T>
     __host__ __device__ static T prime_from_output(T a) { return gpubp_sigmoid_prime_from_a(a); }
 };
+
+// softmax(z)_j = exp(z_j - max z) / sum_k exp(z_k - max z) of one row z (cols,): every exp in (0, 1],
+// so rows of +-1000 stay finite and the sum is at least 1. In two steps, so that a block can share
+// the first: gpubp_softmax_norm finds the row's max (top) and inv = 1 / sum_k exp(z_k - top) (z:
+// anything indexable, so a row of a __shared__ array fits too), gpubp_softmax_at gives element j.
+template <typename T, class Row>
+__host__ __device__ __forceinline__ void gpubp_softmax_norm(const Row& z, long long cols, T& top, T& inv) {
+    T hi = z[0];
+    for (long long c = 1; c < cols; ++c) hi = z[c] > hi ? z[c] : hi;
+    T s = T(0);
+    for (long long c = 0; c < cols; ++c) s += gpubp_exp(z[c] - hi);
+    top = hi;
+    inv = T(1) / s;
+}
+
+template <typename T>
+__host__ __device__ __forceinline__ T gpubp_softmax_at(T z, T top, T inv) {
+    return gpubp_exp(z - top) * inv;
+}
+
+// z (cols,) <- softmax(z), in place.
+template <typename T>
+__host__ __device__ __forceinline__ void gpubp_softmax_row(T* z, long long cols) {
+    T top, inv;
+    gpubp_softmax_norm(z, cols, top, inv);
+    for (long long c = 0; c < cols; ++c) z[c] = gpubp_softmax_at(z[c], top, inv);
+}
+
+// The output layer's delta^L functors (BP1), for the elementwise kernels (quadratic.cu,
+// difference_delta.cu: D = Delta::d(a, y, scale)) and the own route's output layers (layer.cuh,
+// native_layer.h: D = scale * Delta::d(a, y)). s multiplies a - y before sigma' does, as the
+// elementwise kernels always have; s = 1 is exact, so the fused layers' scale * ((a - y) sigma')
+// keeps its own rounding too.
+struct QuadraticDelta {  // (a - y) sigma'(z), sigma' from a: the quadratic cost with sigmoid outputs
+    template <typename T>
+    __host__ __device__ static T d(T a, T y, T s = T(1)) { return s * (a - y) * gpubp_sigmoid_prime_from_a(a); }
+};
+struct DifferenceDelta {  // a - y: cross-entropy with sigmoid, log-likelihood with softmax
+    template <typename T>
+    __host__ __device__ static T d(T a, T y, T s = T(1)) { return s * (a - y); }
+};
+
+// The update epilogue of BP3/BP4 (layer.cuh's layer_update, native_layer.h's):
+//   new = beta * old + alpha * c,  or alpha * c when beta == 0
+// old() is called only when beta != 0, so a poisoned (NaN) buffer is overwritten, not propagated.
+// V is T, or a SIMD vector of T (native_layer.h).
+template <typename T, typename V, class Old>
+__host__ __device__ __forceinline__ V gpubp_update(T alpha, V c, T beta, Old old) {
+    return beta == T(0) ? alpha * c : beta * old() + alpha * c;
+}
+
+// sum over rows r of D[r, i] (D: (rows, cols) row-major), in row order: BP3's bias gradient.
+template <typename T>
+__host__ __device__ __forceinline__ T gpubp_column_sum(const T* __restrict__ D, long long rows, long long cols,
+                                                       long long i) {
+    T s = T(0);
+    for (long long r = 0; r < rows; ++r) s += D[r * cols + i];
+    return s;
+}
 
 // 64-bit grid-stride loop: any grid covers any n, and n may exceed 2^31.
 #define GPUBP_GRID_STRIDE(i, n)                                                  \

@@ -8,6 +8,8 @@
 //   layer_update          W <- beta W + alpha D^T A_in;    M = n_out, N = n_in,  K = m      (BP3+BP4
 //                         b <- beta_b b + alpha sum_rows D                                  + update)
 //   layer_output_<cost>   A_out = f(A_in W^T + b) and D = scale * delta^L(A_out, Y) (forward + BP1)
+// The formulas of the epilogues (the softmax row, delta^L, the update, the bias column sum) are
+// gpubp.cuh's, shared with the elementwise kernels and native_layer.h.
 //
 // Each block of 256 threads computes a BM x BN tile of C; each thread a TM x TN micro-tile in
 // registers, at rows ty + u*(BM/TM) and columns tx + v*(BN/TN), so a warp's stores to C fall on
@@ -146,15 +148,12 @@ __device__ __forceinline__ void layer_update(T* __restrict__ W, T* __restrict__ 
     tile_product<T, Tile, false, false>(acc, Operand<T>{D, 1, n_out}, Operand<T>{A_in, 1, n_in}, n_out, n_in, m, tf32);
     for_each_element<Tile>(acc, n_out, n_in, [&](long long i, long long j, T c) {
         T* w = W + i * n_in + j;
-        *w = beta == T(0) ? alpha * c : beta * *w + alpha * c;
+        *w = gpubp_update(alpha, c, beta, [&] { return *w; });
     });
     if (blockIdx.x == 0) {  // the first column of blocks also sums D's columns for its rows of b
         for (long long i = (long long)blockIdx.y * Tile::BM + threadIdx.x;
-             i < n_out && i < (long long)(blockIdx.y + 1) * Tile::BM; i += blockDim.x) {
-            T s = T(0);
-            for (long long r = 0; r < m; ++r) s += D[r * n_out + i];
-            b[i] = beta_b == T(0) ? alpha * s : beta_b * b[i] + alpha * s;
-        }
+             i < n_out && i < (long long)(blockIdx.y + 1) * Tile::BM; i += blockDim.x)
+            b[i] = gpubp_update(alpha, gpubp_column_sum(D, m, n_out, i), beta_b, [&] { return b[i]; });
     }
 }
 
@@ -177,17 +176,15 @@ __device__ __forceinline__ void layer_output(T* __restrict__ A_out, T* __restric
         __syncthreads();
         const long long i = (long long)blockIdx.y * Tile::BM + threadIdx.x;
         if (threadIdx.x < Tile::BM && i < m) {
-            T hi = Z[threadIdx.x][0];
-            for (long long j = 1; j < n_out; ++j) hi = Z[threadIdx.x][j] > hi ? Z[threadIdx.x][j] : hi;
-            T s = T(0);
-            for (long long j = 0; j < n_out; ++j) s += gpubp_exp(Z[threadIdx.x][j] - hi);
+            T hi, s;
+            gpubp_softmax_norm(Z[threadIdx.x], n_out, hi, s);
             top[threadIdx.x] = hi;
-            inv[threadIdx.x] = T(1) / s;
+            inv[threadIdx.x] = s;
         }
         __syncthreads();
         for_each_element<Tile>(acc, m, n_out, [&](long long i, long long j, T c) {
             const long long r = i - (long long)blockIdx.y * Tile::BM;
-            const T a = gpubp_exp(Z[r][j] - top[r]) * inv[r];
+            const T a = gpubp_softmax_at(Z[r][j], top[r], inv[r]);
             A_out[i * n_out + j] = a;
             D[i * n_out + j] = scale * Delta::d(a, Y[i * n_out + j]);
         });
@@ -203,16 +200,6 @@ __device__ __forceinline__ void layer_output(T* __restrict__ A_out, T* __restric
 // Softmax is an output activation only; layer_output computes it from the row in shared memory.
 struct Softmax {
     static constexpr bool row_wise = true;
-};
-
-// The output layer's delta^L functors (before the 1/m scale).
-struct QuadraticDelta {  // (a - y) sigma'(z), sigma' from a
-    template <typename T>
-    __host__ __device__ static T d(T a, T y) { return (a - y) * gpubp_sigmoid_prime_from_a(a); }
-};
-struct DifferenceDelta {  // a - y: cross-entropy with sigmoid, log-likelihood with softmax
-    template <typename T>
-    __host__ __device__ static T d(T a, T y) { return a - y; }
 };
 
 // The forward and BP2 layer kernels of one hidden-layer activation, for both tiles, without and

@@ -1,6 +1,7 @@
 // quadratic: the output error delta^L of the quadratic cost C = 0.5*||a - y||^2 with sigmoid
 // outputs (BP1), times `scale` (= 1/m, so every gradient built from it is that of the MEAN cost).
 //   D[i] <- scale * (A[i] - Y[i]) * A[i] * (1 - A[i])      (a - y) (.) sigma'(z^L), sigma' from a
+// (gpubp.cuh's QuadraticDelta, which the fused output layers of layer.cuh and native_layer.h share)
 // A, Y, D: (rows, n_out) C-contiguous, n = rows*n_out elements. D may not alias A or Y.
 //   layer_output_quadratic: the own route's output layer, A = sigma(A_in W^T + b) and D as above,
 //   in one launch (layer.cuh, TileOutput).
@@ -28,7 +29,7 @@
 template <typename T>
 __device__ __forceinline__ void quadratic_delta(T* __restrict__ D, const T* __restrict__ A,
                                                 const T* __restrict__ Y, long long n, T scale) {
-    GPUBP_GRID_STRIDE(i, n) { D[i] = scale * (A[i] - Y[i]) * gpubp_sigmoid_prime_from_a(A[i]); }
+    GPUBP_GRID_STRIDE(i, n) { D[i] = QuadraticDelta::d(A[i], Y[i], scale); }
 }
 
 GPUBP_EXPORT(quadratic_delta, quadratic_delta,

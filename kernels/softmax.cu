@@ -1,11 +1,11 @@
 // softmax: the output layer of the log-likelihood cost (Nielsen ch. 3), fused with the bias add.
 //   Z[r, :] <- softmax(Z[r, :] + b)   softmax(z)_j = exp(z_j - max z) / sum_k exp(z_k - max z)
 // Subtracting the row's maximum keeps every exp in (0, 1], so rows of +-1000 stay finite, and the
-// sum is at least 1. Z: (rows, cols) C-contiguous = A W^T from the GEMM, b: (cols,).
+// sum is at least 1 (gpubp.cuh's gpubp_softmax_row, which layer.cuh and native_layer.h share). Z: (rows, cols) C-contiguous = A W^T from the GEMM, b: (cols,).
 //   bias_softmax_models: the same for K stacked models (gpubp.stack): row r adds model
 //   r / rows_per_model's bias, b[(r / rows_per_model) * b_stride + j].
 // NumPy reference: gpubp.reference.bias_softmax, gpubp.reference.bias_softmax_models.
-// Launch: 1-D grid-stride over rows (one thread walks one row three times: max, sum, divide),
+// Launch: 1-D grid-stride over rows (one thread walks one row four times: bias, max, sum, divide),
 // block 256; rows are the batch and cols the 10 classes, so a row is short.
 // Tolerance vs a float64 softmax, |x - ref| <= atol + rtol*max_j |z_j + b_j| of the row (the sum z + b is
 // rounded before the exp, and exp(z_j - max) passes that rounding on scaled by |z|):
@@ -17,18 +17,11 @@
 //   bias_softmax_models_f64           56 regs      0 B smem  50% occupancy (registers)
 #include "gpubp.cuh"
 
-// One row z (cols,) <- softmax(z + b).
+// One row z (cols,) <- softmax(z + b): the bias added (and rounded) first, then gpubp.cuh's softmax row.
 template <typename T>
 __device__ __forceinline__ void softmax_row(T* __restrict__ z, const T* __restrict__ b, long long cols) {
-    T top = z[0] + b[0];
-    for (long long c = 1; c < cols; ++c) top = z[c] + b[c] > top ? z[c] + b[c] : top;
-    T sum = T(0);
-    for (long long c = 0; c < cols; ++c) {
-        z[c] = gpubp_exp(z[c] + b[c] - top);
-        sum += z[c];
-    }
-    const T inv = T(1) / sum;
-    for (long long c = 0; c < cols; ++c) z[c] *= inv;
+    for (long long c = 0; c < cols; ++c) z[c] = z[c] + b[c];
+    gpubp_softmax_row(z, cols);
 }
 
 template <typename T>

@@ -10,10 +10,11 @@ from gpubp.cli import main
 
 
 def run_cli(capsys, *argv):
-    """``gpubp *argv`` in this process: (exit code, stdout, stderr)."""
+    """``gpubp *argv`` in this process: (exit code, stdout, stderr). capsys may be None (in a fixture wider
+    than one test, which has none): the output is then left to pytest's capture and None returned for it."""
     with pytest.raises(SystemExit) as e:
         sys.exit(main(list(argv)))
-    out, err = capsys.readouterr()
+    out, err = capsys.readouterr() if capsys is not None else (None, None)
     return e.value.code, out, err
 
 
@@ -44,8 +45,32 @@ def softmax64(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
+# The float64 formulas every test compares against, written once (independently of gpubp.reference):
+# each activation f(z), its derivative from the output a = f(z), each cost's output activation and its
+# output error delta^L(a, y) before the 1/m scale (BP1).
 ACT64 = {"sigmoid": sigmoid64, "tanh": np.tanh, "relu": lambda z: np.maximum(z, 0.0)}
+# tanh' as a product: 1 - a*a cancels near |a| = 1 even in float64
+PRIME64 = {"sigmoid": lambda a: a * (1 - a), "tanh": lambda a: (1 - a) * (1 + a), "relu": lambda a: (a > 0) * 1.0}
 OUTPUT64 = {"quadratic": sigmoid64, "cross_entropy": sigmoid64, "log_likelihood": softmax64}
+DELTA64 = {"quadratic": lambda a, y: (a - y) * a * (1 - a), "cross_entropy": lambda a, y: a - y,
+           "log_likelihood": lambda a, y: a - y}
+
+
+def backends(where=None):
+    """One pytest parameter per registered backend (gpubp.backends.REGISTRY, so a new backend joins
+    every test that parametrizes with this) whose class passes the capability filter ``where`` (e.g.
+    ``lambda b: b.compiles_kernels``); the backend that needs a GPU (the one gpubp.backends.cupy_status
+    probes) carries the gpu mark, so it skips with the reason here and runs under --require-gpu."""
+    import importlib
+
+    from gpubp import backends as B
+
+    params = []
+    for name, module in B.REGISTRY.items():
+        cls = importlib.import_module(f"gpubp.backends.{module}").BACKEND
+        if where is None or where(cls):
+            params.append(pytest.param(name, marks=pytest.mark.gpu) if module == "cupy" else name)
+    return params
 
 
 def forward64(weights, biases, X, cost="quadratic", activation="sigmoid"):
@@ -57,15 +82,17 @@ def forward64(weights, biases, X, cost="quadratic", activation="sigmoid"):
     return A
 
 
+# Each cost's term per output, activations clipped to [1e-12, 1 - 1e-12] where a log needs it (a saturated
+# wrong answer costs -ln(1e-12) = 27.6, not inf), as the kernels are documented to do.
+COST64 = {"quadratic": lambda a, y: 0.5 * (a - y) ** 2,
+          "cross_entropy": lambda a, y: -(y * np.log(np.clip(a, 1e-12, 1 - 1e-12))
+                                          + (1 - y) * np.log(1 - np.clip(a, 1e-12, 1 - 1e-12))),
+          "log_likelihood": lambda a, y: -y * np.log(np.clip(a, 1e-12, 1))}
+
+
 def cost64(weights, biases, X, Y, cost, lmbda=0.0, n=None, activation="sigmoid"):
     """Mean cost over the rows of X (float64), plus network2's 0.5*(lmbda/n)*sum ||w||^2."""
-    A = forward64(weights, biases, X, cost, activation)
-    if cost == "quadratic":
-        c = 0.5 * np.sum((A - Y) ** 2) / len(X)
-    elif cost == "cross_entropy":
-        c = -np.sum(Y * np.log(A) + (1 - Y) * np.log(1 - A)) / len(X)
-    else:
-        c = -np.sum(Y * np.log(A)) / len(X)
+    c = np.sum(COST64[cost](forward64(weights, biases, X, cost, activation), Y)) / len(X)
     if lmbda:
         c += 0.5 * (lmbda / n) * sum(np.sum(np.asarray(w, np.float64) ** 2) for w in weights)
     return c
@@ -78,12 +105,15 @@ def one_hot(y, k):
 
 
 def assert_close(actual, expected, atol=0.0, rtol=0.0, scale=None, what="array"):
-    """|actual - expected| <= atol + rtol*scale elementwise (scale defaults to |expected|).
+    """|actual - expected| <= atol + rtol*scale elementwise (scale defaults to |expected|; a scalar expected
+    stands for every element).
 
     On failure, names the worst element: its index, both values, the error and the allowance.
     """
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
+    if expected.ndim == 0:  # one value for every element
+        expected = np.broadcast_to(expected, actual.shape)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != expected {expected.shape}"
     scale = np.abs(expected) if scale is None else np.asarray(scale, dtype=np.float64)
     allowed = atol + rtol * scale
@@ -122,3 +152,21 @@ def write_mnist_like(directory, n_train=12_000, n_test=200, shape=(2, 5), test_s
         idx_file(directory / f"{prefix}-images-idx3-ubyte", images.reshape(n, *shp))
         idx_file(directory / f"{prefix}-labels-idx1-ubyte", labels)
     return directory
+
+
+def assert_equal(actual, expected, what="array"):
+    """actual == expected bit for bit (NaN where both have NaN); on failure, names the worst element."""
+    assert_close(actual, expected, what=what)
+
+
+def assert_differs(actual, other, atol=0.0, rtol=0.0, what="array"):
+    """Some element of actual differs from other by more than atol + rtol*|other| (e.g. training moved the
+    parameters; np.allclose's atol=1e-8, rtol=1e-5 for "not allclose"). On failure, says by how little
+    the two differ at most."""
+    actual, other = np.asarray(actual, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    if actual.shape != other.shape:
+        return
+    err = np.abs(actual - other)
+    apart = (err > atol + rtol * np.abs(other)) | (np.isnan(actual) != np.isnan(other))
+    assert apart.any(), (f"{what}: all {apart.size} elements agree (at most {np.nanmax(err, initial=0):.3e} apart, "
+                         f"atol={atol:g}, rtol={rtol:g}), where some should differ")

@@ -56,7 +56,7 @@ def measure(file: str) -> dict[str, tuple[int, int]]:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / file
         src.write_text(K.source(file))
-        p = subprocess.run(["nvcc", "-gencode=arch=compute_90,code=sm_90", "-Xptxas", "-v", "-c", "-o", os.devnull,
+        p = subprocess.run(["nvcc", "-gencode=arch=compute_90,code=sm_90", "-Xptxas", "-v", "--fatbin", "-o", os.devnull,
                             str(src)], capture_output=True, text=True)
     if p.returncode:
         raise RuntimeError(p.stderr)

@@ -5,7 +5,6 @@ import types
 
 import numpy as np
 import pytest
-
 from helpers import assert_close
 
 import gpubp.backends as B
@@ -160,7 +159,7 @@ def test_host_gemm_writes_alpha_ab_plus_beta_out_in_place(dtype, layout, blas, m
     expected = -0.3 * (a.T.astype(dtype).astype(float) @ b.T.astype(dtype).astype(float)) + 0.99 * out0.astype(dtype)
     assert out.ctypes.data == ptr  # in place
     tol = 1e-5 if dtype == np.float32 else 1e-13
-    np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
+    assert_close(out, expected, atol=tol, rtol=tol)
 
 
 def test_no_backend_module_imports_the_data_module():

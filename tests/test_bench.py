@@ -5,12 +5,12 @@ import math
 import sys
 
 import pytest
+from helpers import run_cli
 
 from gpubp import bench
 from gpubp.backends import cupy_status
 from gpubp.bench.plot import figure
 from gpubp.bench.report import speedups
-from gpubp.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -27,11 +27,9 @@ def test_flop_count_of_one_training_step():
 
 def run_bench(capsys, tmp_path, *extra):
     out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
-    with pytest.raises(SystemExit) as e:
-        sys.exit(main(["bench", "--sizes", "784,16,10", "784,40,10", "--batch-sizes", "10,64", "--steps", "3",
-                       "--repeats", "2", "--json", str(out_json), "--plot", str(out_png), *extra]))
-    out, err = capsys.readouterr()
-    assert e.value.code == 0, err
+    code, out, err = run_cli(capsys, "bench", "--sizes", "784,16,10", "784,40,10", "--batch-sizes", "10,64", "--steps",
+                             "3", "--repeats", "2", "--json", str(out_json), "--plot", str(out_png), *extra)
+    assert code == 0, err
     return out, json.loads(out_json.read_text()), out_png
 
 
@@ -123,20 +121,16 @@ def test_plot_colours_backends_and_crosses_out_flagged_cases():
 
 def test_plot_without_matplotlib_is_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(SystemExit) as e:
-        sys.exit(main(["bench", "--quick", "--plot", str(tmp_path / "x.png")]))
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "uv run --extra plot" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "bench", "--quick", "--plot", str(tmp_path / "x.png"))
+    assert code == 2 and "uv run --extra plot" in err and len(err.strip().splitlines()) == 1
 
 
 def test_unknown_or_unavailable_backends(capsys, tmp_path):
-    with pytest.raises(SystemExit) as e:
-        sys.exit(main(["bench", "--backends", "tpu"]))
-    assert e.value.code == 2 and "unknown benchmark backend 'tpu'" in capsys.readouterr().err
+    code, _, err = run_cli(capsys, "bench", "--backends", "tpu")
+    assert code == 2 and "unknown benchmark backend 'tpu'" in err
     if not cupy_status()[0]:
-        with pytest.raises(SystemExit) as e:
-            sys.exit(main(["bench", "--backends", "cupy"]))
-        assert e.value.code == 2 and "no backend left to benchmark: cupy:" in capsys.readouterr().err
+        code, _, err = run_cli(capsys, "bench", "--backends", "cupy")
+        assert code == 2 and "no backend left to benchmark: cupy:" in err
 
 
 def test_speedups_pair_each_case_with_numpy():
@@ -159,10 +153,8 @@ def tiny_bench(capsys, tmp_path, tiny_dir, monkeypatch):
     def go(*extra, code=0):
         argv = ["bench", "--data-dir", tiny_dir, "--no-verify", "--backends", "numpy", "--sizes", "10,8,10",
                 "--steps", "2", "--json", str(tmp_path / "b.json"), *extra]
-        with pytest.raises(SystemExit) as e:
-            sys.exit(main(argv))
-        out, err = capsys.readouterr()
-        assert e.value.code == code, err
+        got, out, err = run_cli(capsys, *argv)
+        assert got == code, err
         return out, err, json.loads((tmp_path / "b.json").read_text())
     return go
 
@@ -220,10 +212,9 @@ def test_an_interrupted_bench_prints_and_keeps_the_cases_it_finished(tiny_bench,
 def test_bench_rows_for_each_route_and_mode(capsys, tmp_path, mnist_dir):
     """The emulated backend runs both routes, eagerly and as a graph: four rows, each with its counters
     (for one timed run of its 3 steps; a graph row's are one replay)."""
-    with pytest.raises(SystemExit) as e:
-        sys.exit(main(["bench", "--backends", "emulated", "--sizes", "784,16,10", "--batch-sizes", "10", "--steps", "3",
-                       "--repeats", "1", "--data-dir", mnist_dir, "--json", str(tmp_path / "b.json")]))
-    assert e.value.code == 0
+    code, out, err = run_cli(capsys, "bench", "--backends", "emulated", "--sizes", "784,16,10", "--batch-sizes", "10",
+                             "--steps", "3", "--repeats", "1", "--data-dir", mnist_dir, "--json", str(tmp_path / "b.json"))
+    assert code == 0, err
     rows = {c["backend"]: c for c in json.loads((tmp_path / "b.json").read_text())["cases"]}
     assert set(rows) == {"emulated", "emulated-own", "emulated-graph", "emulated-own-graph"}
     own = rows["emulated-own"]["counters_per_run"]
@@ -231,14 +222,12 @@ def test_bench_rows_for_each_route_and_mode(capsys, tmp_path, mnist_dir):
     for name in ("emulated-graph", "emulated-own-graph"):
         c = rows[name]["counters_per_run"]  # one replay of the 3 captured steps
         assert (c["graph_launches"], c["launches"], c["gemms"], c["allocs"]) == (1, 0, 0, 0)
-    assert "| emulated-own-graph | 784,16,10 |" in capsys.readouterr().out
+    assert "| emulated-own-graph | 784,16,10 |" in out
 
 
 @pytest.mark.parametrize("flag,value,needle", [("--routes", "cublas", "--routes takes one or more of blas, own"),
                                                ("--modes", "lazy", "--modes takes one or more of eager, graph"),
                                                ("--routes", ",", "is empty")])
 def test_bench_routes_and_modes_are_checked(capsys, flag, value, needle):
-    with pytest.raises(SystemExit) as e:
-        sys.exit(main(["bench", flag, value]))
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "bench", flag, value)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1

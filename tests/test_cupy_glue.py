@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 from cupy_standin import CUBLAS_PATH
-from helpers import assert_close
+from helpers import assert_close, assert_equal
 
 from gpubp import Network, train
 from gpubp.backends import cublas
@@ -182,7 +182,7 @@ def test_a_graph_contender_keeps_alive_what_its_graph_writes_into(cupy_be):
         a.fill(0.25)
     graph.time()  # replays the contender's graph
     for a in arrays:
-        assert (be.to_host(a) == 0.25).all(), "the replay wrote into memory its contender had let go"
+        assert_equal(be.to_host(a), 0.25, what="the replay wrote into memory its contender had let go")
 
 
 def test_a_capture_on_the_cupy_backend_belongs_to_its_thread(cupy_be):
@@ -283,7 +283,7 @@ def test_an_allocation_during_capture_is_refused_on_the_cupy_backend(cupy_be):
     with be.capture() as g:  # and the backend captures again after each refusal
         be.kernel("fill", np.float32)(4, x, 4, 1.5)
     g.launch()
-    assert (be.to_host(x) == 1.5).all()
+    assert_equal(be.to_host(x), 1.5)
 
 
 def test_the_error_inside_a_capture_is_the_one_reported(cupy_be):
@@ -298,7 +298,7 @@ def test_the_error_inside_a_capture_is_the_one_reported(cupy_be):
     with be.capture() as g:
         be.kernel("fill", np.float32)(4, x, 4, 2.5)
     g.launch()
-    assert (be.to_host(x) == 2.5).all()
+    assert_equal(be.to_host(x), 2.5)
 
 
 def test_a_kernel_first_loaded_inside_a_capture_is_refused_by_the_stand_in(cupy_be):
@@ -335,4 +335,4 @@ def test_the_stand_ins_graph_holds_addresses_not_arrays(cupy_be):
     y = fake.empty((64,), np.float32)
     y[...] = 1.0
     graph.launch()
-    assert (y == 7.0).all()
+    assert_equal(y, 7.0)

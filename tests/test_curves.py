@@ -6,8 +6,6 @@ import sys
 import pytest
 from helpers import one_line_error, run_cli
 
-from gpubp.cli import main
-
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, tiny_dir):
@@ -15,9 +13,7 @@ def two_runs(tmp_path_factory, tiny_dir):
     for name, eta in (("fast", "3"), ("slow", "0.5")):
         argv = ["train", "--data-dir", tiny_dir, "--no-verify", "--sizes", "10,8,10", "--epochs", "3", "--eta", eta,
                 "--backend", "numpy", "--seed", "1", "--quiet", "--metrics-out", str(d / f"{name}.json")]
-        with pytest.raises(SystemExit) as e:
-            sys.exit(main(argv))
-        assert e.value.code == 0
+        assert run_cli(None, *argv)[0] == 0
     return d / "fast.json", d / "slow.json"
 
 

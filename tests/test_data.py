@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_equal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,9 +34,9 @@ def test_parse_good_idx_of_several_types():
     a = D.parse_idx(GOOD)
     assert a.shape == (2, 3, 4) and a.dtype == np.uint8 and a[1, 2, 3] == 23
     f = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
-    assert np.array_equal(D.parse_idx(idx_bytes(f, 0x0D)), f)
+    assert_equal(D.parse_idx(idx_bytes(f, 0x0D)), f)
     i = np.array([-5, 70000], dtype=np.int32)
-    assert np.array_equal(D.parse_idx(idx_bytes(i, 0x0C)), i)
+    assert_equal(D.parse_idx(idx_bytes(i, 0x0C)), i)
 
 
 @pytest.mark.parametrize("blob,match", [
@@ -239,7 +240,7 @@ def test_load_mnist_fills_the_cache_by_download_then_reuses_it(tiny, tmp_path, m
     assert d["validation"][0].shape == (10_000, 6) and d["test"][0].shape == (30, 6)
     assert y.dtype == np.int64
     raw = D.parse_idx(tiny["train-images-idx3-ubyte"])
-    assert np.array_equal(d["validation"][0][-1] * 255, raw[-1].ravel().astype(np.float32))
+    assert_equal(d["validation"][0][-1] * 255, raw[-1].ravel().astype(np.float32))
 
 
 def test_explicit_directory_is_verified_and_never_downloaded(tiny, tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ poisoned before a kernel writes them; sizes are not multiples of the tile or the
 
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, assert_differs, assert_equal
 
 from gpubp.backends import emulated as emulator
 from gpubp.backends import get_backend
@@ -94,8 +94,8 @@ def test_a_missing_syncthreads_gives_a_wrong_product(cxx):
     for seed, C in zip((0, 1, 2), results):
         wrong = ~np.isclose(C, expected, atol=1e-4, rtol=1e-4)
         assert wrong.mean() > 0.5, f"seed {seed}: only {wrong.sum()} of {C.size} elements wrong"
-    assert not np.array_equal(results[0], results[1], equal_nan=True)  # the order comes from the seed
-    assert np.array_equal(run_matmul(racy, A, B, 0), results[0], equal_nan=True)  # and only from it
+    assert_differs(results[0], results[1])  # the order comes from the seed
+    assert_equal(run_matmul(racy, A, B, 0), results[0])  # and only from it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,9 +157,10 @@ def test_the_same_kernels_in_bounds_do_what_they_say(cxx):
     kernels = compiled(OUT_OF_BOUNDS, cxx, "oob")
     out = np.full(64, np.nan, np.float32)
     kernels["helper_oob"]((1, 1, 1), (16, 1, 1), (out,))
-    assert (out[:16] == 3.0).all() and np.isnan(out[16:]).all()
+    assert_equal(out[:16], 3.0)
+    assert_equal(out[16:], np.nan)
     kernels["dynamic_oob"]((1, 1, 1), (32, 1, 1), (out,), shared_mem=128)
-    assert (out[:32] == 1.0).all()
+    assert_equal(out[:32], 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,11 +240,11 @@ def test_a_barrier_or_warp_call_not_every_thread_reaches_is_an_error(cxx, name, 
     assert_close(run_matmul(mm, A, B, 0), A.astype(np.float64) @ B, atol=1e-5, rtol=1e-5, what="after the error")
     y = np.zeros(16, np.float32)
     kernels["half_barrier"]((1, 1, 1), (16, 1, 1), (y,))  # with 16 threads every one reaches it
-    assert (y == 1.0).all()
+    assert_equal(y, 1.0)
     be = get_backend("emulated")
     Z = np.zeros((3, 4), np.float32)
     be.kernel("bias_sigmoid", np.float32)(Z.size, Z, np.zeros(4, np.float32), 3, 4)
-    assert (Z == 0.5).all()
+    assert_equal(Z, 0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +301,7 @@ def test_warp_shuffles_move_every_type_as_cuda_documents(cxx, suffix, width):
         x *= 2**20  # values that need all 8 bytes
     out = np.zeros((5, 96), dtype)
     kernel((1, 1, 1), (96, 1, 1), (x, out, np.int32(width)), seed=width)
-    np.testing.assert_array_equal(out, expected_shuffles(x, width))
+    assert_equal(out, expected_shuffles(x, width))
 
 
 REDUCE = r"""
@@ -414,7 +415,7 @@ def test_a_shared_memory_histogram_with_atomics_equals_numpy(cxx):
     labels = rng.integers(0, 50, 20_011).astype(np.int32)
     hist = np.zeros(50, np.int32)
     kernel((6, 1, 1), (96, 1, 1), (labels, hist, np.int64(labels.size), np.int32(50)))
-    np.testing.assert_array_equal(hist, np.bincount(labels, minlength=50))
+    assert_equal(hist, np.bincount(labels, minlength=50))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,7 +457,7 @@ def test_dynamic_shared_memory_holds_what_the_launch_gives(cxx, name, dtype):
     y = np.full_like(x, np.nan)
     block = 96
     kernel((-(-1000 // block), 1, 1), (block, 1, 1), (x, y, np.int32(1000)), shared_mem=block * x.itemsize)
-    np.testing.assert_array_equal(y, reversed_blocks(x, block))
+    assert_equal(y, reversed_blocks(x, block))
 
 
 GEOMETRY = r"""
@@ -483,9 +484,9 @@ def test_3d_grids_and_blocks_see_their_coordinates(cxx, grid, block):
                                                                    block[0])], indexing="ij")
     expected = np.stack([bx, by, bz, tx, ty, tz] + [np.full_like(bx, v) for v in (*block, *grid)], axis=-1)
     expected = expected.reshape(blocks * threads, 12)
-    np.testing.assert_array_equal(out[:, :12], expected)
+    assert_equal(out[:, :12], expected)
     linear = np.arange(blocks * threads) % threads
-    np.testing.assert_array_equal(out[:, 12], linear - linear % 32)  # warps: 32 consecutive linear ids
+    assert_equal(out[:, 12], linear - linear % 32)  # warps: 32 consecutive linear ids
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, assert_equal
 
 from gpubp import Network, train
 from gpubp.activations import ACTIVATIONS
@@ -114,7 +114,7 @@ def test_a_graph_contender_keeps_what_its_graph_writes_into():
     graph.time()
     be.synchronize()
     for a in arrays:
-        assert (be.to_host(a) == 0.25).all(), "the replay wrote into memory its contender had let go"
+        assert_equal(be.to_host(a), 0.25, what="the replay wrote into memory its contender had let go")
 
 
 def test_a_capture_belongs_to_its_thread():
@@ -169,7 +169,7 @@ def test_capture_refusals_and_errors_on_real_cupy():
     with be.capture() as g:
         be.kernel("fill", np.float32)(4, x, 4, 1.5)
     g.launch()
-    assert (be.to_host(x) == 1.5).all()
+    assert_equal(be.to_host(x), 1.5)
 
 
 def test_a_tf32_product_on_another_stream_follows_the_kernels_before_it():

@@ -7,6 +7,7 @@ and what is refused during capture."""
 import numpy as np
 import pytest
 from cupy_standin import CAPTURE_REFUSED
+from helpers import assert_close, assert_differs, assert_equal
 
 from gpubp import Network, train
 from gpubp.backends import cublas, get_backend
@@ -43,12 +44,12 @@ def test_a_replayed_epoch_equals_an_eager_one_bit_for_bit(backend, gemm, optimiz
     eager, h_eager = trained(backend, gemm, optimizer, dtype, graph=False)
     graph, h_graph = trained(backend, gemm, optimizer, dtype, graph=True)
     assert [r["mode"] for r in h_graph] == ["graph"] * 3 and [r["mode"] for r in h_eager] == ["eager"] * 3
-    assert np.array_equal(graph.get_params(), eager.get_params())
+    assert_equal(graph.get_params(), eager.get_params())
     for k, v in eager.optimizer.state_arrays().items():
-        assert np.array_equal(graph.optimizer.state_arrays()[k], v), k
+        assert_equal(graph.optimizer.state_arrays()[k], v, what=k)
     assert [r["validation_accuracy"] for r in h_graph] == [r["validation_accuracy"] for r in h_eager]
     start = Network([20, 9, 7, 5], cost="log_likelihood", activation="tanh", dtype=dtype, seed=4)
-    assert not np.allclose(graph.get_params(), start.get_params())  # it trained
+    assert_differs(graph.get_params(), start.get_params(), atol=1e-8, rtol=1e-5)  # it trained
 
 
 def epoch_counters(be, net, epochs, **kw):
@@ -110,7 +111,7 @@ def test_capture_refuses_what_cuda_forbids_during_capture(backend):
     with be.capture() as g:  # and the backend is usable after each refusal
         be.kernel("fill", np.float32)(4, x, 4, 1.5)
     g.launch()
-    assert (be.to_host(x) == 1.5).all()
+    assert_equal(be.to_host(x), 1.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +147,7 @@ def test_cupy_backend_graph_epochs_equal_numpy(cupy_be, gemm, optimizer):
     net, history = trained(be, gemm, optimizer, "float64", graph=None)
     ref, _ = trained("numpy", "blas", optimizer, "float64", graph=False)
     assert [r["mode"] for r in history] == ["graph"] * 3
-    np.testing.assert_allclose(net.get_params(), ref.get_params(), rtol=1e-10, atol=1e-12)
+    assert_close(net.get_params(), ref.get_params(), atol=1e-12, rtol=1e-10)
     assert fake.calls["captured"] > 0
     binding_calls = fake.cublas_lib.calls
     if gemm == "blas":  # handle bound to the capture stream and given a workspace before any product
@@ -208,7 +209,7 @@ def test_a_capture_belongs_to_its_thread(backend):
     finally:
         done.set()
         t.join()
-    assert not np.array_equal(after, before)  # the step ran here
+    assert_differs(after, before)  # the step ran here
     graph = recorded[0]
     assert len(getattr(graph, "launches", getattr(graph, "nodes", None))) == 0  # and was not recorded there
 
@@ -228,7 +229,7 @@ def test_a_changed_learning_rate_is_captured_anew(backend, gemm):
         net.sgd((X, y), epochs=3, mini_batch_size=8, eta=0.5, lmbda=1.0, graph=graph, on_epoch=schedule,
                 monitor_training_cost=False)
         out[graph] = net.get_params()
-    assert np.array_equal(out[True], out[False])
+    assert_equal(out[True], out[False])
 
 
 def test_native_replays_run_side_by_side_in_threads():
@@ -257,7 +258,7 @@ def test_native_replays_run_side_by_side_in_threads():
                 assert finished.wait(20), "the replay waited for the launch lock"
             t.join()
         params.append(net.get_params())
-    assert np.array_equal(params[0], params[1])
+    assert_equal(params[0], params[1])
 
 
 def test_a_sweep_on_cupy_is_one_stack_captured_as_a_graph(cupy_be):
@@ -279,7 +280,7 @@ def test_a_sweep_on_cupy_is_one_stack_captured_as_a_graph(cupy_be):
         r = res["run"]
         net = Network([20, 9, 5], cost="log_likelihood", backend="numpy", dtype="float64", seed=r["seed"])
         net.sgd((X, y), epochs=2, mini_batch_size=8, eta=r["eta"], monitor_training_cost=False)
-        np.testing.assert_allclose(res["params"], net.get_params(), rtol=1e-10, atol=1e-12)
+        assert_close(res["params"], net.get_params(), atol=1e-12, rtol=1e-10)
 
 
 def test_a_group_of_one_run_on_cupy_is_a_stack_of_one(cupy_be):
@@ -295,4 +296,4 @@ def test_a_group_of_one_run_on_cupy_is_a_stack_of_one(cupy_be):
     net = Network([20, 9, 5], backend="numpy", dtype="float64", seed=4)
     net.sgd((X, y), epochs=1, mini_batch_size=8, eta=0.5, monitor_training_cost=False)
     assert group["stacked"] is True
-    np.testing.assert_allclose(group["runs"][0]["params"], net.get_params(), rtol=1e-10, atol=1e-12)
+    assert_close(group["runs"][0]["params"], net.get_params(), atol=1e-12, rtol=1e-10)

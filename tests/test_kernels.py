@@ -6,8 +6,10 @@ at sizes 1, 255, 257 and 10_007 (not multiples of the block of 256), in float32 
 outputs are poisoned before a kernel writes them.
 """
 
+import hashlib
 import inspect
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -16,19 +18,21 @@ from concurrent.futures import ThreadPoolExecutor
 import kernel_resources
 import numpy as np
 import pytest
-from helpers import assert_close, sigmoid64
+from helpers import ACT64, COST64, DELTA64, PRIME64, assert_close, backends, softmax64
 
 from gpubp import reference
 from gpubp.activations import ACTIVATIONS, SOFTMAX
 from gpubp.backends import get_backend
 from gpubp.backends import kernel as K
+from gpubp.cache import cache_root
 from gpubp.costs import COSTS
 from gpubp.errors import GpubpError
 from gpubp.optimizers import OPTIMIZERS
 
 SIZES = [1, 255, 257, 10_007]
 DTYPES = [np.float32, np.float64]
-BACKENDS = ["numpy", "emulated", pytest.param("cupy", marks=pytest.mark.gpu)]
+# Every registered backend runs every kernel by name (numpy: its NumPy reference).
+BACKENDS = backends()
 # 2-D kernels: (rows, cols) with rows*cols = n, so the bias/row structure is exercised too
 SHAPES = {1: (1, 1), 255: (17, 15), 257: (1, 257), 10_007: (10_007, 1)}
 # The _models kernels of K stacked networks: (models, rows per model, cols) for the bias kernels and
@@ -62,45 +66,102 @@ def cupy_options(arch_option):
             "--device-as-default-execution-space"]
 
 
-def nvrtc_compile(nvrtc, file, arch_option, get):
-    """NVRTC's output (getCUBIN or getPTX) for one kernel file, or the error and NVRTC's log."""
+def nvrtc_compile(nvrtc, file, arch):
+    """NVRTC's cubin for sm_<arch> of one kernel file and the PTX it went through, or the error and
+    NVRTC's log."""
     prog = nvrtc.createProgram(K.source(file), file, [], [])
     try:
         try:
-            nvrtc.compileProgram(prog, cupy_options(arch_option))
+            nvrtc.compileProgram(prog, cupy_options(f"-arch=sm_{arch}"))
         except nvrtc.NVRTCError as e:
-            return f"NVRTC failed on {file} with {arch_option}: {e}\n{nvrtc.getProgramLog(prog)}"
-        out = getattr(nvrtc, get)(prog)
-        return out.decode() if get == "getPTX" and isinstance(out, bytes) else out
+            return f"NVRTC failed on {file} with -arch=sm_{arch}: {e}\n{nvrtc.getProgramLog(prog)}"
+        ptx = nvrtc.getPTX(prog)
+        return nvrtc.getCUBIN(prog), ptx.decode() if isinstance(ptx, bytes) else ptx
     finally:
         nvrtc.destroyProgram(prog)
 
 
+NVCC_GENCODE = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in (75, 80, 90)]
+
+
+def nvcc_command(path):
+    """nvcc for sm_75/80/90 with ptxas's report (-Xptxas -v); --fatbin stops before the host compile,
+    which tells nothing about the kernels."""
+    return ["nvcc", *NVCC_GENCODE, "-Xptxas", "-v", "--fatbin", "-o", os.devnull, str(path)]
+
+
+class CompileCache:
+    """Compile results kept by a hash of everything that decides them: the source, the options and the
+    compiler's version. A source, option or compiler that changes misses, so a hit is the result that
+    compiling now would give. Failures are not kept (they compile again, with their message, next
+    time). In $XDG_CACHE_HOME/gpubp/kernel-checks (else ~/.cache), beside the backends' builds."""
+
+    def __init__(self, tool):
+        self.dir = cache_root() / "kernel-checks"
+        self.tool = tool
+
+    def path(self, *parts):
+        h = hashlib.sha256("\0".join([self.tool, *map(str, parts)]).encode()).hexdigest()[:32]
+        return self.dir / f"{h}.pickle"
+
+    def get(self, *parts):
+        try:
+            return pickle.loads(self.path(*parts).read_bytes())
+        except (OSError, pickle.UnpicklingError, EOFError):
+            return None
+
+    def put(self, value, *parts):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.path(*parts)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(pickle.dumps(value))
+        os.replace(tmp, path)  # readers in other processes see the whole file or none
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """Every kernel file through nvcc (sm_75/80/90, -Xptxas -v) and NVRTC (a cubin for sm_75/80/90 and
-    PTX for compute_90), all at once: the nvcc processes start first and the NVRTC compiles run on
-    two threads beside them (NVRTC lets go of the GIL), so the compiles share the machine's cores.
-    Returns {"nvcc": {file: (status, report)}, "nvrtc": {(file, arch): cubin or error text}, "ptx": {...}}."""
+    """Every kernel file through nvcc (sm_75/80/90, -Xptxas -v) and NVRTC (a cubin for sm_75/80/90, and
+    the PTX of sm_90's), all at once: the nvcc processes start first and the NVRTC compiles run on two
+    threads beside them (NVRTC lets go of the GIL), so the compiles share the machine's cores. Results
+    come from CompileCache when the source, options and compiler are those compiled before.
+    Returns {"nvcc": {file: (status, report)}, "nvrtc": {(file, arch): cubin or error text, (file, "ptx"):
+    PTX}}."""
     nvrtc = need_nvrtc()
-    procs = {}
+    import cupy
+
+    reports, procs = {}, {}
     if shutil.which("nvcc"):
+        nvcc_cache = CompileCache(subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout)
         tmp = tmp_path_factory.mktemp("nvcc")
-        gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in (75, 80, 90)]
         for f in K.kernel_files():
-            (tmp / f).write_text(K.source(f))
-            procs[f] = subprocess.Popen(["nvcc", *gencode, "-Xptxas", "-v", "-c", "-o", os.devnull, str(tmp / f)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    jobs = [(f, a, f"-arch=sm_{a}", "getCUBIN") for f in K.kernel_files() for a in (75, 80, 90)]
-    jobs += [(f, "ptx", "-arch=compute_90", "getPTX") for f in K.kernel_files()]
+            reports[f] = nvcc_cache.get(nvcc_command(f), K.source(f))
+            if reports[f] is None:
+                (tmp / f).write_text(K.source(f))
+                procs[f] = subprocess.Popen(nvcc_command(tmp / f), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                            text=True)
+    nvrtc_cache = CompileCache(f"NVRTC {nvrtc.getVersion()} CuPy {cupy.__version__}")
+    results, jobs = {}, []
+    for f in K.kernel_files():
+        for a in (75, 80, 90):
+            hit = nvrtc_cache.get(cupy_options(f"-arch=sm_{a}"), K.source(f))
+            if hit is None:
+                jobs.append((f, a))
+            else:
+                results[f, a] = hit
     with ThreadPoolExecutor(2) as pool:
-        outs = list(pool.map(lambda j: nvrtc_compile(nvrtc, j[0], j[2], j[3]), jobs))
-    results = {(f, a): out for (f, a, _, _), out in zip(jobs, outs)}
-    reports = {}
+        outs = list(pool.map(lambda j: nvrtc_compile(nvrtc, *j), jobs))
+    for (f, a), out in zip(jobs, outs):
+        results[f, a] = out
+        if isinstance(out, tuple):
+            nvrtc_cache.put(out, cupy_options(f"-arch=sm_{a}"), K.source(f))
     for f, p in procs.items():  # a report is a few kB: the pipes never fill while another is read
         _, stderr = p.communicate()
         reports[f] = (p.returncode, stderr)
-    return {"nvcc": reports, "nvrtc": results}
+        if p.returncode == 0:
+            nvcc_cache.put(reports[f], nvcc_command(f), K.source(f))
+    cubins = {k: v[0] if isinstance(v, tuple) else v for k, v in results.items()}
+    cubins.update({(f, "ptx"): v[1] if isinstance(v, tuple) else v for (f, a), v in results.items() if a == 90})
+    return {"nvcc": reports, "nvrtc": cubins}
 
 
 def ptx_entries(ptx):
@@ -208,17 +269,11 @@ def run(be, stem, dtype, n, *args):
     be.kernel(stem, dtype)(n, *args)
 
 
-# float64 formulas, written independently of gpubp.reference
-FORWARD64 = {"sigmoid": sigmoid64, "tanh": np.tanh, "relu": lambda z: np.where(z > 0, z, 0.0)}
-# tanh' as a product: 1 - a*a cancels near |a| = 1 even in float64
-PRIME64 = {"sigmoid": lambda a: a * (1 - a), "tanh": lambda a: (1 - a) * (1 + a), "relu": lambda a: (a > 0) * 1.0}
-
-
 def case_bias_act(act):
     def case(be, rng, n, dtype):
         rows, cols = SHAPES[n]
         Z, b = edges(rng.standard_normal((rows, cols)) * 6, rng), rng.standard_normal(cols) * 6
-        expected = FORWARD64[act](cast(Z, dtype) + cast(b, dtype))
+        expected = ACT64[act](cast(Z, dtype) + cast(b, dtype))
         Zd, bd = be.to_device(Z, dtype), be.to_device(b, dtype)
         run(be, f"bias_{act}", dtype, Z.size, Zd, bd, rows, cols)  # in place: a skipped element shows
         return Zd, expected, None
@@ -235,11 +290,6 @@ def case_bias_softmax(be, rng, n, dtype):
     out = be.to_host(Zd)
     assert np.isfinite(out).all()  # rows holding +-1000 stay finite
     return Zd, expected, np.broadcast_to(np.abs(z).max(axis=1, keepdims=True), z.shape)
-
-
-def softmax64(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def case_bias_models(act):
@@ -260,7 +310,7 @@ def case_bias_models(act):
         run(be, f"bias_{act}_models", dtype, work, Zd, be.to_device(buf.reshape(-1), dtype), rows, cols, rpm, stride)
         if act == "softmax":
             return Zd, softmax64(z), np.broadcast_to(np.abs(z).max(axis=1, keepdims=True), z.shape)
-        return Zd, FORWARD64[act](z), None
+        return Zd, ACT64[act](z), None
     return case
 
 
@@ -291,7 +341,7 @@ def case_output_delta(stem):
         scale = 3.0 / 7.0
         a, y = cast(A, dtype), cast(Y, dtype)
         s = float(np.asarray(scale, dtype))
-        expected = s * (a - y) * (a * (1 - a) if stem == "quadratic_delta" else 1.0)
+        expected = s * DELTA64["quadratic" if stem == "quadratic_delta" else "cross_entropy"](a, y)  # a - y for both
         D = poisoned(be, (n, 1), dtype)
         run(be, stem, dtype, n, D, be.to_device(A, dtype), be.to_device(Y, dtype), n, scale)
         return D, expected, None
@@ -421,16 +471,11 @@ def case_argmax_count(be, rng, n, dtype):
 
 def case_cost(name):
     """The summed cost of a batch (with edge activations 0 and 1, where the clip matters), added to 2.5."""
-    terms = {"quadratic": lambda a, y: 0.5 * (a - y) ** 2,
-             "cross_entropy": lambda a, y: -(y * np.log(np.clip(a, 1e-12, 1 - 1e-12))
-                                             + (1 - y) * np.log(1 - np.clip(a, 1e-12, 1 - 1e-12))),
-             "log_likelihood": lambda a, y: -y * np.log(np.clip(a, 1e-12, 1))}
-
     def case(be, rng, n, dtype):
         rows, cols = (n, 10) if n > 1 else (1, 1)
         A = activations(rng, (rows, cols))
         Y = np.eye(cols)[rng.integers(0, cols, rows)]
-        expected = 2.5 + np.sum(terms[name](cast(A, dtype), Y))
+        expected = 2.5 + np.sum(COST64[name](cast(A, dtype), Y))
         total = be.to_device(np.array([2.5]), np.float64)
         run(be, f"{name}_cost", dtype, rows, total, be.to_device(A, dtype), be.to_device(Y, dtype), rows, cols)
         return total, np.array([expected]), None
@@ -529,7 +574,7 @@ def test_kernel_matches_float64_reference(kernel, n, dtype, backend):
     assert_close(out, expected, atol=atol, rtol=rtol, scale=scale, what=f"{kernel} n={n} on {backend}")
 
 
-@pytest.mark.parametrize("backend", ["emulated", pytest.param("cupy", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("backend", backends(lambda b: b.compiles_kernels))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("kernel", list(CASES))
 def test_kernel_matches_numpy_reference(kernel, dtype, backend):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import assert_equal
 
 from gpubp import Network
 from gpubp.model_report import confusion, report, worst
@@ -14,7 +15,7 @@ def test_confusion_counts_each_pair_of_true_and_predicted_labels():
     expected = np.zeros((10, 10), int)
     for t, q in zip(y, p):
         expected[t, q] += 1
-    assert np.array_equal(cm, expected), np.argwhere(cm != expected)[:3]
+    assert_equal(cm, expected, what="confusion matrix")
 
 
 def test_worst_lists_only_misclassified_rows_most_confident_first():

@@ -3,7 +3,7 @@ loop, the optimizers' rules against float64 re-derivations, one seed, the flat b
 
 import numpy as np
 import pytest
-from helpers import assert_close, cost64, forward64, one_hot, sigmoid64, sigmoid_prime64
+from helpers import assert_close, assert_differs, assert_equal, cost64, forward64, one_hot, sigmoid64, sigmoid_prime64
 
 from gpubp import Network, reference
 from gpubp.activations import ACTIVATIONS
@@ -122,7 +122,7 @@ def test_fused_sgd_equals_gradient_then_update(dtype):
             net.step(net.to_device(X), net.targets(y, len(X)), opt)
         assert np.isfinite(net.get_params()).all()
         assert np.isnan(net.be.to_host(net.grads)).all() == fused
-    assert not np.array_equal(nets[0].get_params(), small_net("cross_entropy", "tanh", dtype=dtype).get_params())
+    assert_differs(nets[0].get_params(), small_net("cross_entropy", "tanh", dtype=dtype).get_params())
     tol = 1e-6 if dtype == "float32" else 1e-14
     assert_close(nets[0].get_params(), nets[1].get_params(), rtol=tol, atol=tol, what="fused vs unfused SGD")
 
@@ -212,7 +212,7 @@ def test_initialization_is_seeded_and_scaled():
     a = Network([784, 100, 10], seed=7)
     b = Network([784, 100, 10], seed=7, dtype="float64")
     assert_close(a.get_params(), b.get_params(), rtol=2**-24, what="same seed, same start (float32 rounding)")
-    assert not np.array_equal(a.get_params(), Network([784, 100, 10], seed=8).get_params())
+    assert_differs(a.get_params(), Network([784, 100, 10], seed=8).get_params())
     assert abs(np.std(a.weights[0]) - 1 / np.sqrt(784)) < 0.002  # network2: N(0, 1/n_in)
     large = Network([784, 100, 10], seed=7, init="large")
     assert abs(np.std(large.weights[0]) - 1.0) < 0.02  # network.py: N(0, 1)
@@ -233,13 +233,13 @@ def test_one_seed_fixes_weights_and_shuffling():
         net.sgd((X, y), epochs=2, mini_batch_size=7, eta=1.0, monitor_training_cost=False, **kw)
         return net.get_params()
 
-    assert np.array_equal(trained(), trained())
-    assert not np.array_equal(trained(), trained(seed=99))
-    assert np.array_equal(trained(seed=99), trained(seed=99))
+    assert_equal(trained(), trained())
+    assert_differs(trained(), trained(seed=99))
+    assert_equal(trained(seed=99), trained(seed=99))
     unseeded = Network([6, 5, 3])
     assert isinstance(unseeded.seed, int) and unseeded.seed >= 0  # drawn, and kept so a run can be repeated
     again = Network([6, 5, 3], seed=unseeded.seed)
-    assert np.array_equal(again.get_params(), unseeded.get_params())
+    assert_equal(again.get_params(), unseeded.get_params())
 
 
 @pytest.mark.parametrize("activation,cost", [("sigmoid", "quadratic"), ("relu", "log_likelihood")])

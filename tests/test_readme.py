@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
-from gpubp.cli import build_parser, main
+from gpubp.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -92,10 +93,8 @@ def test_the_quick_examples_run(capsys, tmp_path, monkeypatch, mnist_dir):
         if argv[0] == "bench":
             continue
         argv = [("1" if prev == "--epochs" else a) for prev, a in zip([None, *argv], argv)]
-        with pytest.raises(SystemExit) as e:
-            sys.exit(main(argv))
-        out, err = capsys.readouterr()
-        assert e.value.code == 0, f"{c}: {err}"
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 0, f"{c}: {err}"
         ran += 1
     assert ran == 5 and {p.name for p in tmp_path.iterdir()} == {"model.npz", "run.json", "more.json", "slow.json",
                                                                    "curves.png"}

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import assert_equal, run_cli
 
 from gpubp import Network
 from gpubp.errors import GpubpError, TrainingInterrupted
@@ -34,9 +34,9 @@ def test_two_epochs_saved_and_two_resumed_are_four_epochs(tmp_path, dtype, optim
     resumed = Network.load(tmp_path / "m.npz")
     h = resumed.sgd(data, epochs=2, resume=True, **KW)  # optimizer, eta, lmbda, batch size: from the file
     assert [r["epoch"] for r in h] == [3, 4] and resumed.epochs_trained == 4
-    assert np.array_equal(resumed.get_params(), straight.get_params())  # bitwise
+    assert_equal(resumed.get_params(), straight.get_params())  # bitwise
     for k, v in straight.optimizer.state_arrays().items():
-        assert np.array_equal(resumed.optimizer.state_arrays()[k], v), k
+        assert_equal(resumed.optimizer.state_arrays()[k], v, what=k)
     assert resumed.rng.bit_generator.state == straight.rng.bit_generator.state
 
 
@@ -88,13 +88,14 @@ def test_ctrl_c_inside_an_epoch_leaves_the_last_completed_epoch(monkeypatch):
         net.sgd(data, epochs=4, optimizer="momentum", eta=0.1, **KW)
     assert isinstance(e.value, KeyboardInterrupt)  # code that catches Ctrl-C still catches it
     assert e.value.epoch == 3 and e.value.completed == 2 and [r["epoch"] for r in e.value.history] == [1, 2]
-    assert net.epochs_trained == 2 and np.array_equal(net.get_params(), ref.get_params())
-    assert np.array_equal(net.optimizer.state_arrays()["velocity"], ref.optimizer.state_arrays()["velocity"])
+    assert net.epochs_trained == 2
+    assert_equal(net.get_params(), ref.get_params())
+    assert_equal(net.optimizer.state_arrays()["velocity"], ref.optimizer.state_arrays()["velocity"])
     assert net.rng.bit_generator.state == ref.rng.bit_generator.state
     monkeypatch.undo()
     net.sgd(data, epochs=2, resume=True, **KW)  # and the run goes on as if nothing happened
     ref.sgd(data, epochs=2, resume=True, **KW)
-    assert np.array_equal(net.get_params(), ref.get_params())
+    assert_equal(net.get_params(), ref.get_params())
 
 
 def test_ctrl_c_in_the_epoch_callback_keeps_that_epoch():
@@ -127,7 +128,8 @@ def test_resume_from_the_command_line_continues_the_run(capsys, tmp_path, tiny_d
                                        "--metrics-out", str(tmp_path / "run.json")))
     assert code == 0, err
     a, b = Network.load(tmp_path / "two.npz"), Network.load(tmp_path / "m.npz")  # resumed onto itself, safely
-    assert b.epochs_trained == 2 and np.array_equal(a.get_params(), b.get_params())
+    assert b.epochs_trained == 2
+    assert_equal(a.get_params(), b.get_params())
     m = json.loads((tmp_path / "run.json").read_text())
     assert [r["epoch"] for r in m["epochs"]] == [2] and m["config"]["optimizer"] == "momentum"
     assert m["config"]["batch_size"] == 7 and m["resumed_from"] == {"path": str(tmp_path / "m.npz"), "epochs": 1}

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, assert_equal, backends
 
 from gpubp import Network, get_backend
 from gpubp.errors import GpubpError
@@ -17,7 +17,7 @@ from gpubp.optimizers import ModelOptimizers, make_optimizer
 from gpubp.sweeps.stack import Stack
 from gpubp.sweeps import grid, groups, normalize, parse_seeds, sweep, table, train_group
 
-BACKENDS = ["numpy", "emulated", "native", pytest.param("cupy", marks=pytest.mark.gpu)]
+BACKENDS = backends()
 TOL = {"float64": 1e-10, "float32": 1e-4}  # relative, as tests/test_emulated.py
 COMBOS = [("quadratic", "sigmoid", "sgd", [0.5, 0.2, 0.1]), ("log_likelihood", "relu", "momentum", [0.1, 0.05, 0.2]),
           ("cross_entropy", "tanh", "adam", [0.01, 0.003, 0.02])]
@@ -28,7 +28,7 @@ def same_params(got, expected, backend, dtype, what):
     folds plain SGD's update into BP4 for one network, never for a stack)."""
     got, expected = np.asarray(got), np.asarray(expected)
     if backend == "numpy":
-        assert np.array_equal(got, expected), f"{what}: max difference {np.abs(got - expected).max():.3e}"
+        assert_equal(got, expected, what=what)
         return
     rel = np.linalg.norm(got - expected) / np.linalg.norm(expected)
     assert rel <= TOL[dtype], f"{what}: relative difference {rel:.3e} > {TOL[dtype]:g}"
@@ -317,7 +317,7 @@ def test_a_stack_is_trained_by_the_same_driver_graph_and_all(optimizer):
                 driver.epoch()
         assert c.graph_launches == (2 if graph else 0) and driver.mode == ("graph" if graph else "eager")
         params[graph] = stack.get_params()
-    assert np.array_equal(params[True], params[False])
+    assert_equal(params[True], params[False])
     for i, (s, e, lm) in enumerate(zip(seeds, etas, lmbdas)):
         net = Network([20, 9, 5], cost="log_likelihood", activation="relu", backend="emulated", dtype="float64", seed=s)
         net.sgd((X, y), epochs=2, mini_batch_size=8, eta=e, lmbda=lm, optimizer=optimizer, monitor_training_cost=False)

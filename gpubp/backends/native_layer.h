@@ -5,8 +5,8 @@
 // optimisation flags (-O3 -march=native, -fopenmp where the compiler has it). The #defines at the end send the entry points
 // that GPUBP_LAYER_KERNELS, GPUBP_OUTPUT_KERNEL and layer_update.cu export to the templates
 // here, with the same parameters, so each activation's and cost's functors (Act::f,
-// Act::prime_from_output, Delta::d: written once, in the .cu files and gpubp.cuh) are the ones
-// the GPU runs. Each entry computes its whole product in one call: native.py launches it as a
+// Act::prime_from_output, Delta::d: written once, in the .cu files and gpubp.cuh) and the
+// epilogues' formulas (gpubp.cuh's softmax row, update and bias column sum) are the ones the GPU runs. Each entry computes its whole product in one call: native.py launches it as a
 // 1 x 1 grid, and none of this code cooperates.
 //
 //   layer_forward   A_out (m, n_out) = act(A_in (m, n_in) W^T + b)     rows of both along k
@@ -320,18 +320,15 @@ inline void native_layer_update(T* __restrict__ W, T* __restrict__ b, const T* _
     using gpubp_native::vec;
     auto one = [&](long long i, long long j, T c) {
         T* w = W + i * n_in + j;
-        *w = beta == T(0) ? alpha * c : beta * *w + alpha * c;
+        *w = gpubp_update(alpha, c, beta, [&] { return *w; });
     };
     auto many = [&](long long i, long long j, vec<T> c) {
         T* w = W + i * n_in + j;
-        gpubp_native::store(w, beta == T(0) ? alpha * c : beta * gpubp_native::load(w) + alpha * c);
+        gpubp_native::store(w, gpubp_update(alpha, c, beta, [&] { return gpubp_native::load(w); }));
     };
     gpubp_native::product_tn(D, A_in, n_out, n_in, m, tf32, one, many);
-    for (long long i = 0; i < n_out; ++i) {
-        T s = T(0);
-        for (long long r = 0; r < m; ++r) s += D[r * n_out + i];
-        b[i] = beta_b == T(0) ? alpha * s : beta_b * b[i] + alpha * s;
-    }
+    for (long long i = 0; i < n_out; ++i)
+        b[i] = gpubp_update(alpha, gpubp_column_sum(D, m, n_out, i), beta_b, [&] { return b[i]; });
 }
 
 template <class Act, class Delta, typename T>
@@ -343,16 +340,8 @@ inline void native_layer_output(T* __restrict__ A_out, T* __restrict__ D, const 
                                  [&](long long i, long long j, T c) { A_out[i * n_out + j] = c + b[j]; });
         for (long long i = 0; i < m; ++i) {
             T* z = A_out + i * n_out;
-            T hi = z[0];
-            for (long long j = 1; j < n_out; ++j) hi = z[j] > hi ? z[j] : hi;
-            T s = T(0);
-            for (long long j = 0; j < n_out; ++j) s += gpubp_exp(z[j] - hi);
-            const T inv = T(1) / s;
-            for (long long j = 0; j < n_out; ++j) {
-                const T a = gpubp_exp(z[j] - hi) * inv;
-                z[j] = a;
-                D[i * n_out + j] = scale * Delta::d(a, Y[i * n_out + j]);
-            }
+            gpubp_softmax_row(z, n_out);
+            for (long long j = 0; j < n_out; ++j) D[i * n_out + j] = scale * Delta::d(z[j], Y[i * n_out + j]);
         }
     } else {
         gpubp_native::product_nt(A_in, W, m, n_out, n_in, tf32, [&](long long i, long long j, T c) {
