@@ -577,12 +577,12 @@ def _dropout(args) -> dict:
     from .network import Network
 
     asked = {k: v for k, v in (("dropout", args.dropout), ("input_dropout", args.input_dropout)) if v}
-    if asked and "dropout" not in inspect.signature(Network).parameters:
-        raise GpubpError("--dropout and --input-dropout need a gpubp whose Network takes dropout=, input_dropout=; "
-                         "this one has none: leave them out")
     for k, v in asked.items():
         if v >= 1:
             raise GpubpError(f"--{k.replace('_', '-')} {v:g} would drop every unit: give a probability below 1")
+    if asked and "dropout" not in inspect.signature(Network).parameters:
+        raise GpubpError("--dropout and --input-dropout need a gpubp whose Network takes dropout=, input_dropout=; "
+                         "this one has none: leave them out")
     return asked
 
 
