@@ -109,8 +109,8 @@ def train(net, training_data, epochs=30, mini_batch_size=None, eta=None, lmbda=N
 
     Each record: {"epoch" (counted from 1 over the network's life), "seconds" (training only,
     synchronized; see Epochs for the clock), "eval_seconds", "mode" ("graph" or "eager"), "train_cost" (or None),
-    "validation_accuracy" (or None), "eta" (the epoch's learning rate)}, and "capture_seconds" in an epoch that captured its graph
-    (workspaces, kernel loading, capture and instantiation: set-up, not in "seconds").
+    "validation_accuracy" (or None), "eta" (the epoch's learning rate)}, and "capture_seconds" in an epoch
+    that captured its graph (workspaces, kernel loading, capture and instantiation: set-up, not in "seconds").
     Warns (TrainingWarning) when validation accuracy stays at chance or the training cost stops
     moving for two epochs. Raises TrainingDiverged when the cost becomes NaN or infinite, and
     TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C, with the network put back to its state
@@ -131,8 +131,8 @@ def train(net, training_data, epochs=30, mini_batch_size=None, eta=None, lmbda=N
 
     n = X.shape[0]
     opt = _optimizer(net, n, resume, optimizer, eta, lmbda, momentum)
-    net.optimizer, net.mini_batch_size = opt, bs
     extras = _Extras.of(net, resume, augment, max_norm, schedule, warmup, eta, opt, epochs)
+    net.optimizer, net.mini_batch_size = opt, bs
     if seed is not None:
         net.rng = np.random.default_rng(seed)
     driver = Epochs(net, net.to_device(X), net.labels(y, n), bs, opt, graph_mode(net, graph)[0],

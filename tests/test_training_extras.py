@@ -151,7 +151,7 @@ def test_a_scheduled_graph_is_recaptured_when_eta_changes_and_trains_as_numpy_do
 @pytest.mark.parametrize("backend", ["numpy", "native"])
 def test_two_plus_two_epochs_resumed_from_a_file_equal_four(backend, tmp_path):
     """Augmentation, max-norm and a schedule (its settings, state and base eta) are in the model file."""
-    extras = dict(augment=AUG, max_norm=0.9)
+    extras = {"augment": AUG, "max_norm": 0.9}
     four, h4 = trained(backend, epochs=4, schedule=Schedule("cosine", epochs=4, warmup=1), **extras)
     two, _ = trained(backend, epochs=2, schedule=Schedule("cosine", epochs=4, warmup=1), **extras)
     two.save(tmp_path / "m.npz")
@@ -203,3 +203,13 @@ def test_augmentation_with_no_distortion_trains_as_without():
     a, _ = trained("numpy", epochs=2, augment=Augment())
     b, _ = trained("numpy", epochs=2)
     assert np.array_equal(a.get_params(), b.get_params())
+
+
+def test_the_cupy_backend_captures_augmentation_and_max_norm_in_its_epoch_graph(cupy_be):
+    """On the CuPy stand-in (CuPy 14's capture rules, kernels on the emulator): one capture for three
+    epochs, the weights numpy trains (float64)."""
+    be, _ = cupy_be
+    ref, _ = trained("numpy", augment=AUG, max_norm=0.8)
+    net, h = trained(be, graph=True, augment=AUG, max_norm=0.8)
+    assert [r["mode"] for r in h] == ["graph"] * 3 and ["capture_seconds" in r for r in h] == [True, False, False]
+    assert_close(be.to_host(net.params), ref.get_params(), atol=1e-10, rtol=1e-10, what="cupy stand-in vs numpy")
