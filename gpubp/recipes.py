@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 from .errors import GpubpError
 
-TRAIN_ROWS = 50_000
+# measured: seconds_per_epoch is the median epoch's training seconds, total_seconds the whole command's
+# wall time (/usr/bin/time), data loading and evaluations included
+LOADED = "a 2-core Xeon shared with other jobs (load average 10-16), native backend, kernels already compiled"
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,15 @@ RECIPES = {r.name: r for r in [
                           "eta": 3.0, "batch_size": 10, "epochs": 30},
            "Nielsen, Neural Networks and Deep Learning, ch. 1 (network.py)",
            "about 95 % (the chapter's best epoch: 95.42 %)",
+           measured={"test_accuracy": 0.9602, "seconds_per_epoch": 0.35, "total_seconds": 29.2,
+                     "command": "gpubp train --recipe network.py --backend native --seed 2", "machine": LOADED},
            gpu_epoch_seconds=0.075),
     Recipe("network2", {"sizes": [784, 100, 10], "cost": "cross_entropy", "activation": "sigmoid",
                         "optimizer": "sgd", "eta": 0.5, "lmbda": 5.0, "batch_size": 10, "epochs": 60},
            "Nielsen, ch. 3 (network2.py: cross-entropy, L2 lambda 5, 100 hidden neurons)",
            "98.04 % (validation, after 60 epochs)",
+           measured={"test_accuracy": 0.9754, "seconds_per_epoch": 1.44, "total_seconds": 146.3,
+                     "command": "gpubp train --recipe network2 --backend native --seed 2", "machine": LOADED},
            gpu_epoch_seconds=0.0875),
     Recipe("simard-affine", {**_SIMARD, "augment": "simard-affine"},
            "Simard, Steinkraus & Platt 2003, 800 hidden units, cross-entropy, affine distortions",
