@@ -116,11 +116,14 @@ RECIPES = {r.name: r for r in [
                 "the decay is gpubp's exp schedule (x0.95 an epoch)",
            gpu_epoch_seconds=11.07),
     Recipe("fast", {"sizes": [784, 800, 10], "cost": "log_likelihood", "activation": "relu",
-                    "optimizer": "momentum", "momentum": 0.9, "eta": 0.05, "batch_size": 100, "epochs": 12,
+                    "optimizer": "momentum", "momentum": 0.9, "eta": 0.05, "batch_size": 100, "epochs": 30,
                     "augment": "simard-elastic", "rotate": 12.0, "scale": 0.12, "schedule": "cosine",
                     "backend": "native"},
            "ours: a 2-core CPU, native backend", "target: >= 99.0 % test accuracy in <= 60 s wall, data loading "
            "included (issue 16)",
+           note="tuning, on the validation set only (seed 1, 12 and 30 epochs): 98.66 % validation accuracy after "
+                "12 epochs, 99.02 % after 30; the fastest epoch seen was 1.95 s, so 30 epochs do not fit in 60 s "
+                "yet: the target is not met (the machine was shared: epochs took 2-27 s)",
            gpu_epoch_seconds=0.021),
     Recipe("best-cpu", {"sizes": [784, 800, 800, 10], "cost": "log_likelihood", "activation": "relu",
                         "optimizer": "momentum", "momentum": 0.9, "eta": 0.05, "batch_size": 100, "epochs": 100,
