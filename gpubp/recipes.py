@@ -121,9 +121,12 @@ RECIPES = {r.name: r for r in [
                     "backend": "native"},
            "ours: a 2-core CPU, native backend", "target: >= 99.0 % test accuracy in <= 60 s wall, data loading "
            "included (issue 16)",
-           note="tuning, on the validation set only (seed 1, 12 and 30 epochs): 98.66 % validation accuracy after "
-                "12 epochs, 99.02 % after 30; the fastest epoch seen was 1.95 s, so 30 epochs do not fit in 60 s "
-                "yet: the target is not met (the machine was shared: epochs took 2-27 s)",
+           measured={"test_accuracy": 0.9907, "seconds_per_epoch": 9.21, "total_seconds": 341.9,
+                     "command": "gpubp train --recipe fast --seed 2",
+                     "machine": "a 2-core Xeon shared with other jobs (load average 5-7), kernels already compiled"},
+           note="accuracy met on a seed not tuned with, time not: 342 s, not 60 (on the loaded machine; the fastest "
+                "epoch seen was 1.95 s, so even a quiet machine would need about 60 s for the 30 epochs alone); "
+                "tuned on the validation set only (seed 1: 98.66 % after 12 epochs, 99.02 % after 30)",
            gpu_epoch_seconds=0.021),
     Recipe("best-cpu", {"sizes": [784, 800, 800, 10], "cost": "log_likelihood", "activation": "relu",
                         "optimizer": "momentum", "momentum": 0.9, "eta": 0.05, "batch_size": 100, "epochs": 100,
