@@ -80,7 +80,8 @@ class _Pool:
 
     def __init__(self):
         self.arenas, self.free, self.top = [], {}, None
-        self.lock = threading.Lock()
+        # reentrant: a garbage collection inside malloc may free a block (its __del__ releases it)
+        self.lock = threading.RLock()
 
     def malloc(self, nbytes: int) -> _Block:
         size = max(-(-nbytes // self.UNIT), 1) * self.UNIT
