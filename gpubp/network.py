@@ -19,6 +19,12 @@ as samples:
 f'(z) is computed from the stored activation (a(1-a) for sigma), so z is never kept. delta^L is
 scaled by 1/m, so every gradient is that of the MEAN cost over the m rows.
 
+Inverted dropout (``dropout=p``, ``input_dropout=q``), at training time only: A[l] of every hidden
+layer is f(z) (.) r^l, r = 1/(1-p) for a kept unit and 0 for a dropped one, and the step's inputs
+A[0] = X (.) r^0 (with q); BP2 becomes delta^l = (delta^{l+1} W^{l+1}) (.) f'(z^l) (.) r^l. The masks
+are never stored: every kernel draws them from Philox (kernels/philox.cuh) by (seed, epoch, step,
+layer, element), so every backend draws the same ones. feedforward, evaluate and measure use none.
+
 All weights and biases live in ONE contiguous buffer ``params`` (every W first, then every b);
 ``weights[l]`` and ``biases[l]`` are writable views into it, and the gradients likewise live in
 ``grads``, so an optimizer updates every parameter in one kernel. Plain SGD does not even need
@@ -106,6 +112,8 @@ class Workspace:
             self.ones = be.empty((1, m), dtype)
             self.ones.fill(1)
         self._targets = None
+        self.step = 0  # the step of the epoch being trained (its dropout masks)
+        self.inputs = None  # under input dropout: the step's dropped inputs (Network.workspace)
         self.route = None  # what the network's route made for this batch size (gpubp.routes)
 
     def targets(self, be, n_out, dtype):
@@ -136,15 +144,24 @@ class Network:
         tf32: float32 products read their inputs as TF32 (10-bit mantissa): cuBLAS's tensor-core
             math on a GPU; our layer kernels and the CPU backends round the inputs (so TF32's effect
             on accuracy is measured anywhere). Off by default.
+        dropout: p, the probability that a hidden unit's output is dropped in a training step
+            (inverted dropout: kept outputs are scaled by 1/(1-p)); 0 (default) trains without.
+        input_dropout: q, the same for the inputs of a training step (Srivastava et al. keep 0.8: q = 0.2).
     """
 
     lead: tuple = ()  # leading model axes of every parameter and activation array: (K,) in a Stack
 
     def __init__(self, sizes, cost="quadratic", activation="sigmoid", backend=None, dtype="float32",
-                 seed=None, init="default", gemm=None, tf32=False):
+                 seed=None, init="default", gemm=None, tf32=False, dropout=0.0, input_dropout=0.0):
         self.sizes = check_sizes(sizes)
         self.cost, self.activation = get_cost(cost), get_activation(activation)
         self.dtype, self.tf32, self.seed = check_settings(dtype, init, tf32, seed)
+        self.dropout = check_dropout(dropout, "dropout")
+        self.input_dropout = check_dropout(input_dropout, "input_dropout")
+        if (self.dropout or self.input_dropout) and self.lead:
+            raise GpubpError("dropout trains one network at a time, not a stack: train each model on its own")
+        if (self.dropout or self.input_dropout) and self.seed >= 2**64:
+            raise GpubpError(f"dropout's masks are keyed by the seed, which must be below 2^64 (got {self.seed})")
         self.init = self.activation.init if init == "default" else init
         self.be = get_backend(backend)
         self.xp = self.be.xp
@@ -168,6 +185,10 @@ class Network:
         self.weights, self.biases = layer_views(self.shapes, self.n_weights, self.params)
         self.grad_weights, self.grad_biases = layer_views(self.shapes, self.n_weights, self.grads)
         self.layer_activations = [self.activation] * (self.L - 1) + [self.cost.output]
+        # (seed, epoch) of the dropout masks, on the device: uploaded once an epoch (begin_epoch)
+        self.dropout_key = self.be.empty((2,), np.uint64) if self.dropout or self.input_dropout else None
+        self.dropout_epoch, self.steps_taken = 0, 0  # the epoch uploaded; steps since (when step() is not told)
+        self.begin_epoch(0)
         self.route = ROUTES[self.gemm](self)  # how a step's products and kernels are issued
         self.set_params(self.initial_params())
         self._ws: dict[tuple, Workspace] = {}
@@ -236,13 +257,24 @@ class Network:
         return Y
 
     def workspace(self, m: int, backward: bool = True) -> Workspace:
-        """The workspace for batches of m rows (made on first use, with what the route binds to it)."""
+        """The workspace for batches of m rows (made on first use, with what the route binds to it;
+        under input dropout, the buffer of a step's dropped inputs)."""
         key = (m, backward)
         if key not in self._ws:
             ws = self._ws[key] = Workspace(self.be, self.sizes, m, self.dtype, backward, self.lead)
             if backward:
                 self.route.prepare(ws)
+                if self.input_dropout:
+                    ws.inputs = self.be.empty((m, self.sizes[0]), self.dtype)
         return self._ws[key]
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Set the epoch (counted from 0 over the network's life) whose dropout masks the next steps
+        draw: (seed, epoch) go up to ``dropout_key`` in one copy, outside any captured graph, so the
+        same graph replays each epoch with its own masks. Nothing happens without dropout."""
+        self.dropout_epoch, self.steps_taken = int(epoch), 0
+        if self.dropout_key is not None:
+            self.be.upload(self.dropout_key, np.array([self.seed, self.dropout_epoch], dtype=np.uint64))
 
     # Forward and backward: Nielsen's equations, each move issued by the route
 
@@ -253,13 +285,20 @@ class Network:
             self.route.infer(l, ws)  # a = f(a W^T + b)
         return ws.A[self.L]
 
-    def _train_pass(self, X, Y, optimizer=None) -> None:
+    def _train_pass(self, X, Y, optimizer=None, step=None) -> None:
         """Forward, BP1-BP4 on ws.D (each delta over m: the mean cost), and, given an optimizer, its
         update. With none, or one not fused, the gradient goes to ``grads``; a fused one (plain SGD)
-        writes its update into ``params`` inside the BP3/BP4 products, and no gradient is stored."""
+        writes its update into ``params`` inside the BP3/BP4 products, and no gradient is stored.
+        ``step``: the step of the epoch whose dropout masks it draws (None: the next one)."""
         route, L = self.route, self.L
         ws = self.workspace(X.shape[-2])
+        ws.step = self.steps_taken if step is None else int(step)
+        self.steps_taken = ws.step + 1
         ws.A[0] = X
+        if self.input_dropout:  # the step's inputs, dropped into a buffer of its own (X is never changed)
+            n = X.size
+            self.be.kernel("dropout", self.dtype)(n, ws.inputs, X, n, self.dropout_key, ws.step, 0, self.input_dropout)
+            ws.A[0] = ws.inputs
         for l in range(L - 1):
             route.forward(l, ws)  # a^{l+1} = f(a^l W^T + b)
         route.output(ws, Y)  # a^L, and BP1: delta^L = grad_a C (.) f'(z^L)
@@ -274,25 +313,28 @@ class Network:
         if optimizer is not None and not fused:
             optimizer.update()
 
-    def step(self, X, Y, optimizer: Optimizer) -> None:
+    def step(self, X, Y, optimizer: Optimizer, step: int | None = None) -> None:
         """One training step on device arrays X (m, n_0) and one-hot Y (m, n_L): forward, BP1-BP4 and
         the optimizer's update of every parameter. After a batch size's first step, nothing is
-        allocated, copied or synchronized (gpubp.training gives it slices of the device data)."""
-        self._train_pass(X, Y, optimizer.bind(self))
+        allocated, copied or synchronized (gpubp.training gives it slices of the device data).
+        ``step``: its index in the epoch (begin_epoch), which picks its dropout masks; None: the step
+        after the last one (0 after begin_epoch)."""
+        self._train_pass(X, Y, optimizer.bind(self), step)
 
     def feedforward(self, X):
         """The network's output for X (m, n_0): a new device array (m, n_L)."""
         X = self.to_device(X)
         return self._forward(X, self.workspace(X.shape[0], False)).copy()
 
-    def backprop(self, X, Y):
-        """Gradient of the MEAN cost over the m rows (no L2 term).
+    def backprop(self, X, Y, step=None):
+        """Gradient of the MEAN cost over the m rows (no L2 term); under dropout, of the network with
+        step ``step``'s masks (None: the next step's) of the epoch set by begin_epoch.
 
         X (m, n_0); Y (m, n_L) one-hot (or (m,) integer labels). Returns (nabla_b, nabla_w):
         lists of L device arrays shaped like ``biases`` and ``weights`` (copies).
         """
         X = self.to_device(X)
-        self._train_pass(X, self.targets(Y, X.shape[0]))
+        self._train_pass(X, self.targets(Y, X.shape[0]), step=step)
         return [g.copy() for g in self.grad_biases], [g.copy() for g in self.grad_weights]
 
     def update_mini_batch(self, X, Y, eta, lmbda=0.0, n=None) -> None:
@@ -344,7 +386,8 @@ class Network:
     def config(self) -> dict:
         """What rebuilds this network (with ``Network(**config)``), as JSON-ready values."""
         return {"sizes": list(self.sizes), "cost": self.cost.name, "activation": self.activation.name,
-                "dtype": self.dtype.name, "seed": self.seed, "init": self.init, "gemm": self.gemm, "tf32": self.tf32}
+                "dtype": self.dtype.name, "seed": self.seed, "init": self.init, "gemm": self.gemm, "tf32": self.tf32,
+                "dropout": self.dropout, "input_dropout": self.input_dropout}
 
     def save(self, path) -> None:
         """Write the model, its optimizer's state and its training progress to ``path`` (.npz, no
@@ -366,8 +409,21 @@ class Network:
         return load_network(cls, path, backend, gemm, tf32)
 
     def __repr__(self) -> str:
+        drop = (f", dropout={self.dropout:g}" if self.dropout else "") + \
+            (f", input_dropout={self.input_dropout:g}" if self.input_dropout else "")
         return (f"Network({self.sizes}, cost={self.cost.name!r}, activation={self.activation.name!r}, "
-                f"dtype={self.dtype.name!r}, backend={self.be.name!r}, gemm={self.gemm!r})")
+                f"dtype={self.dtype.name!r}, backend={self.be.name!r}, gemm={self.gemm!r}{drop})")
+
+
+def check_dropout(p, what) -> float:
+    """A dropout probability as a float in [0, 1), or a one-line error."""
+    try:
+        out = float(p)
+    except (TypeError, ValueError):
+        raise GpubpError(f"{what} must be a probability in [0, 1), got {p!r}") from None
+    if not 0.0 <= out < 1.0:
+        raise GpubpError(f"{what} must be a probability in [0, 1) (the share of units dropped), got {p!r}")
+    return out
 
 
 def layer_views(shapes, n_weights, flat):
@@ -464,7 +520,8 @@ def load_network(cls, path, backend=None, gemm=None, tf32=None) -> Network:
     try:
         net = cls(cfg["sizes"], cost=cfg["cost"], activation=cfg.get("activation", "sigmoid"),
                   backend=backend, dtype=cfg["dtype"], seed=cfg.get("seed"), init=cfg.get("init", "default"),
-                  gemm=gemm, tf32=cfg.get("tf32", False) if tf32 is None else tf32)
+                  gemm=gemm, tf32=cfg.get("tf32", False) if tf32 is None else tf32,
+                  dropout=cfg.get("dropout", 0.0), input_dropout=cfg.get("input_dropout", 0.0))
         net.set_params(arrays["params"])
         net.epochs_trained = int(meta.get("epochs_trained", 0))
         net.mini_batch_size = int(meta["mini_batch_size"]) if meta.get("mini_batch_size") else None

@@ -116,6 +116,29 @@ def _delta_kernel(prime, name):
     return act_delta
 
 
+def _bias_drop_kernel(f, name):
+    def bias_act_drop(Z, b, rows, cols, key, step, layer, p):
+        np.add(Z, b, out=Z)
+        f(Z, out=Z)
+        Z *= _factors(key, step, layer, rows * cols, p, Z.dtype).reshape(rows, cols)
+
+    bias_act_drop.__name__ = bias_act_drop.__qualname__ = f"bias_{name}_drop"
+    bias_act_drop.__doc__ = (f"Z (rows, cols) <- {name}(Z + b) times each element's dropout factor of layer "
+                             f"``layer`` in mini-batch ``step``, key = (seed, epoch); in place.")
+    return bias_act_drop
+
+
+def _delta_drop_kernel(prime, name):
+    def act_delta_drop(G, A, n, key, step, layer, p):
+        r = _factors(key, step, layer, n, p, G.dtype).reshape(G.shape)
+        G[...] = dropout_delta(G, A, r, prime)
+
+    act_delta_drop.__name__ = act_delta_drop.__qualname__ = f"{name}_delta_drop"
+    act_delta_drop.__doc__ = (f"G <- G * {name}'(z) * r, {name}'(z) from the undropped output A / r; 0 where "
+                              f"dropped (BP2 through dropout, r the dropout factor of each element).")
+    return act_delta_drop
+
+
 bias_sigmoid = _bias_kernel(sigmoid, "sigmoid")
 bias_tanh = _bias_kernel(tanh, "tanh")
 bias_relu = _bias_kernel(relu, "relu")
@@ -127,6 +150,10 @@ bias_softmax_models = _bias_models_kernel(softmax, "softmax")
 sigmoid_delta = _delta_kernel(sigmoid_prime_from_output, "sigmoid")
 tanh_delta = _delta_kernel(tanh_prime_from_output, "tanh")
 relu_delta = _delta_kernel(relu_prime_from_output, "relu")
+for _name, _f, _prime in (("sigmoid", sigmoid, sigmoid_prime_from_output), ("tanh", tanh, tanh_prime_from_output),
+                          ("relu", relu, relu_prime_from_output)):
+    globals()[f"bias_{_name}_drop"] = _bias_drop_kernel(_f, _name)
+    globals()[f"{_name}_delta_drop"] = _delta_drop_kernel(_prime, _name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,6 +208,36 @@ for _name, _f, _prime in (("sigmoid", sigmoid, sigmoid_prime_from_output), ("tan
     for _tile in ("s", "l"):
         globals()[f"layer_forward_{_name}_{_tile}"] = _layer_forward_kernel(_f, _name, _tile)
         globals()[f"layer_delta_{_name}_{_tile}"] = _layer_delta_kernel(_prime, _name, _tile)
+
+
+def _layer_forward_drop_kernel(f, name, tile):
+    def layer_forward(A_out, A_in, W, b, m, n_in, n_out, tf32, key, step, layer, p):
+        np.matmul(_tf32(A_in, tf32), _tf32(W, tf32).T, out=A_out)
+        np.add(A_out, b, out=A_out)
+        f(A_out, out=A_out)
+        A_out *= _factors(key, step, layer, m * n_out, p, A_out.dtype).reshape(m, n_out)
+
+    layer_forward.__name__ = layer_forward.__qualname__ = f"layer_forward_{name}_drop_{tile}"
+    layer_forward.__doc__ = f"A_out (m, n_out) <- {name}(A_in (m, n_in) W^T + b) times each element's dropout factor."
+    return layer_forward
+
+
+def _layer_delta_drop_kernel(prime, name, tile):
+    def layer_delta(D_prev, D, W, A_prev, m, n_out, n_in, tf32, key, step, layer, p):
+        G = np.matmul(_tf32(D, tf32), _tf32(W, tf32))
+        D_prev[...] = dropout_delta(G, A_prev, _factors(key, step, layer, m * n_in, p, G.dtype).reshape(m, n_in),
+                                    prime)
+
+    layer_delta.__name__ = layer_delta.__qualname__ = f"layer_delta_{name}_drop_{tile}"
+    layer_delta.__doc__ = f"D_prev (m, n_in) <- (D W) * {name}'(z) * r from the dropped A_prev (BP2 through dropout)."
+    return layer_delta
+
+
+for _name, _f, _prime in (("sigmoid", sigmoid, sigmoid_prime_from_output), ("tanh", tanh, tanh_prime_from_output),
+                          ("relu", relu, relu_prime_from_output)):
+    for _tile in ("s", "l"):
+        globals()[f"layer_forward_{_name}_drop_{_tile}"] = _layer_forward_drop_kernel(_f, _name, _tile)
+        globals()[f"layer_delta_{_name}_drop_{_tile}"] = _layer_delta_drop_kernel(_prime, _name, _tile)
 
 
 def layer_update_s(W, b, D, A_in, m, n_out, n_in, alpha, beta, beta_b, tf32):
@@ -443,6 +500,30 @@ def dropout_factor(seed, epoch, step, layer, elements, p, dtype):
     dt = np.dtype(dtype).type
     keep = dt(1) - dt(p)
     return np.where(uniform01(words, dtype) < keep, dt(1) / keep, dt(0)).astype(dtype)
+
+
+def _factors(key, step, layer, n, p, dtype):
+    """The dropout factors of elements 0..n-1 of layer ``layer`` in step ``step``, key = (seed, epoch)."""
+    key = np.asarray(key)
+    return dropout_factor(int(key[0]), int(key[1]), step, layer, np.arange(n, dtype=np.uint64), p, dtype)
+
+
+def dropout_output(a, r):
+    """Inverted dropout's forward: the output a times its factor r (dropout.cuh's Dropout::output)."""
+    return a * r
+
+
+def dropout_delta(g, a, r, prime):
+    """BP2 through dropout: g f'(z) r with f'(z) from the undropped output a / r, 0 where r = 0
+    (dropout.cuh's Dropout::delta); g * prime(a) where there is no dropout."""
+    safe = np.where(r == 0, r.dtype.type(1), r)
+    return np.where(r == 0, r.dtype.type(0), g * (prime(a / safe) * r))
+
+
+def dropout(out, X, n, key, step, layer, p):
+    """out (rows, cols) <- X times each element's dropout factor of layer ``layer`` (0: the inputs) in
+    mini-batch ``step``, key = (seed, epoch): inverted dropout of a step's inputs (kernels/dropout.cu)."""
+    out.reshape(-1)[:n] = dropout_output(X.reshape(-1)[:n], _factors(key, step, layer, n, p, out.dtype))
 
 
 def max_norm(W, rows, cols, c):

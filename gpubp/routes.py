@@ -10,7 +10,7 @@ on the arrays of a Workspace ``ws`` (A[l] activations, D[l] errors, m rows):
     update(l, ws, optimizer)  W[l] <- decay W[l] - eta D[l]^T A[l], b[l] <- b[l] - eta 1 D[l]:
                               BP4, BP3 and plain SGD's update in the same products, no ``grads``
     fuses(optimizer)          whether ``update`` takes the place of ``gradient`` and the optimizer's kernel
-    infer(l, ws)              a layer's forward when evaluating: the BLAS route's on every route
+    infer(l, ws)              a layer's forward when evaluating: the BLAS route's on every route, no dropout
     prepare(ws)               what the route binds to a new training workspace (before any capture)
 
 BlasRoute: every product is a GEMM of the backend's BLAS (cuBLAS; NumPy's OpenBLAS on the host),
@@ -18,6 +18,11 @@ each followed by one fused elementwise kernel (bias and f; the activation's or t
 OwnRoute: our layer kernels (kernels/layer.cuh) do each product with that elementwise work in its
 epilogue, 3L - 1 launches a step and nothing from the BLAS; the backend hands out each layer's
 launcher with its tile and grid chosen (gpubp.backends.kernel.KernelBackend.layer_kernel).
+Dropout (Network(dropout=p)) lives in the kernels that already touch a hidden layer's output: its
+forward (bias and f, or layer_forward's epilogue) keeps each output with probability 1 - p and scales
+it by 1/(1 - p); BP2 (the activation's delta, or layer_delta's epilogue) draws the same mask again from
+Philox (kernels/dropout.cuh). Both read (seed, epoch) from ``net.dropout_key`` and take the step
+(``ws.step``) and the layer (l + 1 for A[l+1]) as arguments. Without dropout the plain kernels run.
 A gpubp.sweeps.stack.Stack trains on its own BLAS route (StackRoute there), which differs in two
 moves: each model's bias, and SGD's update model by model.
 """
@@ -40,6 +45,10 @@ class BlasRoute:
         self.bias_act = [be.kernel(a.forward_kernel, dt) for a in net.layer_activations]
         self.act_delta = be.kernel(net.activation.delta_kernel, dt)
         self.cost_delta = be.kernel(net.cost.delta_kernel, dt)
+        self.dropout = net.dropout  # p of every hidden layer's output (0: the plain kernels)
+        if self.dropout:
+            self.bias_act_drop = [be.kernel(a.forward_kernel + "_drop", dt) for a in net.layer_activations[:-1]]
+            self.act_delta_drop = be.kernel(net.activation.delta_kernel + "_drop", dt)
         # Views made once, so a step makes none: W^T for the forward GEMM, b and dC/db as (1, n) rows.
         self.weights_T = [w.swapaxes(-1, -2) for w in net.weights]
         self.bias_rows = [b[..., None, :] for b in net.biases]
@@ -53,10 +62,17 @@ class BlasRoute:
         return optimizer is not None and optimizer.fused
 
     def forward(self, l, ws) -> None:
+        if not self.dropout:
+            return self.infer(l, ws)
+        Z = ws.A[l + 1]
+        self.be.matmul(ws.A[l], self.weights_T[l], out=Z, tf32=self.net.tf32)  # z = a W^T (+ b below)
+        m, n = Z.shape
+        self.bias_act_drop[l](Z.size, Z, self.net.biases[l], m, n, self.net.dropout_key, ws.step, l + 1,
+                              self.dropout)  # a = f(z + b) * mask / (1 - p), fused
+
+    def infer(self, l, ws) -> None:
         self.be.matmul(ws.A[l], self.weights_T[l], out=ws.A[l + 1], tf32=self.net.tf32)  # z = a W^T (+ b below)
         self.bias_activate(l, ws.A[l + 1])  # a = f(z + b), fused
-
-    infer = forward
 
     def bias_activate(self, l, Z) -> None:
         """Z (m, n_{l+1}) <- f(Z + b[l]): layer l's bias and activation in one kernel."""
@@ -64,14 +80,18 @@ class BlasRoute:
         self.bias_act[l](m if self.net.layer_activations[l].row_wise else Z.size, Z, self.net.biases[l], m, n)
 
     def output(self, ws, Y) -> None:
-        self.forward(self.net.L - 1, ws)
+        self.infer(self.net.L - 1, ws)  # the output layer is never dropped
         n = ws.D[-1].size
         self.cost_delta(n, ws.D[-1], ws.A[-1], Y, n, 1.0 / ws.m)  # BP1, over m: the mean cost
 
     def delta(self, l, ws) -> None:
         D = ws.D
         self.be.matmul(D[l], self.net.weights[l], out=D[l - 1], tf32=self.net.tf32)  # delta W ...
-        self.act_delta(D[l - 1].size, D[l - 1], ws.A[l], D[l - 1].size)  # ... (.) f'(z), from a = A[l]
+        n = D[l - 1].size
+        if self.dropout:  # ... (.) f'(z) (.) mask / (1 - p), f' from the undropped A[l]
+            self.act_delta_drop(n, D[l - 1], ws.A[l], n, self.net.dropout_key, ws.step, l, self.dropout)
+        else:
+            self.act_delta(n, D[l - 1], ws.A[l], n)  # ... (.) f'(z), from a = A[l]
 
     def gradient(self, l, ws) -> None:
         net = self.net
@@ -107,18 +127,24 @@ class OwnRoute(BlasRoute):
         """The layer kernels for batches of ws.m rows, each bound to its tile and grid by the backend:
         forward[l] and delta[l] for the hidden layers, update[l] for every layer, and the output's."""
         net, be, m, dt = self.net, self.be, ws.m, self.net.dtype
-        act = net.activation
-        ws.route = {"forward": [be.layer_kernel(act.layer_forward_kernel, m, o, dt) for o, _ in net.shapes[:-1]],
+        act, drop = net.activation, "_drop" if self.dropout else ""
+        ws.route = {"forward": [be.layer_kernel(act.layer_forward_kernel + drop, m, o, dt) for o, _ in net.shapes[:-1]],
                     "output": be.layer_kernel(net.cost.output_kernel, m, net.sizes[-1], dt),
-                    "delta": [be.layer_kernel(act.layer_delta_kernel, m, net.sizes[l], dt) for l in range(1, net.L)],
+                    "delta": [be.layer_kernel(act.layer_delta_kernel + drop, m, net.sizes[l], dt)
+                              for l in range(1, net.L)],
                     "update": [be.layer_kernel("layer_update", o, i, dt) for o, i in net.shapes]}
 
     def forward(self, l, ws) -> None:
         net = self.net
-        ws.route["forward"][l](ws.A[l + 1], ws.A[l], net.weights[l], net.biases[l], ws.m, net.sizes[l],
-                               net.sizes[l + 1], int(net.tf32))
+        args = (ws.A[l + 1], ws.A[l], net.weights[l], net.biases[l], ws.m, net.sizes[l], net.sizes[l + 1],
+                int(net.tf32))
+        ws.route["forward"][l](*args, *self.mask(l + 1, ws))
 
-    infer = BlasRoute.forward
+    infer = BlasRoute.infer
+
+    def mask(self, layer, ws) -> tuple:
+        """The _drop kernels' last arguments for ``layer``'s output (key, step, layer, p); none without dropout."""
+        return (self.net.dropout_key, ws.step, layer, self.dropout) if self.dropout else ()
 
     def output(self, ws, Y) -> None:
         net, A, L = self.net, ws.A, self.net.L
@@ -127,7 +153,8 @@ class OwnRoute(BlasRoute):
 
     def delta(self, l, ws) -> None:
         net, (n_out, n_in) = self.net, self.net.shapes[l]
-        ws.route["delta"][l - 1](ws.D[l - 1], ws.D[l], net.weights[l], ws.A[l], ws.m, n_out, n_in, int(net.tf32))
+        ws.route["delta"][l - 1](ws.D[l - 1], ws.D[l], net.weights[l], ws.A[l], ws.m, n_out, n_in, int(net.tf32),
+                                 *self.mask(l, ws))
 
     def gradient(self, l, ws) -> None:
         net, (n_out, n_in) = self.net, self.net.shapes[l]

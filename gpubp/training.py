@@ -414,10 +414,12 @@ class Epochs:
         return list(self.model.rngs) if self.model.lead else [self.model.rng]
 
     def _begin_epoch(self) -> None:
-        """Per epoch, before the steps: every model's permutation, up in one copy; the augmentation's
-        key (seed, epoch), likewise."""
+        """Per epoch, before the steps: every model's permutation, up in one copy; the epoch of the
+        dropout masks (counted over the network's life, so a resumed run draws what it would have); the
+        augmentation's key (seed, epoch), likewise."""
         perms = [rng.permutation(self.n) for rng in self._generators()]
         self.be.upload(self.order, perms[0] if self.K == 1 else interleave(np.stack(perms), self.bs))
+        self.model.begin_epoch(self.model.epochs_trained)
         if self.augment is not None:
             self.augment.set_epoch(self.model.seed, self.model.epochs_trained)
 
@@ -434,18 +436,19 @@ class Epochs:
         for k in range(0, n, bs):
             m = min(bs, n - k)
             if self.whole is not None:
-                self._step(Xs[k:k + m], Ys[k:k + m])
+                self._step(Xs[k:k + m], Ys[k:k + m], k // bs)
             else:
                 Xb, Yb, Xrows, Yrows = self.batches[m]
                 rows = K * m
                 self.gather(rows * (cx + cy), Xrows, Yrows, X, Y, order[K * k:K * k + rows], rows, cx, cy)
-                self._step(Xb, Yb)
+                self._step(Xb, Yb, k // bs)
             if bar is not None:
                 bar.update(m)
 
-    def _step(self, Xb, Yb) -> None:
-        """One training step on a gathered batch: the place for a per-step feature."""
-        self.model.step(Xb, Yb, self.opt)
+    def _step(self, Xb, Yb, step: int) -> None:
+        """One training step on a gathered batch (the epoch's ``step``-th, which picks its dropout masks):
+        the place for a per-step feature."""
+        self.model.step(Xb, Yb, self.opt, step)
         if self.max_norm is not None:
             self._max_norm()
 

@@ -33,6 +33,7 @@
 #ifndef GPUBP_LAYER_CUH
 #define GPUBP_LAYER_CUH
 #include "gpubp.cuh"
+#include "dropout.cuh"
 
 struct TileSmall {
     static constexpr int BM = 16, BN = 32, BK = 32, TM = 1, TN = 2;
@@ -107,25 +108,29 @@ __device__ __forceinline__ void for_each_element(const T (&acc)[Tile::TM][Tile::
         }
 }
 
-// A_out (m, n_out) = Act::f(A_in (m, n_in) W^T + b): forward, one layer.
-template <class Act, class Tile, typename T>
+// A_out (m, n_out) = Act::f(A_in (m, n_in) W^T + b): forward, one layer; with Drop = Dropout<T>,
+// each output times its dropout factor (dropout.cuh), element i * n_out + j.
+template <class Act, class Tile, typename T, class Drop>
 __device__ __forceinline__ void layer_forward(T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W,
                                               const T* __restrict__ b, long long m, long long n_in, long long n_out,
-                                              int tf32) {
+                                              int tf32, const Drop drop) {
     T acc[Tile::TM][Tile::TN];
     tile_product<T, Tile, true, true>(acc, Operand<T>{A_in, n_in, 1}, Operand<T>{W, n_in, 1}, m, n_out, n_in, tf32);
-    for_each_element<Tile>(acc, m, n_out, [&](long long i, long long j, T c) { A_out[i * n_out + j] = Act::f(c + b[j]); });
+    for_each_element<Tile>(acc, m, n_out, [&](long long i, long long j, T c) {
+        A_out[i * n_out + j] = drop.output(Act::f(c + b[j]), i * n_out + j);
+    });
 }
 
-// D_prev (m, n_in) = (D (m, n_out) W (n_out, n_in)) (.) Act'(from A_prev): BP2.
-template <class Act, class Tile, typename T>
+// D_prev (m, n_in) = (D (m, n_out) W (n_out, n_in)) (.) Act'(from A_prev): BP2; with Drop =
+// Dropout<T>, A_prev is the dropped output and the mask is drawn again (dropout.cuh).
+template <class Act, class Tile, typename T, class Drop>
 __device__ __forceinline__ void layer_delta(T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W,
                                             const T* __restrict__ A_prev, long long m, long long n_out, long long n_in,
-                                            int tf32) {
+                                            int tf32, const Drop drop) {
     T acc[Tile::TM][Tile::TN];
     tile_product<T, Tile, true, false>(acc, Operand<T>{D, n_out, 1}, Operand<T>{W, 1, n_in}, m, n_in, n_out, tf32);
     for_each_element<Tile>(acc, m, n_in, [&](long long i, long long j, T c) {
-        D_prev[i * n_in + j] = c * Act::prime_from_output(A_prev[i * n_in + j]);
+        D_prev[i * n_in + j] = drop.template delta<Act>(c, A_prev[i * n_in + j], i * n_in + j);
     });
 }
 
@@ -210,24 +215,45 @@ struct DifferenceDelta {  // a - y: cross-entropy with sigmoid, log-likelihood w
     __host__ __device__ static T d(T a, T y) { return a - y; }
 };
 
-// The forward and BP2 layer kernels of one hidden-layer activation, for both tiles.
-#define GPUBP_LAYER_KERNELS(NAME, ACT)                                                                   \
-    GPUBP_EXPORT(layer_forward_##NAME##_s, (layer_forward<ACT, TileSmall, T>),                          \
-                 (T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W,            \
-                  const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32),      \
-                 (A_out, A_in, W, b, m, n_in, n_out, tf32))                                              \
-    GPUBP_EXPORT(layer_forward_##NAME##_l, (layer_forward<ACT, TileLarge, T>),                          \
-                 (T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W,            \
-                  const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32),      \
-                 (A_out, A_in, W, b, m, n_in, n_out, tf32))                                              \
-    GPUBP_EXPORT(layer_delta_##NAME##_s, (layer_delta<ACT, TileSmall, T>),                              \
-                 (T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W,              \
+// The forward and BP2 layer kernels of one hidden-layer activation, for both tiles, without and
+// with dropout (dropout.cuh: NoDropout computes exactly the plain epilogue).
+#define GPUBP_LAYER_KERNELS(NAME, ACT) \
+    GPUBP_EXPORT(layer_forward_##NAME##_s, (layer_forward<ACT, TileSmall, T, NoDropout>), \
+                 (T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W, \
+                  const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32), \
+                 (A_out, A_in, W, b, m, n_in, n_out, tf32, NoDropout())) \
+    GPUBP_EXPORT(layer_forward_##NAME##_drop_s, (layer_forward<ACT, TileSmall, T, Dropout<T>>), \
+                 (T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W, \
+                  const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32, \
+                  const unsigned long long* __restrict__ key, unsigned int step, unsigned int layer, T p), \
+                 (A_out, A_in, W, b, m, n_in, n_out, tf32, Dropout<T>{key, step, layer, p})) \
+    GPUBP_EXPORT(layer_forward_##NAME##_l, (layer_forward<ACT, TileLarge, T, NoDropout>), \
+                 (T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W, \
+                  const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32), \
+                 (A_out, A_in, W, b, m, n_in, n_out, tf32, NoDropout())) \
+    GPUBP_EXPORT(layer_forward_##NAME##_drop_l, (layer_forward<ACT, TileLarge, T, Dropout<T>>), \
+                 (T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W, \
+                  const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32, \
+                  const unsigned long long* __restrict__ key, unsigned int step, unsigned int layer, T p), \
+                 (A_out, A_in, W, b, m, n_in, n_out, tf32, Dropout<T>{key, step, layer, p})) \
+    GPUBP_EXPORT(layer_delta_##NAME##_s, (layer_delta<ACT, TileSmall, T, NoDropout>), \
+                 (T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W, \
                   const T* __restrict__ A_prev, long long m, long long n_out, long long n_in, int tf32), \
-                 (D_prev, D, W, A_prev, m, n_out, n_in, tf32))                                           \
-    GPUBP_EXPORT(layer_delta_##NAME##_l, (layer_delta<ACT, TileLarge, T>),                              \
-                 (T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W,              \
+                 (D_prev, D, W, A_prev, m, n_out, n_in, tf32, NoDropout())) \
+    GPUBP_EXPORT(layer_delta_##NAME##_drop_s, (layer_delta<ACT, TileSmall, T, Dropout<T>>), \
+                 (T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W, \
+                  const T* __restrict__ A_prev, long long m, long long n_out, long long n_in, int tf32, \
+                  const unsigned long long* __restrict__ key, unsigned int step, unsigned int layer, T p), \
+                 (D_prev, D, W, A_prev, m, n_out, n_in, tf32, Dropout<T>{key, step, layer, p})) \
+    GPUBP_EXPORT(layer_delta_##NAME##_l, (layer_delta<ACT, TileLarge, T, NoDropout>), \
+                 (T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W, \
                   const T* __restrict__ A_prev, long long m, long long n_out, long long n_in, int tf32), \
-                 (D_prev, D, W, A_prev, m, n_out, n_in, tf32))
+                 (D_prev, D, W, A_prev, m, n_out, n_in, tf32, NoDropout())) \
+    GPUBP_EXPORT(layer_delta_##NAME##_drop_l, (layer_delta<ACT, TileLarge, T, Dropout<T>>), \
+                 (T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W, \
+                  const T* __restrict__ A_prev, long long m, long long n_out, long long n_in, int tf32, \
+                  const unsigned long long* __restrict__ key, unsigned int step, unsigned int layer, T p), \
+                 (D_prev, D, W, A_prev, m, n_out, n_in, tf32, Dropout<T>{key, step, layer, p}))
 
 // The fused output layer of one cost: its output activation and its delta^L functor.
 #define GPUBP_OUTPUT_KERNEL(NAME, ACT, DELTA)                                                            \

@@ -144,8 +144,10 @@ def test_every_kernel_exists_for_both_precisions():
             if p.name in ("n", "rows", "cols", "classes", "n_weights"):
                 assert p.ctype == "long long" and not p.pointer
         # float kernels take float data; only a float64 total of a sum (and integer labels) differs
-        assert {p.ctype for p in f32 if p.name not in ("labels", "total", "tf32")} <= {"float", "long long",
-                                                                                        "unsigned int"}
+        assert {p.ctype for p in f32 if p.name not in ("labels", "total", "tf32", "key")} <= {"float", "long long",
+                                                                                               "unsigned int"}
+        # dropout's key: {seed, epoch} on the device (Network.dropout_key)
+        assert all(p.pointer and p.ctype == "unsigned long long" for p in f32 if p.name == "key" and "drop" in stem)
         assert all(p.ctype == "double" for p in f32 if p.name == "total")
 
 
@@ -500,11 +502,16 @@ LAYER_STEMS = ({f"layer_{k}_{a}_{t}" for k in ("forward", "delta") for a in ACTI
 AUGMENT_STEMS = {"augment_affine", "augment_field", "augment_pad", "augment_resample", "max_norm"}
 
 
+# The dropout kernels (the plain kernels' epilogues with masks), tested in tests/test_dropout.py.
+DROPOUT_STEMS = ({f"bias_{a}_drop" for a in ACTIVATIONS} | {f"{a}_delta_drop" for a in ACTIVATIONS} | {"dropout"}
+                 | {f"layer_{k}_{a}_drop_{t}" for k in ("forward", "delta") for a in ACTIVATIONS for t in "sl"})
+
+
 def test_every_kernel_has_a_case_here():
     """A kernel added without a test here (or, for the layer kernels, in test_layer_kernels.py; augmentation
-    and max-norm in test_augment.py) fails this."""
+    and max-norm in test_augment.py; dropout in test_dropout.py) fails this."""
     stems = {n[:-4] for n in K.signatures()}
-    assert stems == {stem for _, stem, _ in CASES.values()} | LAYER_STEMS | AUGMENT_STEMS
+    assert stems == {stem for _, stem, _ in CASES.values()} | LAYER_STEMS | AUGMENT_STEMS | DROPOUT_STEMS
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

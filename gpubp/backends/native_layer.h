@@ -12,6 +12,7 @@
 //   layer_forward   A_out (m, n_out) = act(A_in (m, n_in) W^T + b)     rows of both along k
 //   layer_output    the same with the output activation, and D = scale * delta^L(A_out, Y)
 //   layer_delta     D_prev (m, n_in) = (D (m, n_out) W (n_out, n_in)) (.) act'(A_prev)
+//   (layer_forward and layer_delta take layer.cuh's dropout policy too: the _drop entries' epilogue)
 //   layer_update    W <- beta W + alpha D^T A_in, b <- beta_b b + alpha sum_rows D
 //
 // The products are register-blocked for the shapes of MNIST networks, small (batch 10 x 784 ->
@@ -292,18 +293,22 @@ inline void product_tn(const T* __restrict D, const T* __restrict A, long long M
 }  // namespace gpubp_native
 
 // The entry points' templates, with layer.cuh's parameters (the tile is the GPU's business).
-template <class Act, class Tile, typename T>
+// Drop: layer.cuh's epilogue policy (dropout.cuh): NoDropout, or Dropout<T> with its factor per element.
+template <class Act, class Tile, typename T, class Drop>
 inline void native_layer_forward(T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W,
-                                 const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32) {
-    gpubp_native::product_nt(A_in, W, m, n_out, n_in, tf32,
-                             [&](long long i, long long j, T c) { A_out[i * n_out + j] = Act::f(c + b[j]); });
+                                 const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32,
+                                 const Drop drop) {
+    gpubp_native::product_nt(A_in, W, m, n_out, n_in, tf32, [&](long long i, long long j, T c) {
+        A_out[i * n_out + j] = drop.output(Act::f(c + b[j]), i * n_out + j);
+    });
 }
 
-template <class Act, class Tile, typename T>
+template <class Act, class Tile, typename T, class Drop>
 inline void native_layer_delta(T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W,
-                               const T* __restrict__ A_prev, long long m, long long n_out, long long n_in, int tf32) {
+                               const T* __restrict__ A_prev, long long m, long long n_out, long long n_in, int tf32,
+                               const Drop drop) {
     gpubp_native::product_nn(D, W, m, n_in, n_out, tf32, [&](long long i, long long j, T c) {
-        D_prev[i * n_in + j] = c * Act::prime_from_output(A_prev[i * n_in + j]);
+        D_prev[i * n_in + j] = drop.template delta<Act>(c, A_prev[i * n_in + j], i * n_in + j);
     });
 }
 
