@@ -213,3 +213,24 @@ def test_the_cupy_backend_captures_augmentation_and_max_norm_in_its_epoch_graph(
     net, h = trained(be, graph=True, augment=AUG, max_norm=0.8)
     assert [r["mode"] for r in h] == ["graph"] * 3 and ["capture_seconds" in r for r in h] == [True, False, False]
     assert_close(be.to_host(net.params), ref.get_params(), atol=1e-10, rtol=1e-10, what="cupy stand-in vs numpy")
+
+
+@pytest.mark.parametrize("backend", ["emulated", "native"])
+def test_dropout_augmentation_max_norm_and_a_schedule_together_train_as_numpy_and_resume_exactly(backend, tmp_path):
+    """All the new features at once (float64): the kernel backends train numpy's weights, and 2 epochs,
+    save, load and 2 resumed epochs give the 4 epochs' weights."""
+    X, y = images()
+
+    def net_on(be):
+        return Network([784, 12, 10], cost="log_likelihood", activation="relu", backend=be, dtype="float64",
+                       seed=5, dropout=0.3, input_dropout=0.1)
+
+    extras = {"augment": AUG, "max_norm": 0.8, "mini_batch_size": 8, "eta": 0.05, "optimizer": "momentum"}
+    ref = net_on("numpy")
+    ref.sgd((X, y), epochs=4, schedule="exp", **extras)
+    net = net_on(backend)
+    net.sgd((X, y), epochs=2, schedule=Schedule("exp", epochs=4), **extras)
+    net.save(tmp_path / "all.npz")
+    again = Network.load(tmp_path / "all.npz", backend=backend)
+    again.sgd((X, y), epochs=2, resume=True)
+    assert_close(again.get_params(), ref.get_params(), atol=1e-10, rtol=1e-10, what=f"{backend}, 2 + 2 vs numpy, 4")
