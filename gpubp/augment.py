@@ -310,7 +310,8 @@ def add_augment_arguments(parser, default: str = "none") -> None:
                    help=f"a preset: {', '.join(f'{k} ({Augment(**v).describe()})' for k, v in PRESETS.items())} "
                         f"(default {default}; the flags below override it)")
     for name, metavar, what in _FLAGS:
-        g.add_argument("--" + name.replace("_", "-"), type=_non_negative, default=None, metavar=metavar, help=what)
+        g.add_argument("--" + name.replace("_", "-"), type=_non_negative, default=None, metavar=metavar,
+                       help=f"{what} (default: the preset's, else 0)")
 
 
 def augment_from_args(args, default: str = "none") -> Augment | None:

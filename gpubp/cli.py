@@ -1,4 +1,4 @@
-"""The command line: gpubp train | evaluate | bench | sweep | plot | samples | info.
+"""The command line: gpubp train | evaluate | bench | sweep | plot | samples | recipes | info.
 
 Every error (bad argument, file, model or data) is one line on stderr and exit status 2.
 """
@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .activations import ACTIVATIONS
-from .augment import add_samples_arguments, augment_from_args, samples_figure
+from .augment import add_augment_arguments, add_samples_arguments, augment_from_args, samples_figure
 from .backends import BACKEND_NAMES, names_with
 from .costs import COSTS
 from .data import N_CLASSES
@@ -25,6 +25,8 @@ from .errors import GpubpError, TrainingInterrupted
 from .fileio import in_place, provenance, same_file, write_json
 from .network import GEMM_ROUTES, INIT_CHOICES, check_sizes
 from .optimizers import OPTIMIZERS
+from .recipes import RECIPES
+from .schedules import SCHEDULES
 from .training import graph_mode
 
 
@@ -93,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="accuracy of a saved model on the MNIST test set")
     e.add_argument("model", type=Path, metavar="MODEL.npz")
+    e.add_argument("--report", type=Path, metavar="REPORT.png", default=None,
+                   help="also draw the confusion matrix, the worst-classified test digits and the first layer's "
+                        "weights into this PNG (default: none)")
     _common(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -140,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_samples_arguments(s)
     _common(s)
     s.set_defaults(func=cmd_samples)
+
+    r = sub.add_parser("recipes", help="the named configurations of gpubp train --recipe: source, published and "
+                                       "measured results")
+    r.set_defaults(func=cmd_recipes)
 
     i = sub.add_parser("info", help="backend, device, library versions, BLAS threads")
     i.add_argument("--backend", choices=list(BACKEND_NAMES), default=None,
@@ -210,6 +219,24 @@ def _train_parser(t):
     t.add_argument("--metrics-out", type=Path, metavar="RUN.json",
                    help="write config and per-epoch metrics as JSON (default: not written)")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+    t.add_argument("--recipe", choices=list(RECIPES), default=None, metavar="NAME",
+                   help=f"a named configuration ({', '.join(RECIPES)}; gpubp recipes lists them): every flag given "
+                        f"here overrides it (default: none)")
+    reg = t.add_argument_group("regularisation and schedules")
+    reg.add_argument("--dropout", type=_number(float, 0, True, 1), default=None, metavar="P",
+                     help="inverted dropout of the hidden units with probability P < 1 (default 0)")
+    reg.add_argument("--input-dropout", type=_number(float, 0, True, 1), default=None, metavar="Q",
+                     help="inverted dropout of the inputs with probability Q < 1 (default 0)")
+    reg.add_argument("--max-norm", type=_number(float, 0, True), default=None, metavar="C",
+                     help="after every step, scale each hidden unit's incoming weights back to norm <= C "
+                          "(default: off; 0 turns a resumed run's off)")
+    reg.add_argument("--schedule", choices=list(SCHEDULES), default=None,
+                     help="eta per epoch: constant, step (x0.5 every 10), exp (x0.95 an epoch), cosine (to 0 over "
+                          "the run), plateau (Nielsen ch. 3: halve after 10 epochs without a better validation "
+                          "accuracy, stop at eta/128) (default constant)")
+    reg.add_argument("--warmup", type=_number(int, 0, True), default=None, metavar="N",
+                     help="linear warm-up of eta over the first N epochs (default 0)")
+    add_augment_arguments(t)
     t.set_defaults(func=cmd_train)
 
 
@@ -380,7 +407,7 @@ def cmd_train(args) -> int:
     _check_writable(args.metrics_out, "metrics file")
     _check_distinct([("--resume", args.resume), ("--save", args.save), ("--metrics-out", args.metrics_out)],
                     may_share=[("--save", "--resume")])
-    given = _given(args)
+    given = _apply_recipe(args, _given(args))
     began = time.perf_counter()
     be = get_backend(args.backend)
     _check_route(be, args)
@@ -405,8 +432,15 @@ def cmd_train(args) -> int:
 
     def on_epoch(r):
         cost = "" if r["train_cost"] is None else f"train cost {r['train_cost']:.4f}, "
+        eta = f"eta {r['eta']:.4g}, " if scheduled else ""
         say(f"epoch {r['epoch']}/{start + args.epochs}: validation accuracy {r['validation_accuracy']:.4f}, "
-            f"{cost}{r['seconds']:.2f} s ({r['mode']})")
+            f"{cost}{eta}{r['seconds']:.2f} s ({r['mode']})")
+        if r["epoch"] == start + 1 and args.epochs > 1:
+            _say_how_long(say, r, args.epochs)
+
+    extras = _extras(args, given)
+    scheduled = extras["schedule"] is not None or extras["warmup"] is not None or bool(
+        args.resume and (net.run_settings or {}).get("schedule"))
 
     batch = args.batch_size if "batch_size" in given or not args.resume else net.mini_batch_size
     if batch and batch >= len(data["train"][1]):
@@ -420,7 +454,7 @@ def cmd_train(args) -> int:
                               early_stopping=args.early_stopping, monitor_training_cost=not args.no_train_cost,
                               progress=False if args.quiet else None, on_epoch=on_epoch,
                               optimizer=keep("optimizer"), momentum=args.momentum, resume=bool(args.resume),
-                              graph=graph)
+                              graph=graph, **extras)
     except TrainingInterrupted as e:
         history, interrupted = e.history, e
     test = None
@@ -435,7 +469,7 @@ def cmd_train(args) -> int:
             interrupted = TrainingInterrupted(history, net.epochs_trained, None)
     config = {**net.config(), **net.optimizer.config(), "batch_size": net.mini_batch_size, "epochs": args.epochs,
               "early_stopping": args.early_stopping, "train_cost": not args.no_train_cost, "graph": graph,
-              "graph_reason": graph_why}
+              "graph_reason": graph_why, "recipe": args.recipe, **(net.run_settings or {})}
     metrics = {**provenance(args.argv), "config": config, "backend": be.name, "device": be.device,
                "resumed_from": {"path": str(args.resume), "epochs": start} if args.resume else None,
                "epochs": history, **history.summary(),
@@ -452,6 +486,49 @@ def cmd_train(args) -> int:
     if failed:
         raise GpubpError(failed)
     return 0
+
+
+AUGMENT_DESTS = ("augment", "shift", "rotate", "scale", "shear", "elastic_alpha", "elastic_sigma")
+LONG_RUN = 600  # seconds: a run estimated to take longer says so after its first epoch
+
+
+def _apply_recipe(args, given: set[str]) -> set[str]:
+    """--recipe NAME: its flags where the command line gave none; the recipe's flags count as given."""
+    if args.recipe is None:
+        return given
+    from .recipes import get_recipe
+
+    recipe = get_recipe(args.recipe)
+    for dest, value in recipe.flags.items():
+        if dest not in given:
+            setattr(args, dest, list(value) if isinstance(value, (list, tuple)) else value)
+    return given | set(recipe.flags)
+
+
+def _extras(args, given) -> dict:
+    """sgd's augment, max_norm, schedule and warmup from the flags; None (with --resume: the file's) where
+    not given. Augmentation flags that distort nothing turn a resumed run's augmentation off."""
+    augment = None
+    if any(d in given for d in AUGMENT_DESTS) or not args.resume:
+        augment = augment_from_args(args) or (False if args.resume else None)
+    return {"augment": augment, "max_norm": args.max_norm, "schedule": args.schedule, "warmup": args.warmup}
+
+
+def _say_how_long(say, record, epochs) -> None:
+    """After the first epoch of a long run: how long all of its epochs will take at this pace."""
+    per = record["seconds"] + record.get("eval_seconds", 0.0)
+    total = per * epochs
+    if total > LONG_RUN:
+        say(f"at {per:.1f} s an epoch (training and evaluation), {epochs} epochs take about {_duration(total)} "
+            f"on this machine")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} minutes"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 86400:.1f} days"
 
 
 def _interrupted_line(e, written, failed, start) -> str:
@@ -490,7 +567,23 @@ def _model_and_data(args, given, be):
         return net, _load_data(args, net.sizes, f"model {args.resume}")
     data = _load_data(args, args.sizes, f"--sizes {','.join(map(str, args.sizes))}")
     return Network(args.sizes, cost=args.cost, activation=args.activation, backend=be, dtype=args.dtype,
-                   seed=args.seed, init=args.init, gemm=args.gemm, tf32=args.tf32), data
+                   seed=args.seed, init=args.init, gemm=args.gemm, tf32=args.tf32, **_dropout(args)), data
+
+
+def _dropout(args) -> dict:
+    """Network's dropout arguments, for the flags given (none: the network as before)."""
+    import inspect
+
+    from .network import Network
+
+    asked = {k: v for k, v in (("dropout", args.dropout), ("input_dropout", args.input_dropout)) if v}
+    for k, v in asked.items():
+        if v >= 1:
+            raise GpubpError(f"--{k.replace('_', '-')} {v:g} would drop every unit: give a probability below 1")
+    if asked and "dropout" not in inspect.signature(Network).parameters:
+        raise GpubpError("--dropout and --input-dropout need a gpubp whose Network takes dropout=, input_dropout=; "
+                         "this one has none: leave them out")
+    return asked
 
 
 def _check_resume(args, given, net) -> None:
@@ -535,6 +628,12 @@ def cmd_evaluate(args) -> int:
     from .backends import get_backend
     from .network import Network
 
+    if args.report is not None:  # fail before any work: an unwritable path, no matplotlib, not a PNG
+        from .figures import image_format, pyplot
+
+        _check_writable(args.report, "report")
+        image_format(args.report, "--report")
+        pyplot("--report", "gpubp evaluate MODEL --report report.png")
     be = get_backend(args.backend)
     net = Network.load(args.model, backend=be)
     data = _load_data(args, net.sizes, f"model {args.model}", split="test")
@@ -543,6 +642,19 @@ def cmd_evaluate(args) -> int:
     print(f"{args.model}: {net}")
     took = time.perf_counter() - began
     print(f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']}) in {took:.2f} s")
+    if args.report is not None:
+        from .model_report import report
+
+        _, failed = _write_outputs([("report", args.report, lambda p: report(net, *data["test"], p))], print)
+        if failed:
+            raise GpubpError(failed)
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from .recipes import listing
+
+    print(listing())
     return 0
 
 

@@ -169,6 +169,7 @@ class Network:
         self.rng = np.random.default_rng(self.seed)  # the shuffle's generator (gpubp.training draws from it)
         self.optimizer: Optimizer | None = None  # the last one trained with, and its state
         self.epochs_trained = 0
+        self.run_settings: dict = {}  # augmentation, max-norm, schedule of the last run (gpubp.training keeps it)
         self.mini_batch_size: int | None = None  # the last training run's, so that a resumed run keeps it
 
         self.L = len(self.sizes) - 1
@@ -397,6 +398,8 @@ class Network:
         if self.optimizer is not None:
             meta["optimizer"] = self.optimizer.config()
             arrays.update({f"optimizer_{k}": v for k, v in self.optimizer.state_arrays().items()})
+        if self.run_settings:
+            meta["run_settings"] = self.run_settings
         checkpoint.save(path, meta, arrays)
 
     @classmethod
@@ -524,6 +527,7 @@ def load_network(cls, path, backend=None, gemm=None, tf32=None) -> Network:
         net.mini_batch_size = int(meta["mini_batch_size"]) if meta.get("mini_batch_size") else None
         if meta.get("rng"):
             net.rng.bit_generator.state = meta["rng"]
+        net.run_settings = dict(meta.get("run_settings") or {})
         if meta.get("optimizer"):
             opt = dict(meta["optimizer"])
             net.optimizer = make_optimizer(opt.pop("optimizer"), **opt).bind(net)

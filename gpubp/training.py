@@ -28,6 +28,7 @@ import numpy as np
 from .backends import names_with
 from .errors import GpubpError, TrainingDiverged, TrainingInterrupted, TrainingWarning
 from .optimizers import DEFAULT, Optimizer, make_optimizer
+from .schedules import Schedule, make_schedule
 
 CHANCE_MARGIN = 0.02  # validation accuracy within 2 points of 1/classes is chance
 FLAT_COST = 1e-4  # a training cost that changes by less than this (relative) in an epoch has not moved
@@ -72,7 +73,8 @@ def _check_data(net, data, what):
 
 def train(net, training_data, epochs=30, mini_batch_size=None, eta=None, lmbda=None, evaluation_data=None,
           early_stopping=None, monitor_training_cost=True, progress=None, seed=None, on_epoch=None,
-          optimizer=None, momentum=None, resume=False, graph=None):
+          optimizer=None, momentum=None, resume=False, graph=None, augment=None, max_norm=None, schedule=None,
+          warmup=None):
     """Train ``net`` by mini-batch gradient descent and return its History, one record per epoch.
 
     training_data, evaluation_data: pairs (X (n, n_0), y (n,) integer labels), host or device.
@@ -95,11 +97,20 @@ def train(net, training_data, epochs=30, mini_batch_size=None, eta=None, lmbda=N
     on_epoch: called with each epoch's record as soon as it is known.
     graph: replay each epoch as one captured CUDA graph (see ``graph_mode``): None = on for the
         cupy backend when it can, True = always (or an error saying why not), False = eager.
+    augment: a gpubp.Augment: every epoch the steps gather from a copy of the training set distorted
+        on the device, anew each epoch (keyed by the network's seed and the epoch's number over its life).
+    max_norm: c > 0: after every step, each hidden unit's incoming weight vector is scaled back to
+        norm <= c (Srivastava et al. 2014).
+    schedule, warmup: the learning rate per epoch: a gpubp.schedules name ("constant", "step", "exp",
+        "cosine" (over this call's epochs), "plateau" (stops training like early stopping)) or a Schedule,
+        from the base eta, after ``warmup`` linear warm-up epochs.
+    With resume, augment, max_norm and schedule (with its state and base eta) are the saved run's unless
+    given here (augment=False or max_norm=0 turns a saved one off).
 
     Each record: {"epoch" (counted from 1 over the network's life), "seconds" (training only,
     synchronized; see Epochs for the clock), "eval_seconds", "mode" ("graph" or "eager"), "train_cost" (or None),
-    "validation_accuracy" (or None)}, and "capture_seconds" in an epoch that captured its graph
-    (workspaces, kernel loading, capture and instantiation: set-up, not in "seconds").
+    "validation_accuracy" (or None), "eta" (the epoch's learning rate)}, and "capture_seconds" in an epoch
+    that captured its graph (workspaces, kernel loading, capture and instantiation: set-up, not in "seconds").
     Warns (TrainingWarning) when validation accuracy stays at chance or the training cost stops
     moving for two epochs. Raises TrainingDiverged when the cost becomes NaN or infinite, and
     TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C, with the network put back to its state
@@ -120,10 +131,13 @@ def train(net, training_data, epochs=30, mini_batch_size=None, eta=None, lmbda=N
 
     n = X.shape[0]
     opt = _optimizer(net, n, resume, optimizer, eta, lmbda, momentum)
+    extras = _Extras.of(net, resume, augment, max_norm, schedule, warmup, eta, opt, epochs)
     net.optimizer, net.mini_batch_size = opt, bs
     if seed is not None:
         net.rng = np.random.default_rng(seed)
-    driver = Epochs(net, net.to_device(X), net.labels(y, n), bs, opt, graph_mode(net, graph)[0])
+    driver = Epochs(net, net.to_device(X), net.labels(y, n), bs, opt, graph_mode(net, graph)[0],
+                    augment=extras.augment, max_norm=extras.max_norm, schedule=extras.schedule,
+                    base_eta=extras.base_eta)
     run = _Run(net=net, opt=opt, bs=bs, monitor_training_cost=monitor_training_cost,
                show=sys.stderr.isatty() if progress is None else bool(progress), total=net.epochs_trained + epochs,
                driver=driver)
@@ -146,6 +160,8 @@ def train(net, training_data, epochs=30, mini_batch_size=None, eta=None, lmbda=N
                 completed = True
                 _watch(run, history)
                 stop = best.update(record)
+                if extras.observe(net, record):  # plateau's eta would fall to eta/128: stop as early stopping does
+                    history.stopped_early = stop = True
                 if on_epoch is not None:
                     on_epoch(record)
                 if stop:
@@ -182,6 +198,69 @@ def _optimizer(net, n, resume, optimizer, eta, lmbda, momentum) -> Optimizer:
     for k, v in saved.state.items():  # new hyperparameters, the same moments, velocity and step count
         fresh.state[k][...] = v
     return fresh
+
+
+@dataclass
+class _Extras:
+    """A run's augmentation, max-norm and schedule (with its base eta), and where the model file keeps
+    them: ``net.run_settings`` (JSON-ready), which Network.save writes and Network.load reads back."""
+
+    augment: object = None
+    max_norm: float | None = None
+    schedule: Schedule | None = None
+    base_eta: float | None = None
+
+    @classmethod
+    def of(cls, net, resume, augment, max_norm, schedule, warmup, eta, opt, epochs) -> _Extras:
+        from .augment import Augment
+
+        saved = dict(getattr(net, "run_settings", None) or {}) if resume else {}
+        if augment is None and saved.get("augment"):
+            augment = Augment(**saved["augment"])
+        if augment is not None and augment is not False and not isinstance(augment, Augment):
+            raise GpubpError(f"augment must be a gpubp.Augment, got {type(augment).__name__}")
+        augment = None if augment is False or augment is None or augment.identity else augment
+        if max_norm is None:
+            max_norm = saved.get("max_norm")
+        if max_norm is not None:
+            if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not math.isfinite(max_norm) \
+                    or max_norm < 0:
+                raise GpubpError(f"max_norm must be a finite number > 0 (0 turns it off), got {max_norm!r}")
+            max_norm = float(max_norm) or None
+        old = saved.get("schedule")
+        if schedule is None and warmup is None and old:
+            sched = Schedule.from_config(old["config"], old["state"])
+            base = old["base_eta"] if eta is None else float(eta)
+        elif schedule is None and warmup is None:
+            sched, base = None, None
+        else:
+            settings = {} if warmup is None else {"warmup": warmup}
+            sched = make_schedule(schedule, epochs=net.epochs_trained + epochs, **settings)
+            base = eta if eta is not None else old["base_eta"] if old else opt.eta
+        if sched is not None:
+            ended = [e for e in range(net.epochs_trained, net.epochs_trained + epochs) if not sched.eta(base, e) > 0]
+            if ended:
+                raise GpubpError(f"the {sched.name} schedule gives eta 0 from epoch {ended[0] + 1} on (it was made for "
+                                 f"{sched.epochs} epochs): give a new schedule for these epochs, or train fewer")
+        extras = cls(augment, max_norm, sched, None if sched is None else float(base))
+        extras.keep(net)
+        return extras
+
+    def keep(self, net) -> None:
+        """Write the settings (and the schedule's state) into ``net.run_settings``."""
+        net.run_settings = {
+            "augment": None if self.augment is None else self.augment.as_dict(), "max_norm": self.max_norm,
+            "schedule": None if self.schedule is None else {"config": self.schedule.config(),
+                                                            "state": self.schedule.state(),
+                                                            "base_eta": self.base_eta}}
+
+    def observe(self, net, record) -> bool:
+        """After an epoch: the schedule notes its validation accuracy; True when it says stop."""
+        if self.schedule is None:
+            return False
+        stop = self.schedule.observe(record["validation_accuracy"])
+        self.keep(net)
+        return stop
 
 
 @dataclass
@@ -238,6 +317,14 @@ class Epochs:
     X, labels: the training set on the device, (n, n_0) and (n,) int64; Y, its one-hot rows, is made here.
     graph: replay each epoch as one captured graph (see ``graph_mode``); captured before the first
         epoch's clock starts, and again whenever what it baked in (the optimizer's scalars, TF32) changes.
+    augment: an Augment (one Network only): each epoch the steps gather from a copy of X distorted on
+        the device (``_begin_epoch`` uploads the epoch's key; the distortion is the first of the
+        epoch's launches, so a graph holds it and replays it with the new key).
+    max_norm: c: after every step each hidden layer's rows (a unit's incoming weights) are scaled back
+        to norm <= c by the max_norm kernel (in ``_step``, so a graph holds it).
+    schedule, base_eta: a gpubp.schedules.Schedule and the eta it scales (one Network only): before
+        each epoch (``prepare``) the optimizer's eta is set to the schedule's for the epoch about to
+        run (``model.epochs_trained``). eta is baked into a graph, so a changed eta recaptures it.
 
     The batch order, chosen here once: each epoch, every model draws a permutation from its own
     generator (the same order on every backend for a seed) and all go up in ONE copy; then either
@@ -265,10 +352,19 @@ class Epochs:
         counter, a buffer uploaded per epoch), not from a Python value.
     """
 
-    def __init__(self, model, X, labels, batch_size: int, optimizer, graph: bool = False):
+    def __init__(self, model, X, labels, batch_size: int, optimizer, graph: bool = False, augment=None,
+                 max_norm=None, schedule=None, base_eta=None):
         be, dt = model.be, model.dtype
         self.model, self.be, self.opt, self.bs = model, be, optimizer, int(batch_size)
         self.X, self.labels = X, labels
+        if (augment is not None or schedule is not None) and model.lead:
+            raise GpubpError("augmentation and schedules train one Network at a time, not a stack of models")
+        self.augment = self.distorted = None
+        if augment is not None:  # the epoch's distortions of X, which the steps gather from instead of X
+            self.augment = augment.plan(be, dt, *augment.image_shape(X.shape[1]))
+            self.distorted = be.empty(X.shape, dt)
+        self.max_norm = None if not max_norm else (be.kernel("max_norm", dt), float(max_norm))
+        self.schedule, self.base_eta = schedule, base_eta
         self.Y = model.one_hot(labels)
         self.n = n = X.shape[0]
         self.K = len(self._generators())
@@ -292,8 +388,10 @@ class Epochs:
         return "graph" if self.graph else "eager"
 
     def prepare(self) -> None:
-        """Capture the epoch's graph if it is due (graph mode: the first epoch, or what it baked in
-        changed); ``epoch`` does it too. Outside every epoch's clock."""
+        """Set the coming epoch's eta (a schedule), then capture the epoch's graph if it is due (graph
+        mode: the first epoch, or what it baked in changed); ``epoch`` does it too. Outside every epoch's clock."""
+        if self.schedule is not None:
+            self.opt.eta = self.schedule.eta(self.base_eta, self.model.epochs_trained)
         if self.graph:
             self._ensure_graph()
 
@@ -317,15 +415,21 @@ class Epochs:
 
     def _begin_epoch(self) -> None:
         """Per epoch, before the steps: every model's permutation, up in one copy; the epoch of the
-        dropout masks (counted over the network's life, so a resumed run draws what it would have)."""
+        dropout masks (counted over the network's life, so a resumed run draws what it would have); the
+        augmentation's key (seed, epoch), likewise."""
         perms = [rng.permutation(self.n) for rng in self._generators()]
         self.be.upload(self.order, perms[0] if self.K == 1 else interleave(np.stack(perms), self.bs))
         self.model.begin_epoch(self.model.epochs_trained)
+        if self.augment is not None:
+            self.augment.set_epoch(self.model.seed, self.model.epochs_trained)
 
     def _steps(self, bar=None) -> None:
         """The epoch's steps on the device, in the order uploaded: gather, then step, batch by batch."""
         X, Y, order, n, bs, K = self.X, self.Y, self.order, self.n, self.bs, self.K
         cx, cy = X.shape[1], Y.shape[1]
+        if self.augment is not None:  # the whole set distorted for the uploaded key, on the device
+            self.augment.run(X, self.distorted)
+            X = self.distorted
         if self.whole is not None:
             Xs, Ys = self.whole
             self.gather(n * (cx + cy), Xs, Ys, X, Y, order, n, cx, cy)
@@ -345,6 +449,16 @@ class Epochs:
         """One training step on a gathered batch (the epoch's ``step``-th, which picks its dropout masks):
         the place for a per-step feature."""
         self.model.step(Xb, Yb, self.opt, step)
+        if self.max_norm is not None:
+            self._max_norm()
+
+    def _max_norm(self) -> None:
+        """Each hidden unit's incoming weights (a row of W[l], l < L-1) scaled back to norm <= c."""
+        kernel, c = self.max_norm
+        for W in self.model.weights[:-1]:
+            for i in np.ndindex(*self.model.lead):  # a stack's models one by one: each W[i] is contiguous
+                rows, cols = W.shape[-2:]
+                kernel(rows, W[i], rows, cols, c)
 
     def _baked(self) -> tuple:
         """What a captured graph keeps as it was at capture: each optimizer's kind and hyperparameters
@@ -380,7 +494,8 @@ class EpochGraph:
         with be.capture() as graph:
             epochs._steps()
         self.graph, self.baked = graph, baked
-        self.keep = (model, epochs.opt, workspaces, epochs.X, epochs.Y, epochs.order, epochs.whole, epochs.batches)
+        self.keep = (model, epochs.opt, workspaces, epochs.X, epochs.Y, epochs.order, epochs.whole, epochs.batches,
+                     epochs.augment, epochs.distorted)
 
     def launch(self) -> None:
         self.graph.launch()
@@ -402,7 +517,7 @@ def _epoch(run: _Run) -> dict:
     epoch = net.epochs_trained
     t1 = time.perf_counter()
     record = {"epoch": epoch, "seconds": seconds, "train_cost": None, "validation_accuracy": None,
-              "mode": run.driver.mode}
+              "mode": run.driver.mode, "eta": opt.eta}
     if capture is not None:
         record["capture_seconds"] = capture
     # the training cost (or, without it, the parameters' finiteness) and the validation accuracy,

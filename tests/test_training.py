@@ -48,7 +48,8 @@ def test_history_records_and_callback():
               evaluation_data=(X, y), on_epoch=seen.append, progress=False)
     assert [r["epoch"] for r in h] == [1, 2, 3] and seen == h  # counted from 1, as the console does
     for r in h:
-        assert set(r) == {"epoch", "seconds", "eval_seconds", "train_cost", "validation_accuracy", "mode"}
+        assert set(r) == {"epoch", "seconds", "eval_seconds", "train_cost", "validation_accuracy", "mode", "eta"}
+        assert r["eta"] == 0.5  # no schedule: the given eta every epoch
         assert r["mode"] == "eager"  # numpy has no graphs
         assert 0 <= r["validation_accuracy"] <= 1 and r["train_cost"] > 0
 
