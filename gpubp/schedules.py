@@ -26,7 +26,7 @@ from .errors import GpubpError
 
 SCHEDULES = ("constant", "step", "exp", "cosine", "plateau")
 DEFAULTS = {"warmup": 0, "gamma": None, "step_size": 10, "epochs": None, "floor": 0.0, "patience": 10, "factor": 2.0}
-PLATEAU_STOP = 128  # plateau stops once eta has been divided by this much (Nielsen ch. 3: "1/128 of its original value")
+PLATEAU_STOP = 128  # plateau stops once eta has been divided this much (Nielsen ch. 3: "1/128 of the original")
 
 
 def _check(what, v, kind, ok, rule):

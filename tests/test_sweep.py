@@ -14,8 +14,8 @@ from helpers import assert_close, assert_equal, backends
 from gpubp import Network, get_backend
 from gpubp.errors import GpubpError
 from gpubp.optimizers import ModelOptimizers, make_optimizer
-from gpubp.sweeps.stack import Stack
 from gpubp.sweeps import grid, groups, normalize, parse_seeds, sweep, table, train_group
+from gpubp.sweeps.stack import Stack
 
 BACKENDS = backends()
 TOL = {"float64": 1e-10, "float32": 1e-4}  # relative, as tests/test_emulated.py

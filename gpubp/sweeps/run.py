@@ -30,7 +30,6 @@ from ..errors import GpubpError
 from ..optimizers import ModelOptimizers
 from .plan import SHARED, _optimizer, groups, normalize, shared_key
 
-
 # ---------------------------------------------------------------------------------------------
 # One group: K runs, as one Stack (a GPU) or as K networks over the cores (a CPU)
 # ---------------------------------------------------------------------------------------------
