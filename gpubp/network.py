@@ -156,12 +156,7 @@ class Network:
         self.sizes = check_sizes(sizes)
         self.cost, self.activation = get_cost(cost), get_activation(activation)
         self.dtype, self.tf32, self.seed = check_settings(dtype, init, tf32, seed)
-        self.dropout = check_dropout(dropout, "dropout")
-        self.input_dropout = check_dropout(input_dropout, "input_dropout")
-        if (self.dropout or self.input_dropout) and self.lead:
-            raise GpubpError("dropout trains one network at a time, not a stack: train each model on its own")
-        if (self.dropout or self.input_dropout) and self.seed >= 2**64:
-            raise GpubpError(f"dropout's masks are keyed by the seed, which must be below 2^64 (got {self.seed})")
+        self.dropout, self.input_dropout = check_dropouts(dropout, input_dropout, self.lead, self.seed)
         self.init = self.activation.init if init == "default" else init
         self.be = get_backend(backend)
         self.xp = self.be.xp
@@ -176,12 +171,7 @@ class Network:
         self.shapes = list(zip(self.sizes[1:], self.sizes[:-1]))  # W[l]: (n_out, n_in)
         self.n_weights = sum(o * i for o, i in self.shapes)
         self.n_params = count_parameters(self.sizes)
-        try:
-            self.params = self.be.empty((*self.lead, self.n_params), self.dtype)
-            self.grads = self.be.empty((*self.lead, self.n_params), self.dtype)
-        except MemoryError:
-            raise GpubpError(f"not enough memory for {self.n_params:,} parameters of {self.dtype}"
-                             + (f" times {self.lead[0]} models" if self.lead else "")) from None
+        self.params, self.grads = (flat_buffer(self.be, self.lead, self.n_params, self.dtype) for _ in range(2))
         self.weights, self.biases = layer_views(self.shapes, self.n_weights, self.params)
         self.grad_weights, self.grad_biases = layer_views(self.shapes, self.n_weights, self.grads)
         self.layer_activations = [self.activation] * (self.L - 1) + [self.cost.output]
@@ -197,14 +187,7 @@ class Network:
         """The starting parameters (P,) on the host: weights N(0, std(n_in)^2) by ``init``, biases
         N(0, 1) (0 under "he"), drawn in float64 from the seed (default: this network's), so every
         backend and dtype starts from the same numbers."""
-        rng = np.random.default_rng(self.seed if seed is None else seed)
-        flat = np.empty(self.n_params)
-        ws, bs = layer_views(self.shapes, self.n_weights, flat)
-        for w, (o, i) in zip(ws, self.shapes):
-            w[...] = rng.standard_normal((o, i)) * INITS[self.init](i)
-        for b, (o, _) in zip(bs, self.shapes):
-            b[...] = 0.0 if self.init == "he" else rng.standard_normal(o)
-        return flat
+        return draw_params(self.shapes, self.n_weights, self.n_params, self.init, self.seed if seed is None else seed)
 
     def set_params(self, flat) -> None:
         """Copy a flat host vector (every W, then every b; (*lead, P) for a stack) into the parameter buffer."""
@@ -230,15 +213,7 @@ class Network:
     def labels(self, y, m=None):
         """Integer labels (m,) in [0, n_L) as an int64 device array. Host labels are range-checked
         before they go up; labels already on the device are trusted (a check would cost a sync)."""
-        on_gpu = self.xp is not np and isinstance(y, self.xp.ndarray)
-        y = y if on_gpu else np.asarray(y)
-        m = len(y) if m is None else m
-        if y.shape != (m,) or y.dtype.kind not in "iu":
-            raise GpubpError(f"labels must be {m} integers, got shape {y.shape} dtype {y.dtype}")
-        n_out = self.sizes[-1]
-        if not on_gpu and m and (y.min() < 0 or y.max() >= n_out):
-            raise GpubpError(f"labels must lie in [0, {n_out - 1}], got {y.min()}..{y.max()}")
-        return on_device(self.be, y, np.dtype(np.int64))
+        return device_labels(self.be, y, self.sizes[-1], m)
 
     def one_hot(self, labels):
         """One-hot rows (m, n_L) of device labels (m,), made on the device (a new array)."""
@@ -250,11 +225,7 @@ class Network:
         """Y as one-hot device rows (m, n_L); integer labels (m,) are one-hot encoded on the device."""
         if np.ndim(Y) == 1:
             return self.one_hot(self.labels(Y, m))
-        Y = on_device(self.be, Y, self.dtype)
-        if Y.shape != (m, self.sizes[-1]):
-            raise GpubpError(f"targets must have shape ({m}, {self.sizes[-1]}) or be {m} integer labels, "
-                             f"got {tuple(Y.shape)}")
-        return Y
+        return device_targets(self.be, Y, m, self.sizes[-1], self.dtype)
 
     def workspace(self, m: int, backward: bool = True) -> Workspace:
         """The workspace for batches of m rows (made on first use, with what the route binds to it;
@@ -296,9 +267,7 @@ class Network:
         self.steps_taken = ws.step + 1
         ws.A[0] = X
         if self.input_dropout:  # the step's inputs, dropped into a buffer of its own (X is never changed)
-            n = X.size
-            self.be.kernel("dropout", self.dtype)(n, ws.inputs, X, n, self.dropout_key, ws.step, 0, self.input_dropout)
-            ws.A[0] = ws.inputs
+            ws.A[0] = drop_inputs(self, ws, X)
         for l in range(L - 1):
             route.forward(l, ws)  # a^{l+1} = f(a^l W^T + b)
         route.output(ws, Y)  # a^L, and BP1: delta^L = grad_a C (.) f'(z^L)
@@ -392,15 +361,7 @@ class Network:
     def save(self, path) -> None:
         """Write the model, its optimizer's state and its training progress to ``path`` (.npz, no
         pickle), atomically: a crash leaves the old file or none, never half of one."""
-        arrays = {"params": self.get_params()}
-        meta = {"model": self.config(), "epochs_trained": self.epochs_trained,
-                "rng": self.rng.bit_generator.state, "mini_batch_size": self.mini_batch_size}
-        if self.optimizer is not None:
-            meta["optimizer"] = self.optimizer.config()
-            arrays.update({f"optimizer_{k}": v for k, v in self.optimizer.state_arrays().items()})
-        if self.run_settings:
-            meta["run_settings"] = self.run_settings
-        checkpoint.save(path, meta, arrays)
+        save_network(self, path)
 
     @classmethod
     def load(cls, path, backend=None, gemm=None, tf32=None) -> Network:
@@ -409,10 +370,26 @@ class Network:
         return load_network(cls, path, backend, gemm, tf32)
 
     def __repr__(self) -> str:
-        drop = (f", dropout={self.dropout:g}" if self.dropout else "") + \
-            (f", input_dropout={self.input_dropout:g}" if self.input_dropout else "")
+        drop = "".join(f", {k}={getattr(self, k):g}" for k in ("dropout", "input_dropout") if getattr(self, k))
         return (f"Network({self.sizes}, cost={self.cost.name!r}, activation={self.activation.name!r}, "
                 f"dtype={self.dtype.name!r}, backend={self.be.name!r}, gemm={self.gemm!r}{drop})")
+
+
+def drop_inputs(net, ws, X):
+    """Input dropout of a step: X's rows with q's masks (layer 0 of step ws.step) into ws.inputs, returned."""
+    n = X.size
+    net.be.kernel("dropout", net.dtype)(n, ws.inputs, X, n, net.dropout_key, ws.step, 0, net.input_dropout)
+    return ws.inputs
+
+
+def check_dropouts(dropout, input_dropout, lead, seed) -> tuple[float, float]:
+    """(p, q) checked: probabilities in [0, 1), one network (not a stack), a seed below 2^64 (the masks' key)."""
+    p, q = check_dropout(dropout, "dropout"), check_dropout(input_dropout, "input_dropout")
+    if (p or q) and lead:
+        raise GpubpError("dropout trains one network at a time, not a stack: train each model on its own")
+    if (p or q) and seed >= 2**64:
+        raise GpubpError(f"dropout's masks are keyed by the seed, which must be below 2^64 (got {seed})")
+    return p, q
 
 
 def check_dropout(p, what) -> float:
@@ -426,6 +403,28 @@ def check_dropout(p, what) -> float:
     return out
 
 
+def flat_buffer(be, lead, n_params, dtype):
+    """A (*lead, P) device buffer for every parameter (or gradient), or a one-line error when memory runs out."""
+    try:
+        return be.empty((*lead, n_params), dtype)
+    except MemoryError:
+        raise GpubpError(f"not enough memory for {n_params:,} parameters of {dtype}"
+                         + (f" times {lead[0]} models" if lead else "")) from None
+
+
+def draw_params(shapes, n_weights, n_params, init, seed) -> np.ndarray:
+    """Network.initial_params: every W from N(0, INITS[init](n_in)^2), then every b from N(0, 1) (0 under
+    "he"), in float64 from one generator seeded with ``seed``."""
+    rng = np.random.default_rng(seed)
+    flat = np.empty(n_params)
+    ws, bs = layer_views(shapes, n_weights, flat)
+    for w, (o, i) in zip(ws, shapes):
+        w[...] = rng.standard_normal((o, i)) * INITS[init](i)
+    for b, (o, _) in zip(bs, shapes):
+        b[...] = 0.0 if init == "he" else rng.standard_normal(o)
+    return flat
+
+
 def layer_views(shapes, n_weights, flat):
     """Lists of W[l] (*lead, n_out, n_in) and b[l] (*lead, n_out) views into one buffer (*lead, P):
     every W (shapes[l] = (n_out, n_in)), then from ``n_weights`` on every b."""
@@ -437,6 +436,26 @@ def layer_views(shapes, n_weights, flat):
         bs.append(flat[..., k:k + o])
         k += o
     return ws, bs
+
+
+def device_labels(be, y, n_out, m=None):
+    """Network.labels: y as (m,) int64 on the device, host labels range-checked against [0, n_out)."""
+    on_gpu = be.xp is not np and isinstance(y, be.xp.ndarray)
+    y = y if on_gpu else np.asarray(y)
+    m = len(y) if m is None else m
+    if y.shape != (m,) or y.dtype.kind not in "iu":
+        raise GpubpError(f"labels must be {m} integers, got shape {y.shape} dtype {y.dtype}")
+    if not on_gpu and m and (y.min() < 0 or y.max() >= n_out):
+        raise GpubpError(f"labels must lie in [0, {n_out - 1}], got {y.min()}..{y.max()}")
+    return on_device(be, y, np.dtype(np.int64))
+
+
+def device_targets(be, Y, m, n_out, dtype):
+    """One-hot targets Y as (m, n_out) device rows of ``dtype``, or a one-line error."""
+    Y = on_device(be, Y, dtype)
+    if Y.shape != (m, n_out):
+        raise GpubpError(f"targets must have shape ({m}, {n_out}) or be {m} integer labels, got {tuple(Y.shape)}")
+    return Y
 
 
 def on_device(be, a, dtype):
@@ -502,6 +521,20 @@ def add_sums(net, X, labels, slots, lmbdas, cost, accuracy, models) -> None:
             be.kernel("sum_squares_into", dt)(w.size, slots[3 * j + 2:3 * j + 3], w, w.size)
         elif not (cost or accuracy):
             be.kernel("sum_into", dt)(net.n_params, slots[3 * j + 2:3 * j + 3], params, net.n_params)
+
+
+def save_network(net, path) -> None:
+    """Network.save: the parameters, the optimizer's config and state arrays, the shuffle's state, the
+    epochs and batch size, and the run's settings (augmentation, max-norm, schedule)."""
+    arrays = {"params": net.get_params()}
+    meta = {"model": net.config(), "epochs_trained": net.epochs_trained,
+            "rng": net.rng.bit_generator.state, "mini_batch_size": net.mini_batch_size}
+    if net.optimizer is not None:
+        meta["optimizer"] = net.optimizer.config()
+        arrays.update({f"optimizer_{k}": v for k, v in net.optimizer.state_arrays().items()})
+    if net.run_settings:
+        meta["run_settings"] = net.run_settings
+    checkpoint.save(path, meta, arrays)
 
 
 def load_network(cls, path, backend=None, gemm=None, tf32=None) -> Network:
