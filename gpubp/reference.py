@@ -155,8 +155,10 @@ bias_softmax_models = _bias_models_kernel(softmax, "softmax")
 sigmoid_delta = _delta_kernel(sigmoid_prime_from_output, "sigmoid")
 tanh_delta = _delta_kernel(tanh_prime_from_output, "tanh")
 relu_delta = _delta_kernel(relu_prime_from_output, "relu")
-for _name, _f, _prime in (("sigmoid", sigmoid, sigmoid_prime_from_output), ("tanh", tanh, tanh_prime_from_output),
-                          ("relu", relu, relu_prime_from_output)):
+# Each hidden activation's formula and derivative from its output, once: the kernels' references below take them.
+ACTIVATION_FORMULAS = (("sigmoid", sigmoid, sigmoid_prime_from_output), ("tanh", tanh, tanh_prime_from_output),
+                       ("relu", relu, relu_prime_from_output))
+for _name, _f, _prime in ACTIVATION_FORMULAS:
     globals()[f"bias_{_name}_drop"] = _bias_drop_kernel(_f, _name)
     globals()[f"{_name}_delta_drop"] = _delta_drop_kernel(_prime, _name)
 
@@ -208,8 +210,7 @@ def _layer_delta_kernel(prime, name, tile):
     return layer_delta
 
 
-for _name, _f, _prime in (("sigmoid", sigmoid, sigmoid_prime_from_output), ("tanh", tanh, tanh_prime_from_output),
-                          ("relu", relu, relu_prime_from_output)):
+for _name, _f, _prime in ACTIVATION_FORMULAS:
     for _tile in ("s", "l"):
         globals()[f"layer_forward_{_name}_{_tile}"] = _layer_forward_kernel(_f, _name, _tile)
         globals()[f"layer_delta_{_name}_{_tile}"] = _layer_delta_kernel(_prime, _name, _tile)
@@ -238,8 +239,7 @@ def _layer_delta_drop_kernel(prime, name, tile):
     return layer_delta
 
 
-for _name, _f, _prime in (("sigmoid", sigmoid, sigmoid_prime_from_output), ("tanh", tanh, tanh_prime_from_output),
-                          ("relu", relu, relu_prime_from_output)):
+for _name, _f, _prime in ACTIVATION_FORMULAS:
     for _tile in ("s", "l"):
         globals()[f"layer_forward_{_name}_drop_{_tile}"] = _layer_forward_drop_kernel(_f, _name, _tile)
         globals()[f"layer_delta_{_name}_drop_{_tile}"] = _layer_delta_drop_kernel(_prime, _name, _tile)
