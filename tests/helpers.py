@@ -2,6 +2,8 @@
 in-process."""
 
 import sys
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -96,6 +98,39 @@ def cost64(weights, biases, X, Y, cost, lmbda=0.0, n=None, activation="sigmoid")
     if lmbda:
         c += 0.5 * (lmbda / n) * sum(np.sum(np.asarray(w, np.float64) ** 2) for w in weights)
     return c
+
+
+def edged(rng, shape, scale=1.0):
+    """Seeded normals times scale, with +-1000 at a few places."""
+    a = rng.standard_normal(shape) * scale
+    flat = a.reshape(-1)
+    for v in (1000.0, -1000.0):
+        flat[rng.integers(0, flat.size, max(1, flat.size // 97))] = v
+    return a
+
+
+@contextmanager
+def another_thread_capturing(be, prepare=None):
+    """While the block runs, another thread holds ``be.capture()`` open (after ``prepare()``, in that
+    thread, if given); yields the list that receives that thread's graph once the block is done."""
+    inside, done, graphs = threading.Event(), threading.Event(), []
+
+    def capture():
+        if prepare is not None:
+            prepare()
+        with be.capture() as graph:
+            inside.set()
+            done.wait(30)
+        graphs.append(graph)
+
+    t = threading.Thread(target=capture)
+    t.start()
+    assert inside.wait(30)
+    try:
+        yield graphs
+    finally:
+        done.set()
+        t.join()
 
 
 def one_hot(y, k):

@@ -10,13 +10,12 @@ of one network and of a stack, giving NumPy's weights. (Real CuPy needs a GPU fo
 tests run them for real.)
 """
 
-import threading
 import time
 
 import numpy as np
 import pytest
 from cupy_standin import CUBLAS_PATH
-from helpers import assert_close, assert_equal
+from helpers import another_thread_capturing, assert_close, assert_equal
 
 from gpubp import Network, train
 from gpubp.backends import cublas
@@ -197,24 +196,9 @@ def test_a_capture_on_the_cupy_backend_belongs_to_its_thread(cupy_be):
         Xd, Yd = net.to_device(X), net.one_hot(net.labels(y))
         if b is be:
             net.step(Xd, Yd, opt)
-            inside, done, graphs = threading.Event(), threading.Event(), []
-
-            def capture():
-                be.prepare_capture("blas")
-                with be.capture() as g:
-                    inside.set()
-                    done.wait(30)
-                graphs.append(g)
-
-            t = threading.Thread(target=capture)
-            t.start()
-            assert inside.wait(30)
-            try:
+            with another_thread_capturing(be, prepare=lambda: be.prepare_capture("blas")) as graphs:
                 net.step(Xd, Yd, opt)  # this thread, eager, while the other captures
                 be.empty((3,), np.float32)  # allowed here: this thread does not capture
-            finally:
-                done.set()
-                t.join()
             assert graphs and graphs[0].graph.nodes == []  # nothing of this thread's step was recorded
         else:
             net.step(Xd, Yd, opt)

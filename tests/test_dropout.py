@@ -7,7 +7,7 @@ without masks, save/load/resume, and the CuPy path (GPU-marked, and through the 
 
 import numpy as np
 import pytest
-from helpers import ACT64, OUTPUT64, assert_close, one_hot
+from helpers import ACT64, OUTPUT64, PRIME64, assert_close, edged, one_hot
 
 from gpubp import Network, reference
 from gpubp.activations import ACTIVATIONS
@@ -18,17 +18,7 @@ from gpubp.optimizers import SGD
 
 KERNEL_BACKENDS = ["emulated", "native", pytest.param("cupy", marks=pytest.mark.gpu)]
 DTYPES = [np.float32, np.float64]
-PRIME64 = {"sigmoid": lambda a: a * (1 - a), "tanh": lambda a: (1 - a) * (1 + a), "relu": lambda a: (a > 0) * 1.0}
 SEED, EPOCH, STEP, P = 2**40 + 12345, 7, 3, 0.35  # a seed above 2^32: both key words matter
-
-
-def edged(rng, shape, scale=1.0):
-    """Seeded normals times scale, with +-1000 at a few places."""
-    a = rng.standard_normal(shape) * scale
-    flat = a.reshape(-1)
-    for v in (1000.0, -1000.0):
-        flat[rng.integers(0, flat.size, max(1, flat.size // 97))] = v
-    return a
 
 
 def factors64(layer, shape, dtype, p=P, seed=SEED, epoch=EPOCH, step=STEP):

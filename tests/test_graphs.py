@@ -7,7 +7,7 @@ and what is refused during capture."""
 import numpy as np
 import pytest
 from cupy_standin import CAPTURE_REFUSED
-from helpers import assert_close, assert_differs, assert_equal
+from helpers import another_thread_capturing, assert_close, assert_differs, assert_equal
 
 from gpubp import Network, train
 from gpubp.backends import cublas, get_backend
@@ -182,8 +182,6 @@ def test_blas_route_without_a_loadable_cublas_runs_eager_by_default(cupy_be, mon
 def test_a_capture_belongs_to_its_thread(backend):
     """While one thread captures, another thread's steps, copies and allocations run as usual and
     stay out of the first thread's graph (the backend is one object per process)."""
-    import threading
-
     be = get_backend(backend)
     X, y = data(n=10, n_in=20)
     net = Network([20, 9, 5], backend=be, dtype="float64", seed=2, gemm="own")
@@ -191,24 +189,10 @@ def test_a_capture_belongs_to_its_thread(backend):
     opt = make_optimizer("sgd", eta=0.5, n=10).bind(net)
     net.step(Xd, Yd, opt)
     before = be.to_host(net.params).copy()
-    inside, done, recorded = threading.Event(), threading.Event(), []
-
-    def capture():
-        with be.capture() as graph:
-            inside.set()
-            done.wait(30)
-        recorded.append(graph)
-
-    t = threading.Thread(target=capture)
-    t.start()
-    assert inside.wait(30)
-    try:
+    with another_thread_capturing(be) as recorded:
         net.step(Xd, Yd, opt)  # this thread, eager, while the other captures
         after = be.to_host(net.params)  # a copy, refused only inside this thread's own capture
         be.empty((3,), np.float32)
-    finally:
-        done.set()
-        t.join()
     assert_differs(after, before)  # the step ran here
     graph = recorded[0]
     assert len(getattr(graph, "launches", getattr(graph, "nodes", None))) == 0  # and was not recorded there

@@ -8,7 +8,7 @@ import functools
 
 import numpy as np
 import pytest
-from helpers import ACT64, DELTA64, OUTPUT64, PRIME64, assert_close, assert_differs, backends
+from helpers import ACT64, DELTA64, OUTPUT64, PRIME64, assert_close, assert_differs, backends, edged
 
 from gpubp import Network
 from gpubp.activations import ACTIVATIONS
@@ -24,15 +24,6 @@ DTYPES = [np.float32, np.float64]
 # (m, n_in, n_out): every size of 1, 7, 33, 257, 1000 appears in every role, no product is huge
 SHAPES = [(1, 1, 1), (7, 33, 257), (33, 257, 7), (257, 7, 33), (1000, 33, 7), (7, 1000, 33)]
 TOL_FILE = {"sigmoid": "sigmoid.cu", "tanh": "tanh.cu", "relu": "relu.cu"}
-
-
-def edged(rng, shape, scale=1.0):
-    """Seeded normals times scale, with +-1000 at a few places."""
-    a = rng.standard_normal(shape) * scale
-    flat = a.reshape(-1)
-    for v in (1000.0, -1000.0):
-        flat[rng.integers(0, flat.size, max(1, flat.size // 97))] = v
-    return a
 
 
 def poisoned(shape):
