@@ -9,11 +9,12 @@ import pytest
 
 @pytest.fixture(scope="session")
 def mnist_dir():
-    """The directory holding real MNIST ($GPUBP_DATA_DIR); tests never download."""
+    """The directory holding real MNIST ($GPUBP_DATA_DIR, made absolute: tests that change directory
+    still find it when it was given relative to the checkout); tests never download."""
     d = os.environ.get("GPUBP_DATA_DIR")
     if not d:
         pytest.skip("set GPUBP_DATA_DIR to a directory with the four MNIST files to run the MNIST tests")
-    return d
+    return os.path.abspath(d)
 
 
 @pytest.fixture(scope="session")
