@@ -105,6 +105,11 @@ def cooperative_kernels(code: str) -> set[str]:
     """The kernels in ``code`` that reach a barrier, shared memory, a warp call or an atomic through
     any chain of calls: they run as fibers; the others keep the fast serial walk (one activation
     file holds both an elementwise kernel and a tiled one)."""
+    return set(_cooperative_kernels(code))  # a copy: the cached set is never handed out
+
+
+@functools.lru_cache(maxsize=256)  # every backend instance builds (or finds) the same few dozen units
+def _cooperative_kernels(code: str) -> frozenset[str]:
     text = _renamed(K.expand_macros(_blank(code)))
     bodies = _bodies(text)
     memo: dict[str, bool] = {}
@@ -117,7 +122,7 @@ def cooperative_kernels(code: str) -> set[str]:
                 if callee not in seen and callee != name)
         return memo[name]
 
-    return {name for name in K.parse_signatures(code) if coop(name, frozenset())}
+    return frozenset(name for name in K.parse_signatures(code) if coop(name, frozenset()))
 
 
 def _split_declarators(text: str) -> list[str]:

@@ -148,6 +148,11 @@ _SUFFIX_TYPE = {"_f32": "float", "_f64": "double"}
 def parse_signatures(code: str) -> dict[str, tuple[Param, ...]]:
     """{kernel name: parameters} for every ``extern "C" __global__`` function in ``code`` once our
     macros are expanded; T in an exported template's parameters is float for _f32, double for _f64."""
+    return dict(_parse_signatures(code))  # a copy: the cached table is never handed out
+
+
+@functools.lru_cache(maxsize=256)  # every backend instance reads the same few dozen sources
+def _parse_signatures(code: str) -> dict[str, tuple[Param, ...]]:
     out = {}
     for name, params in _KERNEL_RE.findall(expand_macros(code)):
         parsed = []
