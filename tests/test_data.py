@@ -259,6 +259,23 @@ def test_explicit_directory_is_verified_and_never_downloaded(tiny, tmp_path, mon
         D.load_mnist(tmp_path / "nowhere")
 
 
+def test_a_file_loaded_again_is_read_again_once_it_changed(tiny, tmp_path):
+    """A process keeps the files it checked, by what the file system says of them: a file rewritten
+    in place (same size, its modification time put back) is read again, and no caller's changes to
+    the arrays it got reach the next load."""
+    for name, blob in tiny.items():
+        (tmp_path / name).write_bytes(blob)
+    last = int(D.parse_idx(tiny[NAME])[-1])
+    other = (last + 1) % 10
+    first = D.load_mnist(tmp_path, verify=False)
+    first["test"][1][:] = other  # the caller's own arrays
+    assert D.load_mnist(tmp_path, verify=False)["test"][1][-1] == last
+    st = os.stat(tmp_path / NAME)
+    (tmp_path / NAME).write_bytes(tiny[NAME][:-1] + bytes([other]))
+    os.utime(tmp_path / NAME, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert D.load_mnist(tmp_path, verify=False)["test"][1][-1] == other
+
+
 def test_data_dir_order(monkeypatch, tmp_path):
     monkeypatch.setenv("GPUBP_DATA_DIR", str(tmp_path / "env"))
     assert D.resolve_dir(tmp_path / "arg") == (tmp_path / "arg", False)
