@@ -83,6 +83,7 @@ def dry_run(tmp_path_factory, mnist_dir):
     return out, done
 
 
+@pytest.mark.early  # a dozen processes one after another: a parallel run overlaps them with the rest
 def test_the_dry_run_goes_through_every_stage(dry_run):
     out, done = dry_run
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -98,6 +99,7 @@ def test_the_dry_run_goes_through_every_stage(dry_run):
         assert "CuPy's memory pool off" in (out / log).read_text()
 
 
+@pytest.mark.early
 def test_the_dry_run_writes_what_it_found_and_measured(dry_run):
     out, done = dry_run
     found = json.loads((out / "found.json").read_text())

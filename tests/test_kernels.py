@@ -177,6 +177,7 @@ def double_on_purpose(file):
     return {n.strip() for n in m.group(1).split(",")} if m else set()
 
 
+@pytest.mark.early  # the first run compiles every kernel (half a minute): a parallel run overlaps it with the rest
 @pytest.mark.parametrize("arch", [75, 80, 90])
 @pytest.mark.parametrize("file", K.kernel_files())
 def test_nvrtc_compiles_every_kernel_as_cupy_does(file, arch, compiled):
