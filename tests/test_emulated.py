@@ -142,7 +142,7 @@ def test_emulated_backend_reports_its_compiler_and_builds_once(tmp_path, monkeyp
     for file, kernels in names.items():  # two files (all of them would take seconds: their cache is the same)
         for k in kernels:
             be.load_kernel(file, k)
-    built = sorted(p.name.split("-")[0] for p in (tmp_path / "gpubp" / "emulated").iterdir())
+    built = sorted(p.name.split("-")[0] for p in (tmp_path / "gpubp" / "emulated").glob("*.so"))
     assert built == ["momentum", "one_hot"]  # one library per kernel file, whatever its kernels
     monkeypatch.setattr(emulated.subprocess, "run", lambda *a, **k: pytest.fail(f"compiled again: {a}"))
     again = emulated.EmulatedBackend()  # from the cache: no compiler run
@@ -180,3 +180,33 @@ extern "C" __global__ void before(float* x, int n) { step(x); }
 extern "C" __global__ void after(float* x, int n) { step(x); }
 """
     assert cooperative_kernels(code) == {"before"}
+
+
+def test_processes_that_need_the_same_library_build_it_once(tmp_path, monkeypatch):
+    """Parallel test workers and sweeps share the kernel cache: while one process builds a library,
+    another that needs it waits for that build instead of compiling it too."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from gpubp.backends import emulated
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    script = tmp_path / "build.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        from gpubp.backends import emulated
+        real = emulated.subprocess.run
+        def counted(cmd, **kw):
+            print("compiled", flush=True)
+            time.sleep(1.0)  # long enough for the other process to find the build under way
+            return real(cmd, **kw)
+        emulated.subprocess.run = counted
+        emulated.build("one_hot.cu", emulated.find_compiler())
+    """))
+    procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert "".join(outs).count("compiled") == 1, outs
+    assert len(list((tmp_path / "gpubp" / "emulated").glob("one_hot-*.so"))) == 1
+    emulated.build("one_hot.cu", emulated.find_compiler())  # and this process finds it built

@@ -15,6 +15,7 @@ Python side packs are checked by the compiled signature. Builds are cached under
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -226,19 +227,44 @@ def compile_unit(unit: str, cxx: str, flags, where: Path, stem: str, what: str, 
     if not out.exists():
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-                src = Path(tmp) / (stem + ".cpp")
-                src.write_text(unit)
-                lib = Path(tmp) / out.name
-                res = subprocess.run([cxx, *flags, "-o", str(lib), str(src)], capture_output=True, text=True)
-                if res.returncode != 0:
-                    first = next((line for line in res.stderr.splitlines() if "error" in line), res.stderr.strip())
-                    raise BackendUnavailable(f"{cxx} could not compile {what}: {first}")
-                os.replace(lib, out)  # atomic: a concurrent build never sees half a library
+            with _building(out):
+                if not out.exists():  # built by another process while this one waited
+                    _compile(unit, cxx, flags, out, stem, what)
         except OSError as e:  # a read-only or full cache, or a file where its directory should be
             raise BackendUnavailable(f"cannot write the kernel cache {where} ({e.strerror or e}): set "
                                      f"XDG_CACHE_HOME to a writable directory with free space") from None
     return ctypes.CDLL(str(out))
+
+
+@contextlib.contextmanager
+def _building(out: Path):
+    """Held while ``out`` is built: processes sharing the cache (parallel test workers, sweeps) that
+    need the same library wait for one build instead of each compiling it (a lock on ``out``.lock,
+    released by the system if the builder dies)."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: each process builds, and os.replace keeps the result whole
+        yield
+        return
+    with open(out.with_name(out.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _compile(unit: str, cxx: str, flags, out: Path, stem: str, what: str) -> None:
+    """``unit`` compiled into the library ``out``, which appears whole or not at all."""
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        src = Path(tmp) / (stem + ".cpp")
+        src.write_text(unit)
+        lib = Path(tmp) / out.name
+        res = subprocess.run([cxx, *flags, "-o", str(lib), str(src)], capture_output=True, text=True)
+        if res.returncode != 0:
+            first = next((line for line in res.stderr.splitlines() if "error" in line), res.stderr.strip())
+            raise BackendUnavailable(f"{cxx} could not compile {what}: {first}")
+        os.replace(lib, out)  # atomic: a concurrent build never sees half a library
 
 
 def build(file: str, cxx: str) -> ctypes.CDLL:
