@@ -5,7 +5,8 @@ published known answers; SciPy's gaussian_filter and map_coordinates on the same
 
 Outputs and workspaces are poisoned (NaN) before the kernels write them; image shapes and row counts
 are not multiples of anything (a pass of 5 images over 13 rows, 9 x 6 images whose height is not a
-multiple of the generator's 4 words).
+multiple of the generator's 4 words, 20 x 37 images wider than the blur's 32-column rows and than two of
+the native resampling's 16-pixel vectors).
 """
 
 import math
@@ -245,10 +246,14 @@ def noise64(key, rows, row0, h, w):
 
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("hw, sigma", [((28, 28), 4.0), ((9, 6), 1.5), ((5, 7), 0.0)])
+@pytest.mark.parametrize("hw, sigma", [((28, 28), 4.0), ((9, 6), 1.5), ((5, 7), 0.0), ((36, 41), 5.0), ((8, 3), 3.0),
+                                       ((8, 30), 0.0)])
 def test_field_kernel_is_the_blurred_noise(backend, dtype, hw, sigma):
     """augment_field against SciPy's gaussian_filter (zero outside, truncated at the same radius) of the
-    noise rebuilt pixel by pixel; workspaces poisoned, 3 images from row 41."""
+    noise rebuilt pixel by pixel; workspaces poisoned, 3 images from row 41. The sizes: rows and columns
+    past the blur's register blocks (4 x 32 on a CPU) and past its 32-column rows (41), a radius clipped by
+    the image (8 x 3), heights of whole and partial Philox words, and sigma 0: the noise itself, exactly
+    (60 calls a field at 8 x 30: whole and partial groups of the 16 calls AVX-512 draws at once)."""
     from scipy.ndimage import gaussian_filter
 
     h, w = hw
@@ -265,6 +270,8 @@ def test_field_kernel_is_the_blurred_noise(backend, dtype, hw, sigma):
                           for f in range(2)] for r in range(rows)])
     tol = 1e-6 if dtype == np.float32 else 1e-14
     assert_close(be.to_host(D), expected, atol=tol, what=f"elastic field on {backend}")
+    if not sigma:
+        assert_equal(be.to_host(D), expected.astype(dtype))
 
 
 @pytest.mark.parametrize("backend", backends())
@@ -315,7 +322,7 @@ def poisoned_plan(aug, be, dtype, h, w, rows_per_pass):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("hw, rows, per_pass", [((28, 28), 7, 4096), ((9, 6), 13, 5)])
+@pytest.mark.parametrize("hw, rows, per_pass", [((28, 28), 7, 4096), ((9, 6), 13, 5), ((20, 37), 6, 4)])
 @pytest.mark.parametrize("params", [ELASTIC, dict(rotate=30.0, shift=1.5), dict(elastic_alpha=8.0, elastic_sigma=0.8)],
                          ids=["affine+elastic", "affine", "elastic"])
 def test_every_backend_makes_the_same_images_as_the_float64_formula(dtype, hw, rows, per_pass, params):
