@@ -35,7 +35,7 @@
 // sm_90 (nvcc -Xptxas -v, 256-thread blocks): registers, shared memory, occupancy
 //   augment_affine_f32                40 regs      0 B smem  75% occupancy (registers)
 //   augment_affine_f64                48 regs      0 B smem  62% occupancy (registers)
-//   augment_field_f32                 72 regs      0 B smem  38% occupancy (registers)
+//   augment_field_f32                 80 regs      0 B smem  38% occupancy (registers)
 //   augment_field_f64                126 regs      0 B smem  25% occupancy (registers)
 //   augment_pad_f32                   32 regs      0 B smem 100% occupancy (threads)
 //   augment_pad_f64                   32 regs      0 B smem 100% occupancy (threads)
@@ -63,6 +63,110 @@
 #define AUGMENT_RUN 32
 #endif
 #define AUGMENT_ROW_PAD 32  // the blur's intermediate rows, padded to whole runs (a multiple of AUGMENT_RUN)
+
+// augment_each(n, grab, f): f(i) for every item i < n of a kernel. On CUDA and in the emulator it is the
+// grid-stride loop. The native backend (a host build with OpenMP, launched as one thread) splits the items
+// between the calling thread and one helper per other core (omp_get_max_threads() in all), `grab` items
+// at a time from a shared counter, and nobody spins: the caller takes whatever the helpers have not
+// taken, then sleeps until the grabs in flight are done. A core that the machine's other work holds up
+// so costs at most one grab; an OpenMP loop's closing barrier spins, which on a loaded machine cost more
+// CPU than the split saved. Every image is one thread's work, so the results do not depend on the split.
+#if defined(_OPENMP) && !defined(__CUDACC__)
+#define AUGMENT_THREADS 1
+#include <omp.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+struct AugmentJob {
+    void (*run)(void* body, long long begin, long long end);
+    void* body;
+    long long n, grab;
+    std::atomic<long long> next{0};
+};
+
+// The helpers and the job they share: made on first use and never freed (a helper may still be waiting
+// on them when the process exits).
+struct AugmentTeam {
+    std::mutex owner;  // one job at a time: a second caller meanwhile runs its items itself
+    std::mutex m;
+    std::condition_variable wake, done;
+    AugmentJob* job = nullptr;  // the open job, or null once its caller has closed it
+    unsigned long long generation = 0;
+    int active = 0, helpers = 0;  // helpers inside a job; helpers started
+};
+
+inline void augment_work(AugmentJob* j) {
+    for (long long b = j->next.fetch_add(j->grab); b < j->n; b = j->next.fetch_add(j->grab))
+        j->run(j->body, b, b + j->grab < j->n ? b + j->grab : j->n);
+}
+
+inline AugmentTeam& augment_team() {
+    static AugmentTeam* team = [] {
+        AugmentTeam* t = new AugmentTeam;
+        t->helpers = omp_get_max_threads() - 1;
+        for (int h = 0; h < t->helpers; ++h)
+            std::thread([t] {
+                unsigned long long seen = 0;
+                std::unique_lock<std::mutex> lock(t->m);
+                for (;;) {
+                    t->wake.wait(lock, [&] { return t->job != nullptr && t->generation != seen; });
+                    seen = t->generation;
+                    AugmentJob* j = t->job;
+                    ++t->active;
+                    lock.unlock();
+                    augment_work(j);
+                    lock.lock();
+                    if (--t->active == 0) t->done.notify_all();
+                }
+            }).detach();
+        return t;
+    }();
+    return *team;
+}
+
+template <class Body>
+inline void augment_split(long long n, long long grab, Body& body) {
+    AugmentTeam& t = augment_team();
+    std::unique_lock<std::mutex> owner(t.owner, std::try_to_lock);
+    if (t.helpers < 1 || n <= grab || !owner.owns_lock()) {
+        body(0, n);
+        return;
+    }
+    AugmentJob j;
+    j.run = [](void* b, long long begin, long long end) { (*static_cast<Body*>(b))(begin, end); };
+    j.body = &body;
+    j.n = n;
+    j.grab = grab;
+    {
+        std::lock_guard<std::mutex> lock(t.m);
+        t.job = &j;
+        ++t.generation;
+    }
+    t.wake.notify_all();
+    augment_work(&j);
+    std::unique_lock<std::mutex> lock(t.m);
+    t.job = nullptr;  // closed: no helper joins it now
+    t.done.wait(lock, [&] { return t.active == 0; });
+}
+#else
+#define AUGMENT_THREADS 0
+#endif
+
+template <class F>
+__device__ __forceinline__ void augment_each(long long n, long long grab, F f) {
+#if AUGMENT_THREADS
+    auto range = [&](long long begin, long long end) {
+        for (long long i = begin; i < end; ++i) f(i);
+    };
+    augment_split(n, grab, range);
+#else
+    (void)grab;
+    GPUBP_GRID_STRIDE(i, n) f(i);
+#endif
+}
 
 
 __host__ __device__ __forceinline__ float augment_sin(float x) { return sinf(x); }
@@ -229,7 +333,7 @@ __device__ __forceinline__ void augment_field(T* __restrict__ D, T* __restrict__
     const long long quads = (h + 3) / 4, hw = h * w;
     const long long wc = (w + AUGMENT_ROW_PAD - 1) / AUGMENT_ROW_PAD * AUGMENT_ROW_PAD;
     const T* __restrict__ band = t + (h > w ? h : w) + AUGMENT_ROW_PAD;  // t[E]
-    GPUBP_GRID_STRIDE(i, rows * 2) {
+    augment_each(rows * 2, 8, [&](long long i) {
         const long long r = i / 2, f = i - 2 * r;
         const unsigned int image = (unsigned int)(row0 + r), first = (unsigned int)(f * w * quads);
         T* __restrict__ u = Tw + i * (hw + h * wc);  // (w, h): x-major
@@ -258,7 +362,7 @@ __device__ __forceinline__ void augment_field(T* __restrict__ D, T* __restrict__
         }
         augment_rows<AugmentBand::Columns, AUGMENT_BLOCK_ROWS, AUGMENT_RUN>(c, wc, h, wc, w, radius, u, h, band, -1);
         augment_rows<AugmentBand::Rows, AUGMENT_BLOCK_ROWS, AUGMENT_RUN>(d, w, h, w, h, radius, band, -1, c, wc);
-    }
+    });
 }
 
 // Xp[r] <- image r of X (h, w) inside a border of AUGMENT_BORDER zeros: (h + 4, w + 4), so that the
@@ -268,7 +372,7 @@ template <typename T>
 __device__ __forceinline__ void augment_pad(T* __restrict__ Xp, const T* __restrict__ X, long long rows, long long h,
                                             long long w) {
     const long long W = w + 2 * AUGMENT_BORDER, H = h + 2 * AUGMENT_BORDER;
-    GPUBP_GRID_STRIDE(r, rows) {  // an image a thread: no division per row (a CPU's 64-bit one is slow)
+    augment_each(rows, 16, [&](long long r) {  // an image a thread: no division per row (a CPU's is slow)
         T* __restrict__ p = Xp + r * H * W;
         const T* __restrict__ src = X + r * h * w;
         for (long long j = 0; j < AUGMENT_BORDER * W; ++j) p[j] = T(0);
@@ -278,7 +382,7 @@ __device__ __forceinline__ void augment_pad(T* __restrict__ Xp, const T* __restr
             for (long long x = 0; x < w; ++x) q[x + AUGMENT_BORDER] = src[y * w + x];
         }
         for (long long j = (h + AUGMENT_BORDER) * W; j < H * W; ++j) p[j] = T(0);
-    }
+    });
 }
 
 // Row y of one image: each pixel's bilinear sample of the padded image pad at its affine map m (6,) plus
@@ -368,7 +472,7 @@ __device__ __forceinline__ void augment_resample(T* __restrict__ out, const T* _
     const long long padded = (h + 2 * AUGMENT_BORDER) * (w + 2 * AUGMENT_BORDER);
 #if AUGMENT_AVX512
     if constexpr (sizeof(T) == sizeof(float)) {  // an image at a time, its rows 16 pixels at a time
-        GPUBP_GRID_STRIDE(r, rows) {
+        augment_each(rows, 4, [&](long long r) {
             const T* __restrict__ dx = D + r * 2 * h * w;
             for (long long y = 0; y < h; ++y) {
                 if (alpha != T(0))
@@ -378,11 +482,11 @@ __device__ __forceinline__ void augment_resample(T* __restrict__ out, const T* _
                     augment_resample_row_avx512<false>(out + (r * h + y) * w, Xp + r * padded, A + r * 6, dx, dx,
                                                        (int)y, (int)h, (int)w, alpha);
             }
-        }
+        });
         return;
     }
 #endif
-    GPUBP_GRID_STRIDE(i, rows * h) {
+    augment_each(rows * h, 64, [&](long long i) {
         const long long r = i / h, y = i - r * h;
         const T* __restrict__ dx = D + (r * 2 * h + y) * w;
         if (alpha != T(0))
@@ -391,7 +495,7 @@ __device__ __forceinline__ void augment_resample(T* __restrict__ out, const T* _
         else
             augment_resample_row<false>(out + i * w, Xp + r * padded, A + r * 6, dx, dx, (int)y, (int)h, (int)w,
                                         alpha);
-    }
+    });
 }
 
 GPUBP_EXPORT(augment_affine, augment_affine,
