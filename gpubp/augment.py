@@ -20,7 +20,10 @@ The work is four kernels (kernels/augment.cu; NumPy references in gpubp.referenc
 of at most ROWS_PER_PASS images (8192 on a GPU, 512 on a CPU) through workspaces made once by
 ``Augment.plan``: an epoch's augmentation allocates nothing, copies nothing back and waits for
 nothing, so it can sit inside a captured graph (upload the epoch's key with ``plan.set_epoch``
-before each replay).
+before each replay). On the native backend the blur, the padding and the resampling split a pass's
+images between the cores (helper threads that sleep rather than spin; OMP_NUM_THREADS caps them), and
+on an AVX-512 CPU the noise and the resampling use its vector instructions directly; the images are the
+same whatever the split.
 ``Augment()`` distorts nothing and returns its input unchanged.
 """
 

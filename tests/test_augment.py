@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -343,6 +344,34 @@ def test_every_backend_makes_the_same_images_as_the_float64_formula(dtype, hw, r
         plan.run(X, out)
         assert_close(out, ref, atol=1e-5 if dtype == np.float32 else 1e-12, what=f"{name} vs numpy")
     assert_differs(ref, X)
+
+
+SPLIT = """
+import sys
+import numpy as np
+from gpubp import Augment
+X = np.load(sys.argv[1])
+np.save(sys.argv[2], Augment(**eval(sys.argv[3]))(X, seed=7, epoch=3, backend="native"))
+"""
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_native_images_do_not_depend_on_how_the_cores_split_them(tmp_path, dtype):
+    """The native backend splits an augmentation's images between its helper threads (augment.cu's
+    augment_each; OMP_NUM_THREADS threads in all, started once a process): one thread and two make the
+    same images, bit for bit, and the reference's."""
+    X = images(np.random.default_rng(4), 61, 28, 28, dtype)
+    np.save(tmp_path / "X.npy", X)
+    out = {}
+    for threads in ("1", "2"):
+        path = tmp_path / f"{threads}.npy"
+        res = subprocess.run([sys.executable, "-c", SPLIT, str(tmp_path / "X.npy"), str(path), repr(ELASTIC)],
+                             env={**os.environ, "OMP_NUM_THREADS": threads}, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        out[threads] = np.load(path)
+    assert_equal(out["2"], out["1"])
+    ref = Augment(**ELASTIC)(X, seed=7, epoch=3, backend="numpy")
+    assert_close(out["2"], ref, atol=1e-5 if dtype == np.float32 else 1e-12, what="native (2 threads) vs numpy")
 
 
 @pytest.mark.parametrize("backend", ["numpy", *HOST_BACKENDS])
