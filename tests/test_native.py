@@ -217,7 +217,6 @@ def test_which_entries_cooperate_is_read_from_the_code_it_compiles():
     """The layer kernels' entries reach native_layer.h's host code, which never cooperates, so they
     run serially; the evaluation's reductions cooperate here as on the emulator. No name decides it."""
     from gpubp.backends import emulated
-    from gpubp.backends import kernel as K
 
     for file, serial, together in (("sigmoid.cu", "layer_forward_sigmoid_l_f32", None),
                                    ("layer_update.cu", "layer_update_s_f64", None),
