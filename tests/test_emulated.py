@@ -167,16 +167,3 @@ extern "C" __global__ void plain(float* x, int n) { pick<true>(x); }
 extern "C" __global__ void tiled(float* x, int n) { tile<true>(x); }
 """
     assert cooperative_kernels(code) == {"tiled"}
-
-
-def test_a_define_that_renames_a_function_is_followed_from_where_it_stands():
-    from gpubp.backends.emulated import cooperative_kernels
-
-    code = """
-__device__ void step(float* x) { __syncthreads(); x[0] = 1; }
-__device__ void host_step(float* x) { x[0] = 1; }
-extern "C" __global__ void before(float* x, int n) { step(x); }
-#define step host_step
-extern "C" __global__ void after(float* x, int n) { step(x); }
-"""
-    assert cooperative_kernels(code) == {"before"}

@@ -88,24 +88,11 @@ def _bodies(text: str) -> dict[str, str]:
     return bodies
 
 
-_RENAME = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)[ \t]+([A-Za-z_]\w*)[ \t]*$", re.MULTILINE)
-
-
-def _renamed(text: str) -> str:
-    """``text`` with each ``#define NAME OTHER`` (one identifier for another) applied to the text
-    after it, as the preprocessor applies it: a call of NAME from there on is a call of OTHER."""
-    m = _RENAME.search(text)
-    if m is None:
-        return text
-    rest = re.sub(rf"\b{m.group(1)}\b", m.group(2), text[m.end():])
-    return text[:m.end()] + _renamed(rest)
-
-
 def cooperative_kernels(code: str) -> set[str]:
     """The kernels in ``code`` that reach a barrier, shared memory, a warp call or an atomic through
     any chain of calls: they run as fibers; the others keep the fast serial walk (one activation
     file holds both an elementwise kernel and a tiled one)."""
-    text = _renamed(K.expand_macros(_blank(code)))
+    text = K.expand_macros(_blank(code))
     bodies = _bodies(text)
     memo: dict[str, bool] = {}
 
