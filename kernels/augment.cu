@@ -43,10 +43,10 @@
 //   augment_resample_f64              56 regs      0 B smem  50% occupancy (registers)
 #include "gpubp.cuh"
 #include "philox.cuh"
-// The native backend on an AVX-512 CPU (a host build with -march=native) draws the noise and resamples
-// in float with the vector unit's own instructions (the *_avx512 functions): the same numbers, bit for bit
+// The native backend (GPUBP_NATIVE) on an AVX-512 CPU (-march=native) draws the noise and resamples in
+// float with the vector unit's own instructions (the *_avx512 functions): the same numbers, bit for bit
 // for the noise; GCC vectorises neither loop well by itself. CUDA and the emulator never see them.
-#if defined(__AVX512F__) && !defined(__CUDACC__)
+#if defined(GPUBP_NATIVE) && defined(__AVX512F__) && !defined(__CUDACC__)
 #include <immintrin.h>
 #define AUGMENT_AVX512 1
 #else
@@ -65,13 +65,13 @@
 #define AUGMENT_ROW_PAD 32  // the blur's intermediate rows, padded to whole runs (a multiple of AUGMENT_RUN)
 
 // augment_each(n, grab, f): f(i) for every item i < n of a kernel. On CUDA and in the emulator it is the
-// grid-stride loop. The native backend (a host build with OpenMP, launched as one thread) splits the items
+// grid-stride loop. The native backend (GPUBP_NATIVE, with OpenMP: launched as one thread) splits the items
 // between the calling thread and one helper per other core (omp_get_max_threads() in all), `grab` items
 // at a time from a shared counter, and nobody spins: the caller takes whatever the helpers have not
 // taken, then sleeps until the grabs in flight are done. A core that the machine's other work holds up
 // so costs at most one grab; an OpenMP loop's closing barrier spins, which on a loaded machine cost more
 // CPU than the split saved. Every image is one thread's work, so the results do not depend on the split.
-#if defined(_OPENMP) && !defined(__CUDACC__)
+#if defined(GPUBP_NATIVE) && defined(_OPENMP) && !defined(__CUDACC__)
 #define AUGMENT_THREADS 1
 #include <omp.h>
 
