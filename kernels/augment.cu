@@ -53,14 +53,16 @@
 #define AUGMENT_AVX512 0
 #endif
 
-// The blur's register blocks (augment_rows): AUGMENT_BLOCK_ROWS rows x AUGMENT_RUN columns of sums. A
-// CPU's vector unit takes 4 x 32 (two AVX-512 vectors a row); a GPU thread, 2 x 8 in registers.
-#if defined(__CUDACC__)
-#define AUGMENT_BLOCK_ROWS 2
-#define AUGMENT_RUN 8
-#else
+// The blur's register blocks (augment_rows): AUGMENT_BLOCK_ROWS rows x AUGMENT_RUN columns of sums. The
+// native build's vector unit takes 4 x 32 (two AVX-512 vectors a row); a GPU thread, 2 x 8 in registers,
+// and so does the emulator, which runs the GPU's code. The blocks change which sums go together, never a
+// sum's terms or their order.
+#if defined(GPUBP_NATIVE) && !defined(__CUDACC__)
 #define AUGMENT_BLOCK_ROWS 4
 #define AUGMENT_RUN 32
+#else
+#define AUGMENT_BLOCK_ROWS 2
+#define AUGMENT_RUN 8
 #endif
 #define AUGMENT_ROW_PAD 32  // the blur's intermediate rows, padded to whole runs (a multiple of AUGMENT_RUN)
 
