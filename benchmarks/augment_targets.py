@@ -10,8 +10,9 @@ sigma 4) over the 50,000 training images (float32) on the native backend, a new 
 backend (no training-cost pass); and the same distortions by SciPy, image by image (a uniform(-1, 1)
 field per axis, gaussian_filter, the affine map, map_coordinates: the per-image pipeline a user would
 write), on --scipy-rows images scaled to 50,000. Medians of wall-clock seconds, and the process's CPU
-seconds for the single-threaded contenders (augmentation and SciPy), whose ratio a loaded machine
-disturbs less. Targets: augmenting an epoch <= 15 % of a training epoch; the native kernels >= 20x
+seconds (all its threads) for augmentation and SciPy: the work each does whatever the cores it gets,
+whose ratio a loaded machine disturbs less. The native augmentation splits its images between the
+cores (OMP_NUM_THREADS=1 keeps it on one), SciPy runs on one. Targets: augmenting an epoch <= 15 % of a training epoch; the native kernels >= 20x
 SciPy's per-image pipeline.
 """
 

@@ -20,7 +20,10 @@ The work is four kernels (kernels/augment.cu; NumPy references in gpubp.referenc
 of at most ROWS_PER_PASS images (8192 on a GPU, 512 on a CPU) through workspaces made once by
 ``Augment.plan``: an epoch's augmentation allocates nothing, copies nothing back and waits for
 nothing, so it can sit inside a captured graph (upload the epoch's key with ``plan.set_epoch``
-before each replay).
+before each replay). On the native backend the blur, the padding and the resampling split a pass's
+images between the cores (helper threads that sleep rather than spin; OMP_NUM_THREADS caps them), and
+on an AVX-512 CPU the noise and the resampling use its vector instructions directly; the images are the
+same whatever the split.
 ``Augment()`` distorts nothing and returns its input unchanged.
 """
 
@@ -34,7 +37,7 @@ import numpy as np
 from . import reference
 from .errors import GpubpError
 
-# Images per pass (the workspaces hold about 12 h w numbers per image, 38 KB for MNIST in float32): a
+# Images per pass (the workspaces hold about 8 h w numbers per image, 24 KB for MNIST in float32): a
 # GPU wants thousands of fields at once, a CPU wants the workspaces to stay in its caches.
 ROWS_PER_PASS = {"gpu": 8192, "cpu": 512}
 TRUNCATE = 3.0  # the blur's radius in standard deviations (before rounding: floor(3 sigma + 0.5))
@@ -128,6 +131,16 @@ class Augment:
         g = np.exp(-(np.arange(-r, r + 1, dtype=np.float64) ** 2) / (2 * self.elastic_sigma**2))
         return g / g.sum()
 
+    def band(self, h: int, w: int) -> np.ndarray:
+        """The blur's taps as augment_field reads them: t[E + k] = g[R - k] for |k| <= R between zeros,
+        E = max(h, w) + AUGMENT_ROW_PAD (2E + 1 numbers, float64), so that the weight of source s in
+        output o is t[E + o - s] along a whole row of outputs (kernels/augment.cu)."""
+        g, r = self.weights(h, w), (self.radius(h, w) if self.elastic_sigma else 0)
+        e = max(h, w) + reference.AUGMENT_ROW_PAD
+        t = np.zeros(2 * e + 1)
+        t[e - r:e + r + 1] = g[::-1]
+        return t
+
     def plan(self, be, dtype, h: int, w: int, rows_per_pass: int | None = None) -> AugmentPlan:
         """The workspaces and launches that distort images of h x w pixels in ``dtype`` on backend ``be``,
         ``rows_per_pass`` images at a time (default ROWS_PER_PASS for the backend's kind)."""
@@ -188,9 +201,9 @@ class AugmentPlan:
     """An Augment's workspaces on one backend (made here, once) and its launches (``run``: kernels only).
 
     key (3,) uint32: (seed mod 2^32, seed div 2^32, epoch), read by the kernels on the device; taps
-    (2R + 1,): the blur's weights; per pass of P = rows_per_pass images: affine (P, 6), padded
-    (P, (h+4)(w+4)), field (P, 2, h, w) and work (P, 2, (w+2R) h + (h+2R) w) (the last two only
-    when there is an elastic field).
+    (2E + 1,): the blur's weights as ``Augment.band`` lays them out; per pass of P = rows_per_pass
+    images: affine (P, 6), padded (P, (h+4)(w+4)), field (P, 2, h, w) and work (P, 2, h w + h wc),
+    wc = w rounded up to a multiple of 32 (the last two only when there is an elastic field).
     """
 
     def __init__(self, aug: Augment, be, dtype, h: int, w: int, rows_per_pass: int | None = None) -> None:
@@ -203,12 +216,11 @@ class AugmentPlan:
         self.radius = aug.radius(h, w) if aug.elastic_sigma else 0
         self.elastic = aug.elastic_alpha != 0
         self.key = be.to_device(np.zeros(3), np.uint32)
-        self.taps = be.to_device(aug.weights(h, w), self.dtype)
+        self.taps = be.to_device(aug.band(h, w), self.dtype)
         P = self.rows_per_pass
         self.affine = be.empty((P, 6), self.dtype)
         self.padded = be.empty((P, (h + 2 * reference.AUGMENT_BORDER) * (w + 2 * reference.AUGMENT_BORDER)), self.dtype)
-        R = self.radius
-        self.work = be.empty((P, 2, (w + 2 * R) * h + (h + 2 * R) * w) if self.elastic else (1,), self.dtype)
+        self.work = be.empty((P, 2, reference.augment_field_work(h, w)) if self.elastic else (1,), self.dtype)
         self.field = be.empty((P, 2, h, w) if self.elastic else (1,), self.dtype)
         stems = ("augment_affine", "augment_pad", "augment_field", "augment_resample")
         self._kernels = {s: be.kernel(s, self.dtype) for s in stems}
@@ -244,7 +256,7 @@ class AugmentPlan:
             else:
                 D = self.field
             Xp = self.padded[:rows]
-            k["augment_pad"](rows * (h + 2 * reference.AUGMENT_BORDER), Xp, X[row0:row0 + rows], rows, h, w)
+            k["augment_pad"](rows, Xp, X[row0:row0 + rows], rows, h, w)
             k["augment_resample"](rows * h, out[row0:row0 + rows], Xp, A, D, rows, h, w, a.elastic_alpha)
 
 

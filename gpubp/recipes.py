@@ -22,6 +22,8 @@ from .errors import GpubpError
 # measured: seconds_per_epoch is the median epoch's training seconds, total_seconds the whole command's
 # wall time (/usr/bin/time), data loading and evaluations included
 LOADED = "a 2-core Xeon shared with other jobs (load average 10-16), native backend, kernels already compiled"
+ONE_THREAD = ("a 2-core Xeon shared with other jobs (load average 3-6), native backend on one thread (OMP_NUM_THREADS=1), "
+              "kernels already compiled")
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,8 @@ class Recipe:
         return "\n".join(lines)
 
 
-_SIMARD = {"sizes": [784, 800, 10], "cost": "log_likelihood", "activation": "sigmoid", "optimizer": "momentum",
-           "momentum": 0.9, "eta": 0.05, "batch_size": 10, "epochs": 50, "schedule": "exp"}
+_SIMARD = {"sizes": [784, 800, 10], "cost": "log_likelihood", "activation": "relu", "optimizer": "momentum",
+           "momentum": 0.9, "eta": 0.05, "batch_size": 100, "epochs": 50, "schedule": "cosine", "backend": "native"}
 
 RECIPES = {r.name: r for r in [
     Recipe("network.py", {"sizes": [784, 30, 10], "cost": "quadratic", "activation": "sigmoid", "optimizer": "sgd",
@@ -91,15 +93,20 @@ RECIPES = {r.name: r for r in [
     Recipe("simard-affine", {**_SIMARD, "augment": "simard-affine"},
            "Simard, Steinkraus & Platt 2003, 800 hidden units, cross-entropy, affine distortions",
            "1.1 % error (98.9 %)",
+           measured={"test_accuracy": 0.9903, "seconds_per_epoch": 5.10, "total_seconds": 400.8,
+                     "command": "gpubp train --recipe simard-affine --seed 2", "machine": ONE_THREAD},
            note="the paper names its affine distortions without their ranges: ours are rotation and shear "
-                "+-15 deg, scale +-15 %; the optimizer and schedule are ours",
-           gpu_epoch_seconds=0.195),
+                "+-15 deg, scale +-15 %; the activation, optimizer, batch and schedule are ours (fast's)",
+           gpu_epoch_seconds=0.021),
     Recipe("simard-elastic", {**_SIMARD, "augment": "simard-elastic"},
            "Simard, Steinkraus & Platt 2003, 800 hidden units, cross-entropy, elastic distortions "
-           "(sigma 4, alpha 34)", "0.7 % error (99.3 %)", note="the optimizer and schedule are ours",
-           gpu_epoch_seconds=0.195),
+           "(sigma 4, alpha 34)", "0.7 % error (99.3 %)",
+           measured={"test_accuracy": 0.9913, "seconds_per_epoch": 9.34, "total_seconds": 664.2,
+                     "command": "gpubp train --recipe simard-elastic --seed 2", "machine": ONE_THREAD},
+           note="the activation, optimizer, batch and schedule are ours (fast's)",
+           gpu_epoch_seconds=0.021),
     Recipe("dropout", {"sizes": [784, 1024, 1024, 1024, 10], "cost": "log_likelihood", "activation": "relu",
-                       "optimizer": "momentum", "momentum": 0.95, "eta": 0.01, "batch_size": 100, "epochs": 100,
+                       "optimizer": "momentum", "momentum": 0.95, "eta": 0.01, "batch_size": 100, "epochs": 50,
                        "dropout": 0.5, "input_dropout": 0.2, "max_norm": 3.0, "schedule": "exp"},
            "Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov 2014 (JMLR), no distortions: dropout "
            "(p 0.5 hidden, 0.8 of the inputs kept) + max-norm (c 3), momentum 0.95",

@@ -603,10 +603,22 @@ def _blur_last_axis(src, g, radius):
     return out
 
 
-def augment_field(D, Tw, key, g, rows, row0, h, w, radius):
+AUGMENT_ROW_PAD = 32  # the blur's intermediate rows are padded to a multiple of this (kernels/augment.cu)
+
+
+def augment_field_work(h, w):
+    """The numbers of augment_field's scratch per field: the noise (w, h) and the blur along x (h, wc),
+    wc = w rounded up to a multiple of AUGMENT_ROW_PAD."""
+    return h * w + h * (-(-w // AUGMENT_ROW_PAD) * AUGMENT_ROW_PAD)
+
+
+def augment_field(D, Tw, key, t, rows, row0, h, w, radius):
     """D (rows, 2, h, w) <- the elastic noise blurred along x, then along y, by the taps g (2 radius + 1,),
-    pixels beyond the image absent. Tw (rows, 2, (w + 2 radius) h + (h + 2 radius) w) is the kernel's
-    scratch (the padded noise and its transpose); the reference leaves it alone."""
+    pixels beyond the image absent; t is the band's table (Augment.band: t[E + k] = g[R - k] between
+    zeros, E = max(h, w) + AUGMENT_ROW_PAD). Tw (rows, 2, augment_field_work(h, w)) is the kernel's
+    scratch (the noise and the blur along x); the reference leaves it alone."""
+    e = max(h, w) + AUGMENT_ROW_PAD
+    g = np.asarray(t)[e - radius:e + radius + 1][::-1]
     noise = elastic_noise(key, rows, row0, h, w, D.dtype)
     along_x = _blur_last_axis(noise, g, radius)
     D.reshape(rows, 2, h, w)[...] = _blur_last_axis(along_x.swapaxes(2, 3), g, radius).swapaxes(2, 3)

@@ -25,7 +25,16 @@ __device__ __forceinline__ void take_rows(T* __restrict__ Xs, T* __restrict__ Ys
     }
 }
 
-GPUBP_EXPORT(gather_rows, take_rows,
-             (T* __restrict__ Xs, T* __restrict__ Ys, const T* __restrict__ X, const T* __restrict__ Y,
-              const long long* __restrict__ perm, long long rows, long long cols_x, long long cols_y),
-             (Xs, Ys, X, Y, perm, rows, cols_x, cols_y))
+// The export, written once with the copy it calls: take_rows above, or, where the translation unit
+// defines GPUBP_NATIVE (the native backend's build), gpubp/backends/native_layer.h's copy of whole
+// rows, the same parameters; native_layer.h then defines GPUBP_GATHER_KERNEL for itself.
+#define GPUBP_GATHER_ENTRY(NAME, TAKE_FN)                                                             \
+    GPUBP_EXPORT(NAME, TAKE_FN,                                                                       \
+                 (T* __restrict__ Xs, T* __restrict__ Ys, const T* __restrict__ X, const T* __restrict__ Y, \
+                  const long long* __restrict__ perm, long long rows, long long cols_x, long long cols_y),  \
+                 (Xs, Ys, X, Y, perm, rows, cols_x, cols_y))
+#ifndef GPUBP_NATIVE
+#define GPUBP_GATHER_KERNEL(NAME) GPUBP_GATHER_ENTRY(NAME, take_rows)
+#endif
+
+GPUBP_GATHER_KERNEL(gather_rows)

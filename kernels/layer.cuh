@@ -19,7 +19,7 @@
 // fenced by two __syncthreads per slice. Out-of-range rows, columns and k read as 0 and are not
 // written, so any M, N, K work (no size needs to be a multiple of a tile).
 //
-// Tiles (the launcher in gpubp/network.py picks one per product):
+// Tiles (the kernel backend picks one per product: gpubp/backends/kernel.py, layer_entry):
 //   TileSmall  16 x 32, BK 32, 1 x 2 per thread: for skinny products such as network.py's
 //              batch 10 x 784 -> 30, where a 64 x 64 tile would leave 1 block of mostly idle
 //              threads; small tiles give more blocks and a long BK amortizes each barrier.
@@ -202,52 +202,76 @@ struct Softmax {
     static constexpr bool row_wise = true;
 };
 
+// The entry points, each family written once with the template it calls (FORWARD_FN and the
+// like) as a parameter: the kernels above, on the GPU and in the emulator; or, where the
+// translation unit defines GPUBP_NATIVE (the native backend's build, gpubp/backends/native.py),
+// the host code of gpubp/backends/native_layer.h, which takes the same parameters and defines the
+// three GPUBP_*_KERNEL(S) macros below for itself. Either way the names and parameters of the
+// entry points are these.
+
 // The forward and BP2 layer kernels of one hidden-layer activation, for both tiles, without and
 // with dropout (dropout.cuh: NoDropout computes exactly the plain epilogue).
-#define GPUBP_LAYER_KERNELS(NAME, ACT) \
-    GPUBP_EXPORT(layer_forward_##NAME##_s, (layer_forward<ACT, TileSmall, T, NoDropout>), \
+#define GPUBP_LAYER_ENTRIES(NAME, ACT, FORWARD_FN, DELTA_FN) \
+    GPUBP_EXPORT(layer_forward_##NAME##_s, (FORWARD_FN<ACT, TileSmall, T, NoDropout>), \
                  (T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W, \
                   const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32), \
                  (A_out, A_in, W, b, m, n_in, n_out, tf32, NoDropout())) \
-    GPUBP_EXPORT(layer_forward_##NAME##_drop_s, (layer_forward<ACT, TileSmall, T, Dropout<T>>), \
+    GPUBP_EXPORT(layer_forward_##NAME##_drop_s, (FORWARD_FN<ACT, TileSmall, T, Dropout<T>>), \
                  (T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W, \
                   const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32, \
                   const unsigned long long* __restrict__ key, unsigned int step, unsigned int layer, T p), \
                  (A_out, A_in, W, b, m, n_in, n_out, tf32, Dropout<T>{key, step, layer, p})) \
-    GPUBP_EXPORT(layer_forward_##NAME##_l, (layer_forward<ACT, TileLarge, T, NoDropout>), \
+    GPUBP_EXPORT(layer_forward_##NAME##_l, (FORWARD_FN<ACT, TileLarge, T, NoDropout>), \
                  (T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W, \
                   const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32), \
                  (A_out, A_in, W, b, m, n_in, n_out, tf32, NoDropout())) \
-    GPUBP_EXPORT(layer_forward_##NAME##_drop_l, (layer_forward<ACT, TileLarge, T, Dropout<T>>), \
+    GPUBP_EXPORT(layer_forward_##NAME##_drop_l, (FORWARD_FN<ACT, TileLarge, T, Dropout<T>>), \
                  (T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W, \
                   const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32, \
                   const unsigned long long* __restrict__ key, unsigned int step, unsigned int layer, T p), \
                  (A_out, A_in, W, b, m, n_in, n_out, tf32, Dropout<T>{key, step, layer, p})) \
-    GPUBP_EXPORT(layer_delta_##NAME##_s, (layer_delta<ACT, TileSmall, T, NoDropout>), \
+    GPUBP_EXPORT(layer_delta_##NAME##_s, (DELTA_FN<ACT, TileSmall, T, NoDropout>), \
                  (T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W, \
                   const T* __restrict__ A_prev, long long m, long long n_out, long long n_in, int tf32), \
                  (D_prev, D, W, A_prev, m, n_out, n_in, tf32, NoDropout())) \
-    GPUBP_EXPORT(layer_delta_##NAME##_drop_s, (layer_delta<ACT, TileSmall, T, Dropout<T>>), \
+    GPUBP_EXPORT(layer_delta_##NAME##_drop_s, (DELTA_FN<ACT, TileSmall, T, Dropout<T>>), \
                  (T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W, \
                   const T* __restrict__ A_prev, long long m, long long n_out, long long n_in, int tf32, \
                   const unsigned long long* __restrict__ key, unsigned int step, unsigned int layer, T p), \
                  (D_prev, D, W, A_prev, m, n_out, n_in, tf32, Dropout<T>{key, step, layer, p})) \
-    GPUBP_EXPORT(layer_delta_##NAME##_l, (layer_delta<ACT, TileLarge, T, NoDropout>), \
+    GPUBP_EXPORT(layer_delta_##NAME##_l, (DELTA_FN<ACT, TileLarge, T, NoDropout>), \
                  (T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W, \
                   const T* __restrict__ A_prev, long long m, long long n_out, long long n_in, int tf32), \
                  (D_prev, D, W, A_prev, m, n_out, n_in, tf32, NoDropout())) \
-    GPUBP_EXPORT(layer_delta_##NAME##_drop_l, (layer_delta<ACT, TileLarge, T, Dropout<T>>), \
+    GPUBP_EXPORT(layer_delta_##NAME##_drop_l, (DELTA_FN<ACT, TileLarge, T, Dropout<T>>), \
                  (T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W, \
                   const T* __restrict__ A_prev, long long m, long long n_out, long long n_in, int tf32, \
                   const unsigned long long* __restrict__ key, unsigned int step, unsigned int layer, T p), \
                  (D_prev, D, W, A_prev, m, n_out, n_in, tf32, Dropout<T>{key, step, layer, p}))
 
 // The fused output layer of one cost: its output activation and its delta^L functor.
-#define GPUBP_OUTPUT_KERNEL(NAME, ACT, DELTA)                                                            \
-    GPUBP_EXPORT(layer_output_##NAME, (layer_output<ACT, DELTA, T>),                                    \
+#define GPUBP_OUTPUT_ENTRY(NAME, ACT, DELTA, OUTPUT_FN)                                                   \
+    GPUBP_EXPORT(layer_output_##NAME, (OUTPUT_FN<ACT, DELTA, T>),                                       \
                  (T* __restrict__ A_out, T* __restrict__ D, const T* __restrict__ A_in,                  \
                   const T* __restrict__ W, const T* __restrict__ b, const T* __restrict__ Y, long long m, \
                   long long n_in, long long n_out, T scale, int tf32),                                   \
                  (A_out, D, A_in, W, b, Y, m, n_in, n_out, scale, tf32))
+
+// BP3, BP4 and the update (layer_update.cu), for both tiles: NAME_s and NAME_l.
+#define GPUBP_UPDATE_ENTRIES(NAME, UPDATE_FN)                                                                     \
+    GPUBP_EXPORT(NAME##_s, (UPDATE_FN<TileSmall, T>),                                                             \
+                 (T* __restrict__ W, T* __restrict__ b, const T* __restrict__ D, const T* __restrict__ A_in,      \
+                  long long m, long long n_out, long long n_in, T alpha, T beta, T beta_b, int tf32),             \
+                 (W, b, D, A_in, m, n_out, n_in, alpha, beta, beta_b, tf32))                                      \
+    GPUBP_EXPORT(NAME##_l, (UPDATE_FN<TileLarge, T>),                                                             \
+                 (T* __restrict__ W, T* __restrict__ b, const T* __restrict__ D, const T* __restrict__ A_in,      \
+                  long long m, long long n_out, long long n_in, T alpha, T beta, T beta_b, int tf32),             \
+                 (W, b, D, A_in, m, n_out, n_in, alpha, beta, beta_b, tf32))
+
+#ifndef GPUBP_NATIVE  // the GPU's kernels (native_layer.h defines these three for the native build)
+#define GPUBP_LAYER_KERNELS(NAME, ACT) GPUBP_LAYER_ENTRIES(NAME, ACT, layer_forward, layer_delta)
+#define GPUBP_OUTPUT_KERNEL(NAME, ACT, DELTA) GPUBP_OUTPUT_ENTRY(NAME, ACT, DELTA, layer_output)
+#define GPUBP_UPDATE_KERNELS(NAME) GPUBP_UPDATE_ENTRIES(NAME, layer_update)
+#endif
 
 #endif  // GPUBP_LAYER_CUH

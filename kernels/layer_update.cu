@@ -16,11 +16,4 @@
 #include "gpubp.cuh"
 #include "layer.cuh"
 
-GPUBP_EXPORT(layer_update_s, (layer_update<TileSmall, T>),
-             (T* __restrict__ W, T* __restrict__ b, const T* __restrict__ D, const T* __restrict__ A_in, long long m,
-              long long n_out, long long n_in, T alpha, T beta, T beta_b, int tf32),
-             (W, b, D, A_in, m, n_out, n_in, alpha, beta, beta_b, tf32))
-GPUBP_EXPORT(layer_update_l, (layer_update<TileLarge, T>),
-             (T* __restrict__ W, T* __restrict__ b, const T* __restrict__ D, const T* __restrict__ A_in, long long m,
-              long long n_out, long long n_in, T alpha, T beta, T beta_b, int tf32),
-             (W, b, D, A_in, m, n_out, n_in, alpha, beta, beta_b, tf32))
+GPUBP_UPDATE_KERNELS(layer_update)

@@ -5,7 +5,8 @@ published known answers; SciPy's gaussian_filter and map_coordinates on the same
 
 Outputs and workspaces are poisoned (NaN) before the kernels write them; image shapes and row counts
 are not multiples of anything (a pass of 5 images over 13 rows, 9 x 6 images whose height is not a
-multiple of the generator's 4 words).
+multiple of the generator's 4 words, 20 x 37 images wider than the blur's 32-column rows and than two of
+the native resampling's 16-pixel vectors).
 """
 
 import math
@@ -13,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -245,10 +247,14 @@ def noise64(key, rows, row0, h, w):
 
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("hw, sigma", [((28, 28), 4.0), ((9, 6), 1.5), ((5, 7), 0.0)])
+@pytest.mark.parametrize("hw, sigma", [((28, 28), 4.0), ((9, 6), 1.5), ((5, 7), 0.0), ((36, 41), 5.0), ((8, 3), 3.0),
+                                       ((8, 30), 0.0)])
 def test_field_kernel_is_the_blurred_noise(backend, dtype, hw, sigma):
     """augment_field against SciPy's gaussian_filter (zero outside, truncated at the same radius) of the
-    noise rebuilt pixel by pixel; workspaces poisoned, 3 images from row 41."""
+    noise rebuilt pixel by pixel; workspaces poisoned, 3 images from row 41. The sizes: rows and columns
+    past the blur's register blocks (4 x 32 on a CPU) and past its 32-column rows (41), a radius clipped by
+    the image (8 x 3), heights of whole and partial Philox words, and sigma 0: the noise itself, exactly
+    (60 calls a field at 8 x 30: whole and partial groups of the 16 calls AVX-512 draws at once)."""
     from scipy.ndimage import gaussian_filter
 
     h, w = hw
@@ -257,14 +263,16 @@ def test_field_kernel_is_the_blurred_noise(backend, dtype, hw, sigma):
     rows, row0, key = 3, 41, key_of(2**33 + 9, 4)
     be = get_backend(backend)
     D = be.to_device(np.full((rows, 2, h, w), np.nan), dtype)
-    Tw = be.to_device(np.full((rows, 2, (w + 2 * R) * h + (h + 2 * R) * w), np.nan), dtype)
+    Tw = be.to_device(np.full((rows, 2, reference.augment_field_work(h, w)), np.nan), dtype)
     be.kernel("augment_field", dtype)(rows * 2, D, Tw, be.to_device(key, np.uint32),
-                                      be.to_device(aug.weights(h, w), dtype), rows, row0, h, w, R)
+                                      be.to_device(aug.band(h, w), dtype), rows, row0, h, w, R)
     noise = noise64(key, rows, row0, h, w)
     expected = np.array([[gaussian_filter(noise[r, f], sigma, mode="constant", radius=R) if sigma else noise[r, f]
                           for f in range(2)] for r in range(rows)])
     tol = 1e-6 if dtype == np.float32 else 1e-14
     assert_close(be.to_host(D), expected, atol=tol, what=f"elastic field on {backend}")
+    if not sigma:
+        assert_equal(be.to_host(D), expected.astype(dtype))
 
 
 @pytest.mark.parametrize("backend", backends())
@@ -315,7 +323,7 @@ def poisoned_plan(aug, be, dtype, h, w, rows_per_pass):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("hw, rows, per_pass", [((28, 28), 7, 4096), ((9, 6), 13, 5)])
+@pytest.mark.parametrize("hw, rows, per_pass", [((28, 28), 7, 4096), ((9, 6), 13, 5), ((20, 37), 6, 4)])
 @pytest.mark.parametrize("params", [ELASTIC, dict(rotate=30.0, shift=1.5), dict(elastic_alpha=8.0, elastic_sigma=0.8)],
                          ids=["affine+elastic", "affine", "elastic"])
 def test_every_backend_makes_the_same_images_as_the_float64_formula(dtype, hw, rows, per_pass, params):
@@ -336,6 +344,34 @@ def test_every_backend_makes_the_same_images_as_the_float64_formula(dtype, hw, r
         plan.run(X, out)
         assert_close(out, ref, atol=1e-5 if dtype == np.float32 else 1e-12, what=f"{name} vs numpy")
     assert_differs(ref, X)
+
+
+SPLIT = """
+import sys
+import numpy as np
+from gpubp import Augment
+X = np.load(sys.argv[1])
+np.save(sys.argv[2], Augment(**eval(sys.argv[3]))(X, seed=7, epoch=3, backend="native"))
+"""
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_native_images_do_not_depend_on_how_the_cores_split_them(tmp_path, dtype):
+    """The native backend splits an augmentation's images between its helper threads (augment.cu's
+    augment_each; OMP_NUM_THREADS threads in all, started once a process): one thread and two make the
+    same images, bit for bit, and the reference's."""
+    X = images(np.random.default_rng(4), 61, 28, 28, dtype)
+    np.save(tmp_path / "X.npy", X)
+    out = {}
+    for threads in ("1", "2"):
+        path = tmp_path / f"{threads}.npy"
+        res = subprocess.run([sys.executable, "-c", SPLIT, str(tmp_path / "X.npy"), str(path), repr(ELASTIC)],
+                             env={**os.environ, "OMP_NUM_THREADS": threads}, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        out[threads] = np.load(path)
+    assert_equal(out["2"], out["1"])
+    ref = Augment(**ELASTIC)(X, seed=7, epoch=3, backend="numpy")
+    assert_close(out["2"], ref, atol=1e-5 if dtype == np.float32 else 1e-12, what="native (2 threads) vs numpy")
 
 
 @pytest.mark.parametrize("backend", ["numpy", *HOST_BACKENDS])

@@ -169,19 +169,6 @@ extern "C" __global__ void tiled(float* x, int n) { tile<true>(x); }
     assert cooperative_kernels(code) == {"tiled"}
 
 
-def test_a_define_that_renames_a_function_is_followed_from_where_it_stands():
-    from gpubp.backends.emulated import cooperative_kernels
-
-    code = """
-__device__ void step(float* x) { __syncthreads(); x[0] = 1; }
-__device__ void host_step(float* x) { x[0] = 1; }
-extern "C" __global__ void before(float* x, int n) { step(x); }
-#define step host_step
-extern "C" __global__ void after(float* x, int n) { step(x); }
-"""
-    assert cooperative_kernels(code) == {"before"}
-
-
 def test_processes_that_need_the_same_library_build_it_once(tmp_path, monkeypatch):
     """Parallel test workers and sweeps share the kernel cache: while one process builds a library,
     another that needs it waits for that build instead of compiling it too."""

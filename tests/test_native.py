@@ -6,6 +6,7 @@ paths of other -march targets, and the command line."""
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from helpers import assert_differs, assert_equal, run_cli
 
 from gpubp import Network
 from gpubp.backends import get_backend, native
+from gpubp.backends import kernel as K
 from gpubp.errors import BackendUnavailable, GpubpError
 from gpubp.training import graph_mode
 
@@ -179,11 +181,42 @@ def test_an_arch_this_cpu_cannot_run_is_refused_not_a_crash(monkeypatch):
         native.NativeBackend()
 
 
+# One identifier #defined as another: it would swap the name silently everywhere after it.
+_RENAME = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)[ \t]+([A-Za-z_]\w*)[ \t]*$", re.MULTILINE)
+# An entry point and the first name its body calls: GPUBP_EXPORT's `{ CALLEE ARGS; }`.
+_ENTRY_CALL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\([^)]*\)\s*\{\s*\(?\s*(\w+)')
+# The templates native_layer.h has its own host code for (named native_<name> there).
+HOST_TEMPLATES = {"layer_forward", "layer_delta", "layer_output", "layer_update", "take_rows"}
+
+
+def test_no_identifier_is_defined_as_another_in_the_kernels_or_native_layer_h():
+    """The native build reaches native_layer.h's code through the export macros that the kernel files
+    leave to it under GPUBP_NATIVE, never by renaming a template with a #define."""
+    for path in (native.LAYER_HEADER, *sorted(K.kernel_dir().glob("*.cu*"))):
+        found = _RENAME.search(path.read_text())
+        assert found is None, f"{path.name}: {found.group().strip()}"
+
+
+def test_the_native_entries_are_the_gpus_and_the_layer_ones_call_native_layer_h():
+    """In every kernel file the native build exports the GPU's entry points (names, parameters); the
+    layer kernels' and the gather's call native_layer.h's host templates, every other the GPU's code."""
+    seen = set()
+    for file in K.kernel_files():
+        code = native.native_code(file)
+        assert K.parse_signatures(code) == K.parse_signatures(K.source(file)), file
+        gpu, here = (dict(_ENTRY_CALL.findall(K.expand_macros(c))) for c in (K.source(file), code))
+        assert here.keys() == gpu.keys() == K.parse_signatures(code).keys(), file
+        for entry, callee in gpu.items():
+            want = f"native_{callee}" if callee in HOST_TEMPLATES else callee
+            assert here[entry] == want, f"{file}: the native {entry} calls {here[entry]}, not {want}"
+            seen.add(callee)
+    assert HOST_TEMPLATES <= seen
+
+
 def test_which_entries_cooperate_is_read_from_the_code_it_compiles():
     """The layer kernels' entries reach native_layer.h's host code, which never cooperates, so they
     run serially; the evaluation's reductions cooperate here as on the emulator. No name decides it."""
     from gpubp.backends import emulated
-    from gpubp.backends import kernel as K
 
     for file, serial, together in (("sigmoid.cu", "layer_forward_sigmoid_l_f32", None),
                                    ("layer_update.cu", "layer_update_s_f64", None),

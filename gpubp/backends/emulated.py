@@ -89,19 +89,6 @@ def _bodies(text: str) -> dict[str, str]:
     return bodies
 
 
-_RENAME = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)[ \t]+([A-Za-z_]\w*)[ \t]*$", re.MULTILINE)
-
-
-def _renamed(text: str) -> str:
-    """``text`` with each ``#define NAME OTHER`` (one identifier for another) applied to the text
-    after it, as the preprocessor applies it: a call of NAME from there on is a call of OTHER."""
-    m = _RENAME.search(text)
-    if m is None:
-        return text
-    rest = re.sub(rf"\b{m.group(1)}\b", m.group(2), text[m.end():])
-    return text[:m.end()] + _renamed(rest)
-
-
 def cooperative_kernels(code: str) -> set[str]:
     """The kernels in ``code`` that reach a barrier, shared memory, a warp call or an atomic through
     any chain of calls: they run as fibers; the others keep the fast serial walk (one activation
@@ -111,7 +98,7 @@ def cooperative_kernels(code: str) -> set[str]:
 
 @functools.lru_cache(maxsize=256)  # every backend instance builds (or finds) the same few dozen units
 def _cooperative_kernels(code: str) -> frozenset[str]:
-    text = _renamed(K.expand_macros(_blank(code)))
+    text = K.expand_macros(_blank(code))
     bodies = _bodies(text)
     memo: dict[str, bool] = {}
 

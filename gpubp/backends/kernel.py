@@ -104,7 +104,9 @@ def _split_args(text: str, start: int) -> tuple[list[str], int]:
 
 def expand_macros(code: str) -> str:
     """``code`` with every call of a function-like GPUBP_* macro it defines expanded, as the C
-    preprocessor would for our macros (parameters substituted, ## pasted, results rescanned)."""
+    preprocessor would for our macros (parameters substituted, ## pasted, results rescanned). A macro
+    defined twice takes its last definition, the one the preprocessor keeps where the first is under
+    ``#ifndef GPUBP_NATIVE`` and the second is native_layer.h's (the native backend's build)."""
     code = re.sub(r"//[^\n]*|/\*.*?\*/", "", code, flags=re.DOTALL)  # a macro named in a comment is not a call
     macros = {}
     for name, params, body in _DEFINE_RE.findall(code):

@@ -11,8 +11,10 @@ by block, thread by thread. This backend compiles the same sources with the same
   momentum, the gather) runs as ONE host thread over its whole range: CUDA's grid-stride loop
   with a 1 x 1 grid is a plain loop; a kernel that cooperates (Adam's step counter, the
   evaluation's reductions) keeps its CUDA geometry and runs as the emulator runs it;
-* the layer kernels of the own route come from gpubp/backends/native_layer.h: host code with
-  the same entry points and the same functors, register-blocked for the CPU's vector unit and
+* the layer kernels of the own route (and the gather) come from gpubp/backends/native_layer.h:
+  each unit here defines GPUBP_NATIVE, under which the kernel files leave their layer and gather
+  export macros to that header, so the same entry points (names, parameters) call its host code,
+  with the same functors; that code is register-blocked for the CPU's vector unit and
   split between the cores by OpenMP when a product is large (-fopenmp where the compiler has
   it; OMP_NUM_THREADS as usual), so the own route runs here with no BLAS call at all; the blas
   route is NumPy's, as on the numpy backend;
@@ -52,8 +54,11 @@ ALIGN = 64  # bytes: a cache line, and an AVX-512 vector
 PARALLEL_MACS = 1 << int(re.search(r"PARALLEL_MACS = 1 << (\d+);", LAYER_HEADER.read_text()).group(1))
 # The first line of a kernel file that exports: native_layer.h goes in just before it, after every
 # template the exports call (in the file and in the headers it includes).
-_FIRST_EXPORT = re.compile(r"^(?:GPUBP_EXPORT|GPUBP_ACTIVATION|GPUBP_OUTPUT_KERNEL|GPUBP_LAYER_KERNELS)\s*\(",
-                           re.MULTILINE)
+_FIRST_EXPORT = re.compile(r"^(?:GPUBP_EXPORT|GPUBP_ACTIVATION|GPUBP_OUTPUT_KERNEL|GPUBP_LAYER_KERNELS"
+                           r"|GPUBP_UPDATE_KERNELS|GPUBP_GATHER_KERNEL)\s*\(", re.MULTILINE)
+# The switch at the top of this backend's translation units: under it the kernel files leave their layer
+# and gather export macros to native_layer.h, which defines them over its host code.
+NATIVE_SWITCH = "#define GPUBP_NATIVE 1\n"
 
 # The replay loop: every recorded launch, in order, through the entry points' common signature.
 REPLAY_SOURCE = r"""
@@ -104,7 +109,8 @@ def translation_unit(file: str) -> str:
     together = E.cooperative_kernels(code)
     entries = "".join(f"GPUBP_EMU_ENTRY({n}, {'true' if n in together else 'false'})\n"
                       for n in K.parse_signatures(code))
-    return f'{E.runtime_header()}\n#line 1 "{Path(file).stem}.cu"\n{E.emulator_source(code)}\n{entries}'
+    return (f'{E.runtime_header()}\n{NATIVE_SWITCH}#line 1 "{Path(file).stem}.cu"\n{E.emulator_source(code)}\n'
+            f'{entries}')
 
 
 @functools.cache

@@ -1,13 +1,20 @@
-// native_layer.h: our layer kernels (kernels/layer.cuh) as host code, for the native backend.
+// native_layer.h: our layer kernels (kernels/layer.cuh) and the gather (gather.cu) as host code,
+// for the native backend.
 //
 // gpubp/backends/native.py compiles each kernel file as the emulator does (emulator_runtime.h,
-// then the file's code) but with this header right after layer.cuh's text and with the host's
-// optimisation flags (-O3 -march=native, -fopenmp where the compiler has it). The #defines at the end send the entry points
-// that GPUBP_LAYER_KERNELS, GPUBP_OUTPUT_KERNEL and layer_update.cu export to the templates
-// here, with the same parameters, so each activation's and cost's functors (Act::f,
+// then the file's code), with GPUBP_NATIVE defined, this header inserted just before the file's
+// first export, and the host's optimisation flags (-O3 -march=native, -fopenmp where the compiler
+// has it). Under GPUBP_NATIVE the kernel files leave their export macros (GPUBP_LAYER_KERNELS,
+// GPUBP_OUTPUT_KERNEL, GPUBP_UPDATE_KERNELS, GPUBP_GATHER_KERNEL) to the end of this header, which
+// defines them over the kernel files' own lists of entry points (layer.cuh's GPUBP_*_ENTRIES,
+// gather.cu's GPUBP_GATHER_ENTRY) with the templates here in place of the GPU's. So the entry
+// points have the GPU's names and parameters, and each activation's and cost's functors (Act::f,
 // Act::prime_from_output, Delta::d: written once, in the .cu files and gpubp.cuh) and the
-// epilogues' formulas (gpubp.cuh's softmax row, update and bias column sum) are the ones the GPU runs. Each entry computes its whole product in one call: native.py launches it as a
-// 1 x 1 grid, and none of this code cooperates.
+// epilogues' formulas (gpubp.cuh's softmax row, update and bias column sum) are the ones the GPU
+// runs. The templates are named native_*, not layer.cuh's names in a namespace: which kernels
+// cooperate is read from the code by function name (emulated.cooperative_kernels), and layer.cuh's
+// templates, still in the text, do; these never do. Each entry computes its whole product in one
+// call: native.py launches it as a 1 x 1 grid.
 //
 //   layer_forward   A_out (m, n_out) = act(A_in (m, n_in) W^T + b)     rows of both along k
 //   layer_output    the same with the output activation, and D = scale * delta^L(A_out, Y)
@@ -27,6 +34,9 @@
 // loop: TF32 is a GPU format, emulated here for its effect on accuracy, not for speed.
 #ifndef GPUBP_NATIVE_LAYER_H
 #define GPUBP_NATIVE_LAYER_H
+#ifndef GPUBP_NATIVE
+#error "native_layer.h is the native build's: define GPUBP_NATIVE so the kernel files leave it their exports"
+#endif
 
 namespace gpubp_native {
 
@@ -362,10 +372,11 @@ inline void native_take_rows(T* __restrict__ Xs, T* __restrict__ Ys, const T* __
     }
 }
 
-#define take_rows native_take_rows
-#define layer_forward native_layer_forward
-#define layer_delta native_layer_delta
-#define layer_update native_layer_update
-#define layer_output native_layer_output
+// The entry points: layer.cuh's and gather.cu's lists of exports (names, parameters), calling the
+// templates above. Under GPUBP_NATIVE the kernel files leave these macros to this header.
+#define GPUBP_LAYER_KERNELS(NAME, ACT) GPUBP_LAYER_ENTRIES(NAME, ACT, native_layer_forward, native_layer_delta)
+#define GPUBP_OUTPUT_KERNEL(NAME, ACT, DELTA) GPUBP_OUTPUT_ENTRY(NAME, ACT, DELTA, native_layer_output)
+#define GPUBP_UPDATE_KERNELS(NAME) GPUBP_UPDATE_ENTRIES(NAME, native_layer_update)
+#define GPUBP_GATHER_KERNEL(NAME) GPUBP_GATHER_ENTRY(NAME, native_take_rows)
 
 #endif  // GPUBP_NATIVE_LAYER_H
