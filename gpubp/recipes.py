@@ -107,11 +107,14 @@ RECIPES = {r.name: r for r in [
            gpu_epoch_seconds=0.021),
     Recipe("dropout", {"sizes": [784, 1024, 1024, 1024, 10], "cost": "log_likelihood", "activation": "relu",
                        "optimizer": "momentum", "momentum": 0.95, "eta": 0.01, "batch_size": 100, "epochs": 50,
-                       "dropout": 0.5, "input_dropout": 0.2, "max_norm": 3.0, "schedule": "exp"},
+                       "dropout": 0.5, "input_dropout": 0.2, "max_norm": 3.0, "schedule": "exp", "backend": "native"},
            "Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov 2014 (JMLR), no distortions: dropout "
            "(p 0.5 hidden, 0.8 of the inputs kept) + max-norm (c 3), momentum 0.95",
            "1.06 % error (98.94 %) for 3x1024 ReLU; 0.95 % for 2x8192",
-           note="eta, its decay and the epoch count are ours (the paper trains far longer)",
+           measured={"test_accuracy": 0.9841, "seconds_per_epoch": 30.67, "total_seconds": 2041.2,
+                     "command": "gpubp train --recipe dropout --seed 2", "machine": ONE_THREAD},
+           note="eta, its decay and the epoch count are ours (the paper trains far longer): eta has decayed to "
+                "0.001 by epoch 45, where validation accuracy stood still at 98.3 %",
            gpu_epoch_seconds=0.0585),
     Recipe("ciresan", {"sizes": [784, 2500, 2000, 1500, 1000, 500, 10], "cost": "log_likelihood",
                        "activation": "tanh", "optimizer": "sgd", "eta": 0.001, "batch_size": 1, "epochs": 800,
@@ -120,7 +123,9 @@ RECIPES = {r.name: r for r in [
            "affine distortions anew every epoch, eta decayed every epoch",
            "0.35 % error (99.65 %), after hundreds of epochs on a GTX 280",
            note="a GPU recipe: on a CPU it runs and, after its first epoch, says how long all of them would take; "
-                "the decay is gpubp's exp schedule (x0.95 an epoch)",
+                "the decay is gpubp's exp schedule (x0.95 an epoch). On this 2-core Xeon (quiet, native backend) "
+                "2,000 of its steps took 13.3 s: about 333 s an epoch, 74 hours for 800 epochs, against the GPU "
+                "model's 11.07 s an epoch on an H100 (2.5 hours)",
            gpu_epoch_seconds=11.07),
     Recipe("fast", {"sizes": [784, 800, 10], "cost": "log_likelihood", "activation": "relu",
                     "optimizer": "momentum", "momentum": 0.9, "eta": 0.05, "batch_size": 100, "epochs": 26,
@@ -136,12 +141,19 @@ RECIPES = {r.name: r for r in [
                 "after these 26 epochs, 54.3 s); the training cost is not computed each epoch (--no-train-cost: "
                 "a forward pass over 50 000 images an epoch)",
            gpu_epoch_seconds=0.021),
-    Recipe("best-cpu", {"sizes": [784, 800, 800, 10], "cost": "log_likelihood", "activation": "relu",
-                        "optimizer": "momentum", "momentum": 0.9, "eta": 0.05, "batch_size": 100, "epochs": 100,
+    Recipe("best-cpu", {"sizes": [784, 1200, 1200, 10], "cost": "log_likelihood", "activation": "relu",
+                        "optimizer": "momentum", "momentum": 0.9, "eta": 0.05, "batch_size": 100, "epochs": 150,
                         "augment": "simard-elastic", "rotate": 15.0, "scale": 0.15, "schedule": "cosine",
-                        "backend": "native"},
+                        "no_train_cost": True, "backend": "native"},
            "ours: a 2-core CPU, native backend", "target: >= 99.4 % test accuracy in <= 30 minutes wall (issue 16)",
-           gpu_epoch_seconds=0.0345),
+           measured={"test_accuracy": 0.9938, "seconds_per_epoch": 6.68, "total_seconds": 1154.5,
+                     "command": "gpubp train --recipe best-cpu --seed 3",
+                     "machine": "a 2-core Xeon, quiet (load average about 2: this run's own two threads), "
+                                "kernels already compiled"},
+           note="short of its target by 2 test images: 99.38 % on seed 3, not used in tuning (99.47 % validation "
+                "after its 150 epochs, in 19 minutes); chosen with seed 1 on the validation set, where "
+                "[784,800,800,10] for 100 epochs ended at 99.36 % and this network at 99.46 %",
+           gpu_epoch_seconds=0.047),
 ]}
 
 
