@@ -171,15 +171,6 @@ __device__ __forceinline__ void augment_each(long long n, long long grab, F f) {
 }
 
 
-__host__ __device__ __forceinline__ float augment_sin(float x) { return sinf(x); }
-__host__ __device__ __forceinline__ double augment_sin(double x) { return sin(x); }
-__host__ __device__ __forceinline__ float augment_cos(float x) { return cosf(x); }
-__host__ __device__ __forceinline__ double augment_cos(double x) { return cos(x); }
-__host__ __device__ __forceinline__ float augment_tan(float x) { return tanf(x); }
-__host__ __device__ __forceinline__ double augment_tan(double x) { return tan(x); }
-__host__ __device__ __forceinline__ float augment_floor(float x) { return floorf(x); }
-__host__ __device__ __forceinline__ double augment_floor(double x) { return floor(x); }
-
 template <typename T>
 __device__ __forceinline__ void augment_affine(T* __restrict__ A, const unsigned int* __restrict__ key, long long rows,
                                                long long row0, long long h, long long w, T rotate, T scale, T shear,
@@ -191,9 +182,9 @@ __device__ __forceinline__ void augment_affine(T* __restrict__ A, const unsigned
         const Philox4 v = gpubp_philox4x32_10(gpubp_philox_counter(1u, image, epoch, GPUBP_PHILOX_AFFINE), k0, k1);
         const T theta = rotate * gpubp_uniform_pm1<T>(u.w[0]);
         const T inv_s = T(1) / (T(1) + scale * gpubp_uniform_pm1<T>(u.w[1]));
-        const T tan_phi = augment_tan(shear * gpubp_uniform_pm1<T>(u.w[2]));
+        const T tan_phi = gpubp_tan(shear * gpubp_uniform_pm1<T>(u.w[2]));
         const T tx = shift * gpubp_uniform_pm1<T>(u.w[3]), ty = shift * gpubp_uniform_pm1<T>(v.w[0]);
-        const T cs = augment_cos(theta), sn = augment_sin(theta);
+        const T cs = gpubp_cos(theta), sn = gpubp_sin(theta);
         const T a = inv_s * cs, b = inv_s * (cs * tan_phi - sn);
         const T c = inv_s * sn, d = inv_s * (sn * tan_phi + cs);
         const T cx = T(0.5f) * T(w - 1), cy = T(0.5f) * T(h - 1);
@@ -406,7 +397,7 @@ __device__ __forceinline__ void augment_resample_row(T* __restrict__ o, const T*
         }
         sx = sx < lo ? lo : (sx > hi_x ? hi_x : sx);
         sy = sy < lo ? lo : (sy > hi_y ? hi_y : sy);
-        const T x0 = augment_floor(sx), y0 = augment_floor(sy);
+        const T x0 = gpubp_floor(sx), y0 = gpubp_floor(sy);
         const T ax = sx - x0, ay = sy - y0;
         const T* __restrict__ p = pad + ((int)y0 + AUGMENT_BORDER) * W + (int)x0 + AUGMENT_BORDER;
         const T p00 = p[0], p10 = p[1], p01 = p[W], p11 = p[W + 1];

@@ -23,6 +23,14 @@ __host__ __device__ __forceinline__ float gpubp_expm1(float x) { return expm1f(x
 __host__ __device__ __forceinline__ double gpubp_expm1(double x) { return expm1(x); }
 __host__ __device__ __forceinline__ float gpubp_log1p(float x) { return log1pf(x); }
 __host__ __device__ __forceinline__ double gpubp_log1p(double x) { return log1p(x); }
+__host__ __device__ __forceinline__ float gpubp_sin(float x) { return sinf(x); }
+__host__ __device__ __forceinline__ double gpubp_sin(double x) { return sin(x); }
+__host__ __device__ __forceinline__ float gpubp_cos(float x) { return cosf(x); }
+__host__ __device__ __forceinline__ double gpubp_cos(double x) { return cos(x); }
+__host__ __device__ __forceinline__ float gpubp_tan(float x) { return tanf(x); }
+__host__ __device__ __forceinline__ double gpubp_tan(double x) { return tan(x); }
+__host__ __device__ __forceinline__ float gpubp_floor(float x) { return floorf(x); }
+__host__ __device__ __forceinline__ double gpubp_floor(double x) { return floor(x); }
 
 // x rounded to TF32 (the 10 mantissa bits tensor cores read; to nearest, ties to even; NaN and inf
 // kept): the layer kernels' operands under --tf32. TF32 is a float32 format: a double is kept as is.
