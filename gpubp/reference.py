@@ -210,12 +210,6 @@ def _layer_delta_kernel(prime, name, tile):
     return layer_delta
 
 
-for _name, _f, _prime in ACTIVATION_FORMULAS:
-    for _tile in ("s", "l"):
-        globals()[f"layer_forward_{_name}_{_tile}"] = _layer_forward_kernel(_f, _name, _tile)
-        globals()[f"layer_delta_{_name}_{_tile}"] = _layer_delta_kernel(_prime, _name, _tile)
-
-
 def _layer_forward_drop_kernel(f, name, tile):
     def layer_forward(A_out, A_in, W, b, m, n_in, n_out, tf32, key, step, layer, p):
         np.matmul(_tf32(A_in, tf32), _tf32(W, tf32).T, out=A_out)
@@ -239,8 +233,10 @@ def _layer_delta_drop_kernel(prime, name, tile):
     return layer_delta
 
 
-for _name, _f, _prime in ACTIVATION_FORMULAS:
+for _name, _f, _prime in ACTIVATION_FORMULAS:  # each activation's layer kernels, both tiles, without and with dropout
     for _tile in ("s", "l"):
+        globals()[f"layer_forward_{_name}_{_tile}"] = _layer_forward_kernel(_f, _name, _tile)
+        globals()[f"layer_delta_{_name}_{_tile}"] = _layer_delta_kernel(_prime, _name, _tile)
         globals()[f"layer_forward_{_name}_drop_{_tile}"] = _layer_forward_drop_kernel(_f, _name, _tile)
         globals()[f"layer_delta_{_name}_drop_{_tile}"] = _layer_delta_drop_kernel(_prime, _name, _tile)
 
