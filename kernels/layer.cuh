@@ -209,45 +209,35 @@ struct Softmax {
 // three GPUBP_*_KERNEL(S) macros below for itself. Either way the names and parameters of the
 // entry points are these.
 
-// The forward and BP2 layer kernels of one hidden-layer activation, for both tiles, without and
-// with dropout (dropout.cuh: NoDropout computes exactly the plain epilogue).
-#define GPUBP_LAYER_ENTRIES(NAME, ACT, FORWARD_FN, DELTA_FN) \
-    GPUBP_EXPORT(layer_forward_##NAME##_s, (FORWARD_FN<ACT, TileSmall, T, NoDropout>), \
+// The forward and BP2 layer kernels of one hidden-layer activation for one tile (TILE, named by its
+// suffix S), without and with dropout (dropout.cuh: NoDropout computes exactly the plain epilogue).
+#define GPUBP_FORWARD_ENTRIES(NAME, ACT, FORWARD_FN, TILE, S) \
+    GPUBP_EXPORT(layer_forward_##NAME##_##S, (FORWARD_FN<ACT, TILE, T, NoDropout>), \
                  (T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W, \
                   const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32), \
                  (A_out, A_in, W, b, m, n_in, n_out, tf32, NoDropout())) \
-    GPUBP_EXPORT(layer_forward_##NAME##_drop_s, (FORWARD_FN<ACT, TileSmall, T, Dropout<T>>), \
+    GPUBP_EXPORT(layer_forward_##NAME##_drop_##S, (FORWARD_FN<ACT, TILE, T, Dropout<T>>), \
                  (T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W, \
                   const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32, \
                   const unsigned long long* __restrict__ key, unsigned int step, unsigned int layer, T p), \
-                 (A_out, A_in, W, b, m, n_in, n_out, tf32, Dropout<T>{key, step, layer, p})) \
-    GPUBP_EXPORT(layer_forward_##NAME##_l, (FORWARD_FN<ACT, TileLarge, T, NoDropout>), \
-                 (T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W, \
-                  const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32), \
-                 (A_out, A_in, W, b, m, n_in, n_out, tf32, NoDropout())) \
-    GPUBP_EXPORT(layer_forward_##NAME##_drop_l, (FORWARD_FN<ACT, TileLarge, T, Dropout<T>>), \
-                 (T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W, \
-                  const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32, \
-                  const unsigned long long* __restrict__ key, unsigned int step, unsigned int layer, T p), \
-                 (A_out, A_in, W, b, m, n_in, n_out, tf32, Dropout<T>{key, step, layer, p})) \
-    GPUBP_EXPORT(layer_delta_##NAME##_s, (DELTA_FN<ACT, TileSmall, T, NoDropout>), \
+                 (A_out, A_in, W, b, m, n_in, n_out, tf32, Dropout<T>{key, step, layer, p}))
+#define GPUBP_DELTA_ENTRIES(NAME, ACT, DELTA_FN, TILE, S) \
+    GPUBP_EXPORT(layer_delta_##NAME##_##S, (DELTA_FN<ACT, TILE, T, NoDropout>), \
                  (T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W, \
                   const T* __restrict__ A_prev, long long m, long long n_out, long long n_in, int tf32), \
                  (D_prev, D, W, A_prev, m, n_out, n_in, tf32, NoDropout())) \
-    GPUBP_EXPORT(layer_delta_##NAME##_drop_s, (DELTA_FN<ACT, TileSmall, T, Dropout<T>>), \
-                 (T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W, \
-                  const T* __restrict__ A_prev, long long m, long long n_out, long long n_in, int tf32, \
-                  const unsigned long long* __restrict__ key, unsigned int step, unsigned int layer, T p), \
-                 (D_prev, D, W, A_prev, m, n_out, n_in, tf32, Dropout<T>{key, step, layer, p})) \
-    GPUBP_EXPORT(layer_delta_##NAME##_l, (DELTA_FN<ACT, TileLarge, T, NoDropout>), \
-                 (T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W, \
-                  const T* __restrict__ A_prev, long long m, long long n_out, long long n_in, int tf32), \
-                 (D_prev, D, W, A_prev, m, n_out, n_in, tf32, NoDropout())) \
-    GPUBP_EXPORT(layer_delta_##NAME##_drop_l, (DELTA_FN<ACT, TileLarge, T, Dropout<T>>), \
+    GPUBP_EXPORT(layer_delta_##NAME##_drop_##S, (DELTA_FN<ACT, TILE, T, Dropout<T>>), \
                  (T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W, \
                   const T* __restrict__ A_prev, long long m, long long n_out, long long n_in, int tf32, \
                   const unsigned long long* __restrict__ key, unsigned int step, unsigned int layer, T p), \
                  (D_prev, D, W, A_prev, m, n_out, n_in, tf32, Dropout<T>{key, step, layer, p}))
+
+// Every layer kernel of one hidden-layer activation: forward and BP2, both tiles.
+#define GPUBP_LAYER_ENTRIES(NAME, ACT, FORWARD_FN, DELTA_FN) \
+    GPUBP_FORWARD_ENTRIES(NAME, ACT, FORWARD_FN, TileSmall, s) \
+    GPUBP_FORWARD_ENTRIES(NAME, ACT, FORWARD_FN, TileLarge, l) \
+    GPUBP_DELTA_ENTRIES(NAME, ACT, DELTA_FN, TileSmall, s) \
+    GPUBP_DELTA_ENTRIES(NAME, ACT, DELTA_FN, TileLarge, l)
 
 // The fused output layer of one cost: its output activation and its delta^L functor.
 #define GPUBP_OUTPUT_ENTRY(NAME, ACT, DELTA, OUTPUT_FN)                                                   \
