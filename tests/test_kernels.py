@@ -67,6 +67,16 @@ def cupy_options(arch_option):
             "--device-as-default-execution-space"]
 
 
+def cache_options(arch_option):
+    """cupy_options as a cache key: the include paths inside the CuPy package named from the package,
+    so that every checkout's environment with this CuPy (its version is in the key) hits the same
+    entries; the kernel files include none of CuPy's headers, only what K.source inlines."""
+    import cupy
+
+    root = os.path.dirname(cupy.__file__)
+    return [o.replace(root, "<cupy>") for o in cupy_options(arch_option)]
+
+
 def nvrtc_compile(nvrtc, file, arch):
     """NVRTC's cubin for sm_<arch> of one kernel file and the PTX it went through, or the error and
     NVRTC's log."""
@@ -144,7 +154,7 @@ def compiled(tmp_path_factory):
     results, jobs = {}, []
     for f in K.kernel_files():
         for a in (75, 80, 90):
-            hit = nvrtc_cache.get(cupy_options(f"-arch=sm_{a}"), K.source(f))
+            hit = nvrtc_cache.get(cache_options(f"-arch=sm_{a}"), K.source(f))
             if hit is None:
                 jobs.append((f, a))
             else:
@@ -154,7 +164,7 @@ def compiled(tmp_path_factory):
     for (f, a), out in zip(jobs, outs):
         results[f, a] = out
         if isinstance(out, tuple):
-            nvrtc_cache.put(out, cupy_options(f"-arch=sm_{a}"), K.source(f))
+            nvrtc_cache.put(out, cache_options(f"-arch=sm_{a}"), K.source(f))
     for f, p in procs.items():  # a report is a few kB: the pipes never fill while another is read
         _, stderr = p.communicate()
         reports[f] = (p.returncode, stderr)

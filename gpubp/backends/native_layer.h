@@ -302,14 +302,35 @@ inline void product_tn(const T* __restrict D, const T* __restrict A, long long M
 
 }  // namespace gpubp_native
 
-// The entry points' templates, with layer.cuh's parameters (the tile is the GPU's business).
+// The entry points' templates, with layer.cuh's parameters. The tile is the GPU's business: each
+// entry with a Tile parameter calls one tile-free body (GPUBP_NATIVE_BODY: never inlined, so the
+// compiler builds and optimises it once, not once for each of the GPU's tiles; a library's build
+// time is mostly these bodies).
 // Drop: layer.cuh's epilogue policy (dropout.cuh): NoDropout, or Dropout<T> with its factor per element.
+#define GPUBP_NATIVE_BODY __attribute__((noinline))
+
+template <class Act, typename T, class Drop>
+GPUBP_NATIVE_BODY void native_forward(T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W,
+                                      const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32,
+                                      const Drop drop) {
+    gpubp_native::product_nt(A_in, W, m, n_out, n_in, tf32, [&](long long i, long long j, T c) {
+        A_out[i * n_out + j] = drop.output(Act::f(c + b[j]), i * n_out + j);
+    });
+}
+
 template <class Act, class Tile, typename T, class Drop>
 inline void native_layer_forward(T* __restrict__ A_out, const T* __restrict__ A_in, const T* __restrict__ W,
                                  const T* __restrict__ b, long long m, long long n_in, long long n_out, int tf32,
                                  const Drop drop) {
-    gpubp_native::product_nt(A_in, W, m, n_out, n_in, tf32, [&](long long i, long long j, T c) {
-        A_out[i * n_out + j] = drop.output(Act::f(c + b[j]), i * n_out + j);
+    native_forward<Act, T, Drop>(A_out, A_in, W, b, m, n_in, n_out, tf32, drop);
+}
+
+template <class Act, typename T, class Drop>
+GPUBP_NATIVE_BODY void native_delta(T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W,
+                                    const T* __restrict__ A_prev, long long m, long long n_out, long long n_in,
+                                    int tf32, const Drop drop) {
+    gpubp_native::product_nn(D, W, m, n_in, n_out, tf32, [&](long long i, long long j, T c) {
+        D_prev[i * n_in + j] = drop.template delta<Act>(c, A_prev[i * n_in + j], i * n_in + j);
     });
 }
 
@@ -317,16 +338,14 @@ template <class Act, class Tile, typename T, class Drop>
 inline void native_layer_delta(T* __restrict__ D_prev, const T* __restrict__ D, const T* __restrict__ W,
                                const T* __restrict__ A_prev, long long m, long long n_out, long long n_in, int tf32,
                                const Drop drop) {
-    gpubp_native::product_nn(D, W, m, n_in, n_out, tf32, [&](long long i, long long j, T c) {
-        D_prev[i * n_in + j] = drop.template delta<Act>(c, A_prev[i * n_in + j], i * n_in + j);
-    });
+    native_delta<Act, T, Drop>(D_prev, D, W, A_prev, m, n_out, n_in, tf32, drop);
 }
 
 // A beta of 0 never reads the old value (a poisoned buffer is overwritten), as on the GPU.
-template <class Tile, typename T>
-inline void native_layer_update(T* __restrict__ W, T* __restrict__ b, const T* __restrict__ D,
-                                const T* __restrict__ A_in, long long m, long long n_out, long long n_in, T alpha,
-                                T beta, T beta_b, int tf32) {
+template <typename T>
+GPUBP_NATIVE_BODY void native_update(T* __restrict__ W, T* __restrict__ b, const T* __restrict__ D,
+                                     const T* __restrict__ A_in, long long m, long long n_out, long long n_in, T alpha,
+                                     T beta, T beta_b, int tf32) {
     using gpubp_native::vec;
     auto one = [&](long long i, long long j, T c) {
         T* w = W + i * n_in + j;
@@ -339,6 +358,13 @@ inline void native_layer_update(T* __restrict__ W, T* __restrict__ b, const T* _
     gpubp_native::product_tn(D, A_in, n_out, n_in, m, tf32, one, many);
     for (long long i = 0; i < n_out; ++i)
         b[i] = gpubp_update(alpha, gpubp_column_sum(D, m, n_out, i), beta_b, [&] { return b[i]; });
+}
+
+template <class Tile, typename T>
+inline void native_layer_update(T* __restrict__ W, T* __restrict__ b, const T* __restrict__ D,
+                                const T* __restrict__ A_in, long long m, long long n_out, long long n_in, T alpha,
+                                T beta, T beta_b, int tf32) {
+    native_update<T>(W, b, D, A_in, m, n_out, n_in, alpha, beta, beta_b, tf32);
 }
 
 template <class Act, class Delta, typename T>
