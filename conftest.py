@@ -10,10 +10,18 @@ has `workerinput`, and PYTEST_XDIST_WORKER is in its environment and its childre
 """
 
 import os
+import sys
 
 import pytest
 
 pytest_plugins = ["pytester", "gpu_marker"]
+
+# The suite keeps its own bytecode even where PYTHONDONTWRITEBYTECODE is set: pytest caches each
+# test module with its asserts rewritten in __pycache__ (ignored by git) only when bytecode may be
+# written, and without it every process (each xdist worker, each `pytest` the GPU check starts)
+# rewrites all 35 test modules anew, 5 s of CPU a process. The installed packages' bytecode comes
+# from uv (compile-bytecode in pyproject.toml). A read-only checkout simply keeps none.
+sys.dont_write_bytecode = False
 
 # More workers than this buy little (the longest file is a tenth of the suite) and each holds its
 # own NumPy, CuPy, Matplotlib and MNIST in memory.
