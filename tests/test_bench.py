@@ -1,6 +1,5 @@
 """`gpubp bench`: the sweep, its numbers, its JSON and plot, and what it says about skipped GPUs."""
 
-import functools
 import json
 import math
 import sys
@@ -10,17 +9,8 @@ from helpers import run_cli
 
 from gpubp import bench
 from gpubp.backends import cupy_status
-from gpubp.bench import contenders
 from gpubp.bench.plot import figure
 from gpubp.bench.report import speedups
-
-
-@pytest.fixture(autouse=True)
-def no_settling(monkeypatch):
-    """The pause between contenders protects timings, as the 2048^3 product makes the GEMM rate a fair
-    one; these tests check what is reported, not speed: no pause, and the rate of a 256^3 product."""
-    monkeypatch.setattr(bench, "SETTLE_SECONDS", 0.0)
-    monkeypatch.setattr(bench, "gemm_rate", functools.partial(contenders.gemm_rate, n=256))
 
 
 def test_flop_count_of_one_training_step():
