@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-from scipy.special import expit as _expit
 
 from .errors import GpubpError
 
@@ -43,7 +42,18 @@ def _per_model(x):
 def sigmoid(z, out=None):
     """sigma(z) = 1/(1+exp(-z)), elementwise, by SciPy's expit: one pass, no overflow warning (the
     kernels compute the same formula; tests tie the two to 1e-7)."""
-    return _expit(z, out=out)
+    return (_expit or _load_expit())(z, out=out)
+
+
+_expit = None  # scipy.special, imported on the first sigmoid: 0.2 s of every `import gpubp` otherwise
+
+
+def _load_expit():
+    global _expit
+    from scipy.special import expit
+
+    _expit = expit
+    return expit
 
 
 def sigmoid_prime_from_output(a, out=None):
