@@ -333,3 +333,35 @@ def test_a_cpu_sweep_spreads_its_models_over_every_core_by_default():
     assert res["groups"][0]["threads"] == min(5, os.cpu_count() or 1)
     assert sweep(grid([1, 2], sizes=[6, 4, 3], epochs=1), data=data, backend="numpy", threads=1,
                  progress=False)["groups"][0]["threads"] == 1
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_a_threaded_group_gives_each_thread_its_share_of_the_blas_and_puts_it_back(backend, monkeypatch):
+    """K models on T threads: NumPy's BLAS on cores // T threads while the group lives (its idle threads
+    spun on the core another model needed), the count before afterwards; each worker thread told the
+    backend its share."""
+    from gpubp import sysinfo
+    from gpubp.sweeps.run import Group
+
+    if sysinfo.set_blas_threads(2) is None:
+        pytest.skip("this NumPy's BLAS cannot be told its threads")
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    told = []
+    be = get_backend(backend)
+    monkeypatch.setattr(be, "use_cores", told.append)
+    rng = np.random.default_rng(1)
+    X, y = rng.random((40, 6)), rng.integers(0, 3, 40)
+    data = {"train": (X, y), "validation": (X, y), "test": (X, y)}
+    group = Group(grid([1, 2, 3], sizes=[6, 4, 3], epochs=1), data, be, stack=False, threads=2)
+    try:
+        assert sysinfo._openblas_threads() == 2  # 4 cores over 2 threads
+        group.epoch(1, False)
+        assert told and set(told) == {2}  # each worker thread (one or two of them), told 4 // 2
+    finally:
+        group.close()
+    assert sysinfo._openblas_threads() == 2
+    sysinfo.set_blas_threads(1)
+    group = Group(grid([1, 2], sizes=[6, 4, 3], epochs=1), data, be, stack=False, threads=2)
+    assert sysinfo._openblas_threads() == 2
+    group.close()
+    assert sysinfo._openblas_threads() == 1  # the count before, put back

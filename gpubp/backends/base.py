@@ -95,6 +95,10 @@ class Backend:
         """Compile whatever this backend compiles, outside any clock; seconds taken (0 when nothing)."""
         return 0.0
 
+    def use_cores(self, n: int) -> None:
+        """Split the work this Python thread launches over at most ``n`` cores from now on (a sweep's
+        worker threads each take their share). Nothing to do where the threads' work is not split."""
+
     def kernel(self, stem: str, dtype):
         """The callable ``k(n, *args)`` that runs kernel ``stem`` for ``dtype`` over n work items."""
         raise NotImplementedError(f"{type(self).__name__} runs no kernels")

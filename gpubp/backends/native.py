@@ -62,6 +62,9 @@ NATIVE_SWITCH = "#define GPUBP_NATIVE 1\n"
 
 # The replay loop: every recorded launch, in order, through the entry points' common signature.
 REPLAY_SOURCE = r"""
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 typedef int (*gpubp_entry)(unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned long long,
                            unsigned long long, void**);
 struct gpubp_launch {
@@ -80,6 +83,15 @@ extern "C" __attribute__((visibility("default"))) long long gpubp_native_replay(
             return i;
     }
     return -1;
+}
+// The OpenMP threads of the parallel regions the calling thread enters from now on (a per-thread
+// setting: each of a sweep's worker threads takes its share of the cores).
+extern "C" __attribute__((visibility("default"))) void gpubp_native_use_cores(int n) {
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
 }
 """
 
@@ -257,6 +269,14 @@ class NativeBackend(E.EmulatedBackend):
         self._replay = lib.gpubp_native_replay
         self._replay.argtypes = (ctypes.POINTER(Launch), ctypes.c_longlong)
         self._replay.restype = ctypes.c_longlong
+        self._use_cores = lib.gpubp_native_use_cores
+        self._use_cores.argtypes, self._use_cores.restype = (ctypes.c_int,), None
+
+    def use_cores(self, n: int) -> None:
+        """The layer kernels' large products (native_layer.h) that this thread launches run on at most
+        n OpenMP threads (two sweep threads that each opened a team of every core would put four
+        threads on two cores)."""
+        self._use_cores(max(1, int(n)))
 
     def load_kernel(self, file: str, name: str) -> E.Kernel:
         fn = self._entries.get(name)

@@ -104,7 +104,7 @@ class Group:
         n = len(X)
         shape = dict(cost=first["cost"], activation=first["activation"], backend=be, dtype=first["dtype"],
                      init=first["init"])
-        self.stack = self.pool = None
+        self.stack = self.pool = self._blas_before = None
         self.lmbdas = [r["lmbda"] for r in runs]
         self.seconds = 0.0
         if stacks_pay(be) if stack is None else stack:
@@ -123,7 +123,16 @@ class Group:
         self.validation = [(Xv0, lv0)] * len(nets)
         self.threads = max(1, min(len(nets), (os.cpu_count() or 1) if threads is None else int(threads)))
         if self.threads > 1:
-            self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="gpubp-sweep")
+            # Each thread's work on its share of the cores, not on all of them: our kernels' OpenMP teams
+            # (per thread), and NumPy's BLAS (one setting for the process, put back by close()), whose
+            # idle threads spin after each evaluation's products and took the other model's core: on two
+            # cores, two threads' epochs of [784,30,10] ran 1.7x slower each than one alone.
+            share = max(1, (os.cpu_count() or 1) // self.threads)
+            from .. import sysinfo
+
+            self._blas_before = sysinfo.set_blas_threads(share)
+            self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="gpubp-sweep",
+                                           initializer=be.use_cores, initargs=(share,))
 
     def epoch(self, epoch, monitor_training_cost) -> tuple[list[bool], list[dict]]:
         """One epoch of every model, and each model's record of it: (whether each model's parameters are
@@ -171,6 +180,11 @@ class Group:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
+        if self._blas_before is not None:
+            from .. import sysinfo
+
+            sysinfo.set_blas_threads(self._blas_before)
+            self._blas_before = None
 
 
 # ---------------------------------------------------------------------------------------------
