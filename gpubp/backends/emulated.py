@@ -272,11 +272,26 @@ _ENTRY_ARGTYPES = (*[ctypes.c_uint] * 6, ctypes.c_ulonglong, ctypes.c_ulonglong,
 LAUNCH_LOCK = threading.Lock()
 
 
-def pack_args(args) -> tuple[list, ctypes.Array]:
+def pack_args(args, pointers: dict | None = None) -> tuple[list, ctypes.Array]:
     """cuLaunchKernel's kernelParams for ``args``: the values' holders (keep them alive while the
-    pointers are used) and the array of one pointer per argument, pointing at its value."""
-    holders = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray) else _CTYPES[a.dtype](a)
-               for a in args]
+    pointers are used) and the array of one pointer per argument, pointing at its value.
+
+    pointers: a graph's {id(array): (array, its address's holder)}, so that the launches of one
+    capture share one holder an array (an address never changes; the entry keeps the array, and so
+    its id, alive) instead of asking NumPy for it at each launch (2 us an array)."""
+    if pointers is None:
+        holders = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray) else _CTYPES[a.dtype](a)
+                   for a in args]
+    else:
+        holders = []
+        for a in args:
+            if isinstance(a, np.ndarray):
+                kept = pointers.get(id(a))
+                if kept is None or kept[0] is not a:
+                    kept = pointers[id(a)] = (a, ctypes.c_void_p(a.ctypes.data))
+                holders.append(kept[1])
+            else:
+                holders.append(_CTYPES[a.dtype](a))
     return holders, (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
 
 
@@ -298,6 +313,7 @@ class Kernel:
             raise GpubpError(f"the emulator library has no kernel named {name!r}") from None
         self.entry.argtypes = _ENTRY_ARGTYPES
         self.entry.restype = ctypes.c_int
+        self.address = ctypes.cast(self.entry, ctypes.c_void_p)  # for a native graph's table
         self._error = lib.gpubp_emu_error
         self._error.restype = ctypes.c_char_p
 

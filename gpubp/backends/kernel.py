@@ -261,6 +261,11 @@ MAX_DYNAMIC_SHARED = 48 * 1024
 
 def launch_dims(what: str, dims, limits) -> tuple[int, int, int]:
     """``dims`` (1 to 3 positive ints) as an (x, y, z) tuple within ``limits``, else GpubpError."""
+    if type(dims) is tuple and len(dims) == 3:  # the usual case, checked without building anything
+        x, y, z = dims
+        if type(x) is int and type(y) is int and type(z) is int \
+                and 1 <= x <= limits[0] and 1 <= y <= limits[1] and 1 <= z <= limits[2]:
+            return dims
     dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
     if not 1 <= len(dims) <= 3 or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
         raise GpubpError(f"{what} must be 1 to 3 integers (x, y, z), got {dims!r}")
@@ -364,7 +369,11 @@ class KernelBackend(Backend):
         file, params = signatures()[name]
         if len(args) != len(params):
             raise GpubpError(f"kernel {name} takes {len(params)} arguments, got {len(args)}")
-        return file, tuple(self._check(name, p, a) for p, a in zip(params, args))
+        ndarray = self.xp.ndarray
+        # an array of exactly the right dtype object, C-contiguous, passes as it is (the usual case,
+        # 10 of a launch's arguments during a capture); everything else takes _check's full path
+        return file, tuple(a if p.pointer and type(a) is ndarray and a.dtype is p.dtype and a.flags.c_contiguous
+                           else self._check(name, p, a) for p, a in zip(params, args))
 
     def _check(self, name: str, p: Param, a):
         if p.pointer:

@@ -231,13 +231,14 @@ class NativeGraph:
 
     def __init__(self, be) -> None:
         self.be, self.kernels, self.launches, self._keep, self._table = be, [], [], [], None
+        self._pointers = {}  # each array's address holder, shared by its launches (E.pack_args)
 
     def add(self, kernel: E.Kernel, grid, block, shared_mem: int, args) -> None:
-        holders, argv = E.pack_args(args)
+        holders, argv = E.pack_args(args, self._pointers)
         self._keep += [holders, argv, args]  # the arrays too: the graph holds their addresses
         self.kernels.append(kernel)
-        self.launches.append(Launch(ctypes.cast(kernel.entry, ctypes.c_void_p), (ctypes.c_uint * 3)(*grid),
-                                    (ctypes.c_uint * 3)(*block), shared_mem, 0, argv))
+        self.launches.append(Launch(kernel.address, (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block),
+                                    shared_mem, 0, argv))
 
     def launch(self) -> None:
         be = self.be
