@@ -278,20 +278,17 @@ def pack_args(args, pointers: dict | None = None) -> tuple[list, ctypes.Array]:
 
     pointers: a graph's {id(array): (array, its address's holder)}, so that the launches of one
     capture share one holder an array (an address never changes; the entry keeps the array, and so
-    its id, alive) instead of asking NumPy for it at each launch (2 us an array)."""
-    if pointers is None:
-        holders = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray) else _CTYPES[a.dtype](a)
-                   for a in args]
-    else:
-        holders = []
-        for a in args:
-            if isinstance(a, np.ndarray):
-                kept = pointers.get(id(a))
-                if kept is None or kept[0] is not a:
-                    kept = pointers[id(a)] = (a, ctypes.c_void_p(a.ctypes.data))
-                holders.append(kept[1])
-            else:
-                holders.append(_CTYPES[a.dtype](a))
+    its id, alive) instead of asking NumPy for it at each launch (2 us an array). None: this launch's own."""
+    pointers = {} if pointers is None else pointers
+    holders = []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            kept = pointers.get(id(a))
+            if kept is None or kept[0] is not a:
+                kept = pointers[id(a)] = (a, ctypes.c_void_p(a.ctypes.data))
+            holders.append(kept[1])
+        else:
+            holders.append(_CTYPES[a.dtype](a))
     return holders, (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
 
 
